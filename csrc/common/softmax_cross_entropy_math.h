@@ -1,0 +1,69 @@
+// Row math of the fused softmax cross-entropy op, shared by the CPU kernels and the CUDA kernels so
+// that the CPU tests exercise the very arithmetic the GPU runs.
+//
+// F.cross_entropy for class-index targets, written per row i with target t, class weights w
+// (w_c = 1 without weights), smoothing eps, C classes and the row's log-sum-exp L:
+//   nll_i    = -w_t (z_t - L)
+//   smooth_i = -sum_c w_c (z_c - L) = Wsum (L - r) - sum_c w_c (z_c - r)     (any shift r; we use z_0,
+//              so that the subtraction cancels at the scale of the logits' spread, not their offset)
+//   loss_i   = (1 - eps) nll_i + (eps / C) smooth_i           (ignored rows: 0, and weight 0)
+//   mean     = sum_i loss_i / sum_i w_{t_i} over rows not ignored  (0/0 = NaN for an all-ignored batch)
+// and its gradient with respect to the logits, p_j = exp(z_j - L), g the incoming gradient of loss_i:
+//   dz_j = g [ (1 - eps) w_t (p_j - [j == t]) + (eps / C)(Wsum p_j - w_j) ] = A p_j - B [j == t] - E w_j
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define PYA_HD __host__ __device__ __forceinline__
+#else
+#define PYA_HD inline
+#endif
+
+namespace pyalexnet {
+namespace xent {
+
+enum Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
+
+// A target is used when it is not ignore_index; a used target must lie in [0, C).
+PYA_HD bool is_ignored(int64_t t, int64_t ignore_index) { return t == ignore_index; }
+PYA_HD bool in_range(int64_t t, int64_t C) { return t >= 0 && t < C; }
+
+// loss_i of a row that is not ignored. zt: logit of the target; wt: its class weight; lse: L;
+// r: the shift of shifted_wsum = sum_c w_c (z_c - r); wsum = sum_c w_c. The smoothing term is left
+// out when eps == 0 so that an infinite logit elsewhere in the row does not turn the loss into NaN,
+// as in PyTorch, which then never computes it.
+template <typename acc_t>
+PYA_HD acc_t row_loss(acc_t zt, acc_t wt, acc_t lse, acc_t r, acc_t shifted_wsum, acc_t wsum,
+                      acc_t eps, int64_t C) {
+  acc_t nll = -wt * (zt - lse);
+  if (eps == acc_t(0)) return nll;
+  acc_t smooth = wsum * (lse - r) - shifted_wsum;
+  return (acc_t(1) - eps) * nll + eps / acc_t(C) * smooth;
+}
+
+// g: the gradient that reaches row i's loss, from the incoming gradient and the reduction.
+// go: grad_loss[i] for kNone, the scalar grad_loss otherwise; denom: sum of used target weights.
+template <typename acc_t>
+PYA_HD acc_t row_grad_scale(acc_t go, int reduction, acc_t denom) {
+  return reduction == kMean ? go / denom : go;
+}
+
+// The three coefficients of dz_j = A p_j - B [j == t] - E w_j for a row that is not ignored.
+template <typename acc_t>
+struct GradCoeffs {
+  acc_t A, B, E;
+};
+
+template <typename acc_t>
+PYA_HD GradCoeffs<acc_t> grad_coeffs(acc_t g, acc_t wt, acc_t wsum, acc_t eps, int64_t C) {
+  GradCoeffs<acc_t> k;
+  acc_t s = eps / acc_t(C);
+  k.B = g * (acc_t(1) - eps) * wt;
+  k.E = g * s;
+  k.A = k.B + k.E * wsum;
+  return k;
+}
+
+}  // namespace xent
+}  // namespace pyalexnet

@@ -1,0 +1,300 @@
+// Fused softmax + cross-entropy, CPU kernels.
+//
+// Fused: log-softmax, the (weighted, smoothed) negative log-likelihood and the reduction, in one
+// parallel pass over the rows; backward writes softmax minus the smoothed one-hot target in one pass.
+// Saved for backward: the per-row log-sum-exp (N floats) and wstats = {sum of used target weights,
+// sum of all class weights}. Never written: log-softmax or softmax of the logits (N x C).
+// Roofline per row: forward reads C logits (two sweeps over an L1/L2-resident row), ~3C flops and C
+// exps; backward reads C logits and writes C gradients.
+//
+// Rows of any dtype and stride are first copied into a float (double for float64) scratch row;
+// float32 rows with unit column stride are read in place. The float leaf loops are compiled twice
+// (AVX2+FMA and baseline x86-64) and picked at load time.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/softmax_cross_entropy_math.h"
+#include "softmax_cross_entropy_checks.h"
+
+namespace pyalexnet {
+namespace xent {
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PYA_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define PYA_MULTIVERSION
+#endif
+
+// exp for float in [-88, 88] (clamped), ~2 ulp: x = n ln2 + r, |r| <= ln2/2, exp(r) by Cephes'
+// minimax polynomial, 2^n through the exponent bits. Branch-free so that the row loops vectorise;
+// NaN propagates. Arguments below -87.3 may return 0 instead of a denormal.
+inline float exp_f32(float x) {
+  x = x < -88.0f ? -88.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  float t = x * 1.44269504088896341f + shifter;
+  int32_t n = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(shifter);
+  float nf = t - shifter;
+  float r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t e = (n + 127) < 0 ? 0 : (n + 127);
+  return p * std::bit_cast<float>(e << 23);
+}
+inline float exp_acc(float x) { return exp_f32(x); }
+inline double exp_acc(double x) { return std::exp(x); }
+
+constexpr int kLanes = 16;  // independent accumulators: lets the compiler vectorise the sums
+
+template <typename acc_t>
+struct RowStats {
+  acc_t max, shifted_wsum;
+};
+
+// max_c z_c and, when smoothing, sum_c w_c (z_c - z_0) (w == nullptr: all weights one).
+template <typename acc_t>
+inline RowStats<acc_t> row_stats(const acc_t* z, const acc_t* w, int64_t C, bool smooth) {
+  acc_t m[kLanes], a[kLanes];
+  for (int k = 0; k < kLanes; ++k) m[k] = -INFINITY, a[k] = 0;
+  int64_t j = 0;
+  for (; j + kLanes <= C; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) m[k] = z[j + k] > m[k] ? z[j + k] : m[k];
+  for (; j < C; ++j) m[0] = z[j] > m[0] ? z[j] : m[0];
+  if (smooth) {
+    const acc_t r = z[0];
+    j = 0;
+    if (w) {
+      for (; j + kLanes <= C; j += kLanes)
+        for (int k = 0; k < kLanes; ++k) a[k] += w[j + k] * (z[j + k] - r);
+      for (; j < C; ++j) a[0] += w[j] * (z[j] - r);
+    } else {
+      for (; j + kLanes <= C; j += kLanes)
+        for (int k = 0; k < kLanes; ++k) a[k] += z[j + k] - r;
+      for (; j < C; ++j) a[0] += z[j] - r;
+    }
+  }
+  RowStats<acc_t> s{m[0], a[0]};
+  for (int k = 1; k < kLanes; ++k) {
+    s.max = m[k] > s.max ? m[k] : s.max;
+    s.shifted_wsum += a[k];
+  }
+  return s;
+}
+
+// sum_c exp(z_c - m); an all -inf row (m = -inf) sums to 0, so its log-sum-exp is -inf.
+template <typename acc_t>
+inline acc_t row_sumexp(const acc_t* z, int64_t C, acc_t m) {
+  if (m == -INFINITY) return 0;
+  acc_t s[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= C; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) s[k] += exp_acc(z[j + k] - m);
+  for (; j < C; ++j) s[0] += exp_acc(z[j] - m);
+  acc_t t = 0;
+  for (int k = 0; k < kLanes; ++k) t += s[k];
+  return t;
+}
+
+// out_j = A exp(z_j - lse) - E w_j  (w == nullptr: w_j = 1); the -B at j == t is the caller's.
+template <typename acc_t>
+inline void row_grad(const acc_t* z, const acc_t* w, int64_t C, acc_t lse, acc_t A, acc_t E,
+                     acc_t* out) {
+  if (w) {
+    for (int64_t j = 0; j < C; ++j) out[j] = A * exp_acc(z[j] - lse) - E * w[j];
+  } else {
+    for (int64_t j = 0; j < C; ++j) out[j] = A * exp_acc(z[j] - lse) - E;
+  }
+}
+
+// float entry points, compiled for AVX2+FMA and for baseline x86-64.
+PYA_MULTIVERSION RowStats<float> row_stats_f32(const float* z, const float* w, int64_t C, bool s) {
+  return row_stats<float>(z, w, C, s);
+}
+PYA_MULTIVERSION float row_sumexp_f32(const float* z, int64_t C, float m) {
+  return row_sumexp<float>(z, C, m);
+}
+PYA_MULTIVERSION void row_grad_f32(const float* z, const float* w, int64_t C, float lse, float A,
+                                   float E, float* out) {
+  row_grad<float>(z, w, C, lse, A, E, out);
+}
+inline RowStats<float> stats(const float* z, const float* w, int64_t C, bool s) { return row_stats_f32(z, w, C, s); }
+inline RowStats<double> stats(const double* z, const double* w, int64_t C, bool s) { return row_stats<double>(z, w, C, s); }
+inline float sumexp(const float* z, int64_t C, float m) { return row_sumexp_f32(z, C, m); }
+inline double sumexp(const double* z, int64_t C, double m) { return row_sumexp<double>(z, C, m); }
+inline void grad(const float* z, const float* w, int64_t C, float l, float A, float E, float* o) { row_grad_f32(z, w, C, l, A, E, o); }
+inline void grad(const double* z, const double* w, int64_t C, double l, double A, double E, double* o) { row_grad<double>(z, w, C, l, A, E, o); }
+
+// Row i of x as acc_t: in place when it already is (unit column stride), else copied into buf.
+template <typename T, typename acc_t>
+inline const acc_t* load_row(const T* x, int64_t sC, int64_t C, acc_t* buf) {
+  if constexpr (std::is_same_v<T, acc_t>) {
+    if (sC == 1) return x;
+  }
+  for (int64_t j = 0; j < C; ++j) buf[j] = static_cast<acc_t>(x[j * sC]);
+  return buf;
+}
+
+inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)); }
+
+// x: N x C (strides sN, sC); tgt: N (stride sT); w: C or nullptr.
+// Writes lse (N), and either loss_none (N, reduction none) or row_loss (N); row_w (N) always.
+template <typename T, typename acc_t, typename I>
+void softmax_cross_entropy_forward_kernel_impl(
+    const T* x, int64_t N, int64_t C, int64_t sN, int64_t sC, const I* tgt, int64_t sT,
+    const acc_t* w, acc_t wsum, int64_t ignore, acc_t eps, int red, T* loss_none, acc_t* lse,
+    acc_t* rloss, acc_t* row_w) {
+  at::parallel_for(0, N, row_grain(C), [&](int64_t b, int64_t e) {
+    std::vector<acc_t> buf(C);
+    for (int64_t i = b; i < e; ++i) {
+      const acc_t* z = load_row<T, acc_t>(x + i * sN, sC, C, buf.data());
+      const int64_t t = static_cast<int64_t>(tgt[i * sT]);
+      const bool ign = is_ignored(t, ignore);
+      TORCH_CHECK(ign || in_range(t, C), "softmax_cross_entropy: target ", t, " at position ", i,
+                  " is out of range for ", C, " classes (valid: 0..", C - 1,
+                  ", or ignore_index = ", ignore, ")");
+      RowStats<acc_t> s = stats(z, w, C, eps > 0);
+      const acc_t L = s.max + std::log(sumexp(z, C, s.max));
+      lse[i] = L;
+      acc_t wt = 0, li = 0;
+      if (!ign) {
+        wt = w ? w[t] : acc_t(1);
+        li = row_loss<acc_t>(z[t], wt, L, z[0], s.shifted_wsum, wsum, eps, C);
+      }
+      if (red == kNone) loss_none[i] = static_cast<T>(li);
+      else rloss[i] = li;
+      row_w[i] = wt;
+    }
+  });
+}
+
+template <typename T, typename acc_t, typename I>
+void softmax_cross_entropy_backward_kernel_impl(
+    const T* x, int64_t N, int64_t C, int64_t sN, int64_t sC, const I* tgt, int64_t sT,
+    const acc_t* w, int64_t ignore, acc_t eps, int red, const acc_t* go, int64_t sG,
+    const acc_t* lse, acc_t denom, acc_t wsum, T* out) {
+  at::parallel_for(0, N, row_grain(C), [&](int64_t b, int64_t e) {
+    std::vector<acc_t> buf(C), gbuf(std::is_same_v<T, acc_t> ? 0 : C);
+    for (int64_t i = b; i < e; ++i) {
+      T* o = out + i * C;
+      const int64_t t = static_cast<int64_t>(tgt[i * sT]);
+      if (is_ignored(t, ignore)) {
+        std::fill(o, o + C, T(0));
+        continue;
+      }
+      TORCH_CHECK(in_range(t, C), "softmax_cross_entropy_backward: target ", t, " at position ",
+                  i, " is out of range for ", C, " classes");
+      const acc_t* z = load_row<T, acc_t>(x + i * sN, sC, C, buf.data());
+      const acc_t g = row_grad_scale<acc_t>(go[red == kNone ? i * sG : 0], red, denom);
+      const auto k = grad_coeffs<acc_t>(g, w ? w[t] : acc_t(1), wsum, eps, C);
+      acc_t* acc_out;
+      if constexpr (std::is_same_v<T, acc_t>) acc_out = o;
+      else acc_out = gbuf.data();
+      grad(z, w, C, lse[i], k.A, k.E, acc_out);
+      acc_out[t] -= k.B;
+      if constexpr (!std::is_same_v<T, acc_t>)
+        for (int64_t j = 0; j < C; ++j) o[j] = static_cast<T>(acc_out[j]);
+    }
+  });
+}
+
+template <typename T>
+using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cpu(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t ignore_index, c10::string_view reduction, double label_smoothing) {
+  check_forward_inputs(logits, target, weight, label_smoothing);
+  const int red = parse_reduction(std::string_view(reduction.data(), reduction.size()));
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const auto acc = acc_dtype(logits.scalar_type());
+  const at::Tensor w = weight_as_acc(weight, logits.scalar_type());
+  at::Tensor lse = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor wstats = at::empty({2}, logits.options().dtype(acc));
+  at::Tensor loss = red == kNone ? at::empty({N}, logits.options()) : at::empty({}, logits.options());
+  at::Tensor row_loss = at::empty({red == kNone ? 0 : N}, lse.options());
+  at::Tensor row_w = at::empty({N}, lse.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "softmax_cross_entropy_forward_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
+    double wsum = 0;  // sum of all class weights
+    if (wp) for (int64_t c = 0; c < C; ++c) wsum += wp[c];
+    else wsum = double(C);
+    AT_DISPATCH_INDEX_TYPES(target.scalar_type(), "softmax_cross_entropy_forward_cpu", [&] {
+      softmax_cross_entropy_forward_kernel_impl<scalar_t, acc_t, index_t>(
+          logits.const_data_ptr<scalar_t>(), N, C, logits.stride(0), logits.stride(1),
+          target.const_data_ptr<index_t>(), target.stride(0), wp, static_cast<acc_t>(wsum),
+          ignore_index,
+          static_cast<acc_t>(label_smoothing), red,
+          red == kNone ? loss.data_ptr<scalar_t>() : nullptr, lse.data_ptr<acc_t>(),
+          red == kNone ? nullptr : row_loss.data_ptr<acc_t>(), row_w.data_ptr<acc_t>());
+    });
+    // Sums in double, in row order: the same result whatever the number of threads.
+    const acc_t* rw = row_w.const_data_ptr<acc_t>();
+    double denom = 0, total = 0;
+    for (int64_t i = 0; i < N; ++i) denom += rw[i];
+    if (red != kNone) {
+      const acc_t* rl = row_loss.const_data_ptr<acc_t>();
+      for (int64_t i = 0; i < N; ++i) total += rl[i];
+      loss.fill_(red == kMean ? total / denom : total);
+    }
+    wstats.data_ptr<acc_t>()[0] = static_cast<acc_t>(denom);
+    wstats.data_ptr<acc_t>()[1] = static_cast<acc_t>(wsum);
+  });
+  return {loss, lse, wstats};
+}
+
+at::Tensor softmax_cross_entropy_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& lse, const at::Tensor& wstats,
+    int64_t ignore_index, c10::string_view reduction, double label_smoothing) {
+  check_forward_inputs(logits, target, weight, label_smoothing);
+  const int red = parse_reduction(std::string_view(reduction.data(), reduction.size()));
+  check_backward_inputs(grad_loss, logits, lse, wstats, red);
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const auto acc = acc_dtype(logits.scalar_type());
+  const at::Tensor w = weight_as_acc(weight, logits.scalar_type());
+  const at::Tensor go = grad_loss.to(acc);
+  const at::Tensor lse_c = lse.contiguous(), ws = wstats.contiguous();
+  at::Tensor grad = at::empty({N, C}, logits.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "softmax_cross_entropy_backward_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
+    const acc_t* st = ws.const_data_ptr<acc_t>();
+    AT_DISPATCH_INDEX_TYPES(target.scalar_type(), "softmax_cross_entropy_backward_cpu", [&] {
+      softmax_cross_entropy_backward_kernel_impl<scalar_t, acc_t, index_t>(
+          logits.const_data_ptr<scalar_t>(), N, C, logits.stride(0), logits.stride(1),
+          target.const_data_ptr<index_t>(), target.stride(0), wp, ignore_index,
+          static_cast<acc_t>(label_smoothing), red, go.const_data_ptr<acc_t>(),
+          go.dim() == 1 ? go.stride(0) : 0, lse_c.const_data_ptr<acc_t>(), st[0], st[1],
+          grad.data_ptr<scalar_t>());
+    });
+  });
+  return grad;
+}
+
+}  // namespace xent
+
+TORCH_LIBRARY_IMPL(pyalexnet, CPU, m) {
+  m.impl("softmax_cross_entropy_forward", &xent::softmax_cross_entropy_forward_cpu);
+  m.impl("softmax_cross_entropy_backward", &xent::softmax_cross_entropy_backward_cpu);
+}
+
+}  // namespace pyalexnet

@@ -1,0 +1,44 @@
+// The one schema block of pyalexnet's ops (backward ops included) and the Python module _C.
+// Kernels register themselves per backend: csrc/cpu/<op>.cpp and csrc/cuda/<op>.cpp.
+#include <torch/library.h>
+
+#include <Python.h>
+#include <pybind11/pybind11.h>
+
+#ifndef PYALEXNET_WITH_CUDA
+#define PYALEXNET_WITH_CUDA 0
+#endif
+
+TORCH_LIBRARY(pyalexnet, m) {
+  // loss (N,) for reduction 'none' else (), in logits' dtype; lse (N,) and wstats (2,) =
+  // {sum of used target weights, sum of all class weights} in float32 (float64 for float64 logits).
+  m.def(
+      "softmax_cross_entropy_forward(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
+      "str reduction, float label_smoothing) -> (Tensor loss, Tensor lse, Tensor wstats)");
+  m.def(
+      "softmax_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
+      "Tensor lse, Tensor wstats, int ignore_index, str reduction, float label_smoothing) -> Tensor");
+}
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, mod) {
+  mod.doc() = "pyalexnet's compiled kernels; importing this module registers torch.ops.pyalexnet";
+  mod.def("build_info", [] {
+    py::dict d;
+    d["torch_version"] = PYALEXNET_TORCH_VERSION;
+    d["cuda"] = static_cast<bool>(PYALEXNET_WITH_CUDA);
+    d["cuda_version"] = PYALEXNET_WITH_CUDA ? py::object(py::str(PYALEXNET_CUDA_VERSION)) : py::none();
+    py::list archs;
+    std::string a = PYALEXNET_CUDA_ARCHS;
+    for (size_t start = 0; !a.empty() && start <= a.size();) {
+      size_t end = a.find(';', start);
+      if (end == std::string::npos) end = a.size();
+      archs.append(a.substr(start, end - start));
+      start = end + 1;
+    }
+    d["cuda_archs"] = archs;
+    d["compiler"] = __VERSION__;
+    return d;
+  }, "What this extension was compiled with: torch and CUDA versions, architectures.");
+}
