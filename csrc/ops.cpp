@@ -32,7 +32,7 @@ PYBIND11_MODULE(_C, mod) {
     py::list archs;
     std::string a = PYALEXNET_CUDA_ARCHS;
     for (size_t start = 0; !a.empty() && start <= a.size();) {
-      size_t end = a.find(';', start);
+      size_t end = a.find(',', start);
       if (end == std::string::npos) end = a.size();
       archs.append(a.substr(start, end - start));
       start = end + 1;

@@ -1,0 +1,355 @@
+// Fused softmax + cross-entropy, CUDA kernels.
+//
+// Fused: log-softmax, the (weighted, smoothed) NLL and the per-row loss in one pass over the logits
+// (online max and sum of exponentials in registers); backward writes softmax minus the smoothed
+// one-hot target, times the incoming gradient, in one pass. Saved for backward: the per-row
+// log-sum-exp (N floats) and wstats (2 floats). Never written: softmax or log-softmax (N x C).
+// Roofline (bytes are the bound: ~4 flops/element): forward reads N*C*s bytes (s = element size),
+// backward reads N*C*s and writes N*C*s; everything else is O(N + C).
+//
+// Work split: one warp per row for C <= 2048, one 512-thread block per row above. Each thread
+// streams 16-byte vectors of its row when the rows are 16-byte aligned, scalars otherwise.
+// A target outside [0, C) that is not ignore_index is reported by printf and a trap: the op fails
+// (the next synchronising call raises) instead of returning a wrong loss; no host synchronisation.
+// Not yet run on a GPU: compiled for sm_80/sm_90 only (see the notes of issue 2).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+
+#include "common/softmax_cross_entropy_math.h"
+#include "cuda/softmax_cross_entropy_kernels.h"
+
+namespace pyalexnet {
+namespace xent {
+namespace {
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_acc(float x);
+template <> __device__ __forceinline__ float from_acc<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <typename T> __device__ __forceinline__ T from_acc(double x) { return x; }
+
+__device__ __forceinline__ float exp_(float x) { return __expf(x); }
+__device__ __forceinline__ double exp_(double x) { return exp(x); }
+__device__ __forceinline__ float log_(float x) { return __logf(x); }
+__device__ __forceinline__ double log_(double x) { return log(x); }
+
+// 16 bytes of T: what one vector load or store moves.
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int V = 16 / sizeof(T);
+  T e[V];
+};
+
+// Running (max, sum of exp(x - max)) of a set of logits; merging two is exact up to rounding.
+template <typename acc_t>
+struct MaxSum {
+  acc_t m, s;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ MaxSum<acc_t> merge(MaxSum<acc_t> a, MaxSum<acc_t> b) {
+  acc_t m = a.m > b.m ? a.m : b.m;
+  acc_t mm = m == -INFINITY ? acc_t(0) : m;  // two empty sets: keep exp() away from -inf - -inf
+  return {m, a.s * exp_(a.m - mm) + b.s * exp_(b.m - mm)};
+}
+
+// Folds V logits into the running (max, sum) and, when smoothing, into a = sum w_c (z_c - r).
+template <typename acc_t, int V>
+__device__ __forceinline__ void accumulate(MaxSum<acc_t>& ms, acc_t& a, acc_t& ws, const acc_t (&z)[V],
+                                           const acc_t* w, int64_t j, acc_t r, bool smooth) {
+  acc_t vm = z[0];
+#pragma unroll
+  for (int k = 1; k < V; ++k) vm = z[k] > vm ? z[k] : vm;
+  acc_t m = ms.m > vm ? ms.m : vm;
+  acc_t mm = m == -INFINITY ? acc_t(0) : m;
+  acc_t s = ms.s * exp_(ms.m - mm);
+#pragma unroll
+  for (int k = 0; k < V; ++k) s += exp_(z[k] - mm);
+  ms = {m, s};
+  if (smooth) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      acc_t wk = w ? __ldg(w + j + k) : acc_t(1);
+      a += wk * (z[k] - r);
+      ws += wk;
+    }
+  }
+}
+
+// Reduces (ms, a, ws) over the G threads of a row group; the result is valid in lane 0 of the group.
+// G == 32: warp shuffles only. G > 32: the group is the whole block (one row per block).
+template <int G, typename acc_t>
+__device__ __forceinline__ void group_reduce(MaxSum<acc_t>& ms, acc_t& a, acc_t& ws) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    MaxSum<acc_t> other{__shfl_xor_sync(0xffffffffu, ms.m, o), __shfl_xor_sync(0xffffffffu, ms.s, o)};
+    ms = merge(ms, other);
+    a += __shfl_xor_sync(0xffffffffu, a, o);
+    ws += __shfl_xor_sync(0xffffffffu, ws, o);
+  }
+  if constexpr (G > 32) {
+    constexpr int W = G / 32;
+    __shared__ acc_t sm[W], ss[W], sa[W], sw[W];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) sm[warp] = ms.m, ss[warp] = ms.s, sa[warp] = a, sw[warp] = ws;
+    __syncthreads();
+    if (warp == 0) {
+      ms = lane < W ? MaxSum<acc_t>{sm[lane], ss[lane]} : MaxSum<acc_t>{-INFINITY, acc_t(0)};
+      a = lane < W ? sa[lane] : acc_t(0);
+      ws = lane < W ? sw[lane] : acc_t(0);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        MaxSum<acc_t> other{__shfl_xor_sync(0xffffffffu, ms.m, o), __shfl_xor_sync(0xffffffffu, ms.s, o)};
+        ms = merge(ms, other);
+        a += __shfl_xor_sync(0xffffffffu, a, o);
+        ws += __shfl_xor_sync(0xffffffffu, ws, o);
+      }
+    }
+  }
+}
+
+__device__ __noinline__ void report_bad_target(int64_t t, int64_t row, int64_t C, int64_t ignore) {
+  printf("pyalexnet softmax_cross_entropy: target %lld at position %lld is out of range for %lld "
+         "classes (valid: 0..%lld, or ignore_index = %lld)\n",
+         (long long)t, (long long)row, (long long)C, (long long)(C - 1), (long long)ignore);
+  __trap();
+}
+
+// x: N x C (row stride sN, unit column stride); tgt: N (stride sT); w: C or nullptr.
+// Per row: lse, and loss (reduction none, dtype T) or row_loss (acc); row_w: used target weight.
+template <typename T, typename I, int G, int BLOCK, bool kVec>
+__global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_forward_kernel_impl(
+    const T* __restrict__ x, int64_t N, int64_t C, int64_t sN, const I* __restrict__ tgt, int64_t sT,
+    const typename AccOf<T>::type* __restrict__ w, int64_t ignore, typename AccOf<T>::type eps, int red,
+    T* __restrict__ loss, typename AccOf<T>::type* __restrict__ lse,
+    typename AccOf<T>::type* __restrict__ rloss, typename AccOf<T>::type* __restrict__ row_w) {
+  using acc_t = typename AccOf<T>::type;
+  constexpr int V = Pack<T>::V;
+  const int64_t row = int64_t(blockIdx.x) * (BLOCK / G) + threadIdx.x / G;
+  const int lane = threadIdx.x % G;
+  if (row >= N) return;  // whole groups leave together (G == BLOCK: never)
+  const T* xr = x + row * sN;
+  const acc_t r = to_acc(xr[0]);
+  const bool smooth = eps > acc_t(0);
+  MaxSum<acc_t> ms{-INFINITY, acc_t(0)};
+  acc_t a = 0, ws = 0;
+  int64_t j0 = 0;
+  if constexpr (kVec) {
+    const int64_t Cv = C / V * V;
+    for (int64_t j = int64_t(lane) * V; j < Cv; j += int64_t(G) * V) {
+      Pack<T> p = *reinterpret_cast<const Pack<T>*>(xr + j);
+      acc_t z[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) z[k] = to_acc(p.e[k]);
+      accumulate<acc_t, V>(ms, a, ws, z, w, j, r, smooth);
+    }
+    j0 = Cv;
+  }
+  for (int64_t j = j0 + lane; j < C; j += G) {
+    acc_t z[1] = {to_acc(xr[j])};
+    accumulate<acc_t, 1>(ms, a, ws, z, w, j, r, smooth);
+  }
+  group_reduce<G>(ms, a, ws);
+  if (lane != 0) return;
+  const acc_t L = ms.m + log_(ms.s);
+  const int64_t t = static_cast<int64_t>(tgt[row * sT]);
+  const bool ign = is_ignored(t, ignore);
+  if (!ign && !in_range(t, C)) report_bad_target(t, row, C, ignore);
+  lse[row] = L;
+  acc_t wt = 0, li = 0;
+  if (!ign) {
+    wt = w ? w[t] : acc_t(1);
+    li = row_loss<acc_t>(to_acc(xr[t]), wt, L, r, a, w ? ws : acc_t(C), eps, C);
+  }
+  if (red == kNone) loss[row] = from_acc<T>(li);
+  else rloss[row] = li;
+  row_w[row] = wt;
+}
+
+// One block: the reduction over rows (in double, fixed order: deterministic) and wstats.
+template <typename T>
+__global__ void __launch_bounds__(1024) softmax_cross_entropy_finalize_kernel_impl(
+    const typename AccOf<T>::type* __restrict__ row_loss, const typename AccOf<T>::type* __restrict__ row_w,
+    int64_t N, const typename AccOf<T>::type* __restrict__ w, int64_t C, int red, T* __restrict__ loss,
+    typename AccOf<T>::type* __restrict__ wstats) {
+  __shared__ double sl[32], sw[32], sc[32];
+  double l = 0, d = 0, c = 0;
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
+    d += row_w[i];
+    if (red != kNone) l += row_loss[i];
+  }
+  if (w)
+    for (int64_t k = threadIdx.x; k < C; k += blockDim.x) c += w[k];
+  for (int o = 16; o > 0; o >>= 1) {
+    l += __shfl_xor_sync(0xffffffffu, l, o);
+    d += __shfl_xor_sync(0xffffffffu, d, o);
+    c += __shfl_xor_sync(0xffffffffu, c, o);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  if (lane == 0) sl[warp] = l, sw[warp] = d, sc[warp] = c;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    l = d = c = 0;
+    for (int k = 0; k < nw; ++k) l += sl[k], d += sw[k], c += sc[k];
+    wstats[0] = d;
+    wstats[1] = w ? c : double(C);
+    if (red != kNone) loss[0] = from_acc<T>(typename AccOf<T>::type(red == kMean ? l / d : l));
+  }
+}
+
+// out = grad of the loss w.r.t. x: N x C contiguous.
+template <typename T, typename I, int G, int BLOCK, bool kVec>
+__global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_backward_kernel_impl(
+    const typename AccOf<T>::type* __restrict__ go, int64_t sG, const T* __restrict__ x, int64_t N,
+    int64_t C, int64_t sN, const I* __restrict__ tgt, int64_t sT,
+    const typename AccOf<T>::type* __restrict__ w, const typename AccOf<T>::type* __restrict__ lse,
+    const typename AccOf<T>::type* __restrict__ wstats, int64_t ignore, typename AccOf<T>::type eps,
+    int red, T* __restrict__ out) {
+  using acc_t = typename AccOf<T>::type;
+  constexpr int V = Pack<T>::V;
+  const int64_t row = int64_t(blockIdx.x) * (BLOCK / G) + threadIdx.x / G;
+  const int lane = threadIdx.x % G;
+  if (row >= N) return;
+  const T* xr = x + row * sN;
+  T* o = out + row * C;
+  const int64_t t = static_cast<int64_t>(tgt[row * sT]);
+  const bool ign = is_ignored(t, ignore);
+  if (!ign && !in_range(t, C)) report_bad_target(t, row, C, ignore);
+  GradCoeffs<acc_t> k{0, 0, 0};
+  acc_t L = 0;
+  if (!ign) {
+    const acc_t g = row_grad_scale<acc_t>(go[red == kNone ? row * sG : 0], red, wstats[0]);
+    k = grad_coeffs<acc_t>(g, w ? w[t] : acc_t(1), wstats[1], eps, C);
+    L = lse[row];
+  }
+  // Ignored rows are written as exact zeros without reading their logits (which may be inf/NaN).
+  int64_t j0 = 0;
+  if constexpr (kVec) {
+    const int64_t Cv = C / V * V;
+    for (int64_t j = int64_t(lane) * V; j < Cv; j += int64_t(G) * V) {
+      Pack<T> p;
+      if (ign) {
+#pragma unroll
+        for (int q = 0; q < V; ++q) p.e[q] = from_acc<T>(acc_t(0));
+      } else {
+        p = *reinterpret_cast<const Pack<T>*>(xr + j);
+#pragma unroll
+        for (int q = 0; q < V; ++q) {
+          acc_t d = k.A * exp_(to_acc(p.e[q]) - L) - k.E * (w ? __ldg(w + j + q) : acc_t(1));
+          if (j + q == t) d -= k.B;
+          p.e[q] = from_acc<T>(d);
+        }
+      }
+      *reinterpret_cast<Pack<T>*>(o + j) = p;
+    }
+    j0 = Cv;
+  }
+  for (int64_t j = j0 + lane; j < C; j += G) {
+    acc_t d = 0;
+    if (!ign) {
+      d = k.A * exp_(to_acc(xr[j]) - L) - k.E * (w ? __ldg(w + j) : acc_t(1));
+      if (j == t) d -= k.B;
+    }
+    o[j] = from_acc<T>(d);
+  }
+}
+
+constexpr int kSmallC = 2048;  // up to here a warp per row, above a 512-thread block per row
+
+template <typename T>
+bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+template <typename T, typename I>
+cudaError_t forward_typed(const ForwardArgs& a, cudaStream_t stream) {
+  using acc_t = typename AccOf<T>::type;
+  const T* x = static_cast<const T*>(a.logits);
+  const I* t = static_cast<const I*>(a.target);
+  const acc_t* w = static_cast<const acc_t*>(a.weight);
+  auto* lse = static_cast<acc_t*>(a.lse);
+  auto* rl = static_cast<acc_t*>(a.row_loss);
+  auto* rw = static_cast<acc_t*>(a.row_weight);
+  T* loss = static_cast<T*>(a.loss);
+  const acc_t eps = static_cast<acc_t>(a.label_smoothing);
+  const bool vec = aligned16<T>(x) && (a.row_stride * int64_t(sizeof(T))) % 16 == 0;
+  if (a.N > 0) {
+#define PYA_FWD(G, B, VEC)                                                                        \
+  softmax_cross_entropy_forward_kernel_impl<T, I, G, B, VEC><<<unsigned((a.N + B / G - 1) / (B / G)), B, 0, stream>>>( \
+      x, a.N, a.C, a.row_stride, t, a.target_stride, w, a.ignore_index, eps, a.reduction, loss, lse, rl, rw)
+    if (a.C <= kSmallC) {
+      if (vec) PYA_FWD(32, 256, true); else PYA_FWD(32, 256, false);
+    } else {
+      if (vec) PYA_FWD(512, 512, true); else PYA_FWD(512, 512, false);
+    }
+#undef PYA_FWD
+  }
+  softmax_cross_entropy_finalize_kernel_impl<T><<<1, 1024, 0, stream>>>(
+      rl, rw, a.N, w, a.C, a.reduction, loss, static_cast<acc_t*>(a.wstats));
+  return cudaGetLastError();
+}
+
+template <typename T, typename I>
+cudaError_t backward_typed(const BackwardArgs& a, cudaStream_t stream) {
+  using acc_t = typename AccOf<T>::type;
+  if (a.N == 0) return cudaSuccess;
+  const T* x = static_cast<const T*>(a.logits);
+  T* out = static_cast<T*>(a.grad_logits);
+  const bool vec = aligned16<T>(x) && aligned16<T>(out) && (a.row_stride * int64_t(sizeof(T))) % 16 == 0 &&
+                   (a.C * int64_t(sizeof(T))) % 16 == 0;
+  const auto* go = static_cast<const acc_t*>(a.grad_loss);
+  const I* t = static_cast<const I*>(a.target);
+  const auto* w = static_cast<const acc_t*>(a.weight);
+  const auto* lse = static_cast<const acc_t*>(a.lse);
+  const auto* ws = static_cast<const acc_t*>(a.wstats);
+  const acc_t eps = static_cast<acc_t>(a.label_smoothing);
+#define PYA_BWD(G, B, VEC)                                                                        \
+  softmax_cross_entropy_backward_kernel_impl<T, I, G, B, VEC><<<unsigned((a.N + B / G - 1) / (B / G)), B, 0, stream>>>( \
+      go, a.grad_stride, x, a.N, a.C, a.row_stride, t, a.target_stride, w, lse, ws, a.ignore_index, eps, \
+      a.reduction, out)
+  if (a.C <= kSmallC) {
+    if (vec) PYA_BWD(32, 256, true); else PYA_BWD(32, 256, false);
+  } else {
+    if (vec) PYA_BWD(512, 512, true); else PYA_BWD(512, 512, false);
+  }
+#undef PYA_BWD
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+#define PYA_DISPATCH(FN, A, S)                                                             \
+  switch (A.dtype) {                                                                       \
+    case DType::kFloat:                                                                    \
+      return A.target_i32 ? FN<float, int32_t>(A, S) : FN<float, int64_t>(A, S);           \
+    case DType::kHalf:                                                                     \
+      return A.target_i32 ? FN<__half, int32_t>(A, S) : FN<__half, int64_t>(A, S);         \
+    case DType::kBFloat16:                                                                 \
+      return A.target_i32 ? FN<__nv_bfloat16, int32_t>(A, S) : FN<__nv_bfloat16, int64_t>(A, S); \
+    case DType::kDouble:                                                                   \
+      return A.target_i32 ? FN<double, int32_t>(A, S) : FN<double, int64_t>(A, S);         \
+  }                                                                                        \
+  return cudaErrorInvalidValue
+
+cudaError_t launch_softmax_cross_entropy_forward(const ForwardArgs& a, cudaStream_t stream) {
+  PYA_DISPATCH(forward_typed, a, stream);
+}
+
+cudaError_t launch_softmax_cross_entropy_backward(const BackwardArgs& a, cudaStream_t stream) {
+  PYA_DISPATCH(backward_typed, a, stream);
+}
+
+}  // namespace xent
+}  // namespace pyalexnet
