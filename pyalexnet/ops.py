@@ -53,8 +53,17 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _check_same_device(logits: Tensor, **tensors: Optional[Tensor]) -> None:
+    # The fake kernels also serve the Meta key, which the dispatcher picks whenever any argument is
+    # on 'meta': without this check, CPU logits with a meta weight returned uninitialised CPU memory.
+    for name, t in tensors.items():
+        torch._check(t is None or t.device == logits.device, lambda: (
+            f"softmax_cross_entropy: {name} is on {t.device} but logits are on {logits.device}"))
+
+
 @torch.library.register_fake("pyalexnet::softmax_cross_entropy_forward")
 def _softmax_cross_entropy_forward_fake(logits, target, weight, ignore_index, reduction, label_smoothing):
+    _check_same_device(logits, target=target, weight=weight)
     torch._check(logits.dim() == 2, lambda: f"logits must be 2-D (N, C), got {tuple(logits.shape)}")
     torch._check(target.shape == logits.shape[:1], lambda: "target must have shape (N,)")
     torch._check(reduction in _REDUCTIONS, lambda: f"unknown reduction {reduction!r}")
@@ -67,6 +76,7 @@ def _softmax_cross_entropy_forward_fake(logits, target, weight, ignore_index, re
 @torch.library.register_fake("pyalexnet::softmax_cross_entropy_backward")
 def _softmax_cross_entropy_backward_fake(grad_loss, logits, target, weight, lse, wstats, ignore_index,
                                          reduction, label_smoothing):
+    _check_same_device(logits, grad_loss=grad_loss, target=target, weight=weight, lse=lse, wstats=wstats)
     return logits.new_empty(logits.shape)
 
 

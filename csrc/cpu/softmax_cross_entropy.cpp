@@ -9,7 +9,7 @@
 //
 // Rows of any dtype and stride are first copied into a float (double for float64) scratch row;
 // float32 rows with unit column stride are read in place. The float leaf loops are compiled twice
-// (AVX2+FMA and baseline x86-64) and picked at load time.
+// (x86-64-v3, i.e. AVX2+FMA, and baseline x86-64) and picked at load time.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -29,20 +29,23 @@ namespace xent {
 namespace {
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYA_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#define PYA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define PYA_MULTIVERSION
 #endif
+// The row loops are templates inlined into each multiversioned entry point, so that every clone
+// gets its own vectorised copy.
+#define PYA_INLINE __attribute__((always_inline)) inline
 
 // exp for float in [-88, 88] (clamped), ~2 ulp: x = n ln2 + r, |r| <= ln2/2, exp(r) by Cephes'
 // minimax polynomial, 2^n through the exponent bits. Branch-free so that the row loops vectorise;
 // NaN propagates. Arguments below -87.3 may return 0 instead of a denormal.
-inline float exp_f32(float x) {
+PYA_INLINE float exp_f32(float x) {
   x = x < -88.0f ? -88.0f : x;
   x = x > 88.0f ? 88.0f : x;
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   float t = x * 1.44269504088896341f + shifter;
-  int32_t n = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(shifter);
+  int32_t n = __builtin_bit_cast(int32_t, t) - __builtin_bit_cast(int32_t, shifter);
   float nf = t - shifter;
   float r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -53,9 +56,9 @@ inline float exp_f32(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   int32_t e = (n + 127) < 0 ? 0 : (n + 127);
-  return p * std::bit_cast<float>(e << 23);
+  return p * __builtin_bit_cast(float, e << 23);
 }
-inline float exp_acc(float x) { return exp_f32(x); }
+PYA_INLINE float exp_acc(float x) { return exp_f32(x); }
 inline double exp_acc(double x) { return std::exp(x); }
 
 constexpr int kLanes = 16;  // independent accumulators: lets the compiler vectorise the sums
@@ -67,7 +70,7 @@ struct RowStats {
 
 // max_c z_c and, when smoothing, sum_c w_c (z_c - z_0) (w == nullptr: all weights one).
 template <typename acc_t>
-inline RowStats<acc_t> row_stats(const acc_t* z, const acc_t* w, int64_t C, bool smooth) {
+PYA_INLINE RowStats<acc_t> row_stats(const acc_t* z, const acc_t* w, int64_t C, bool smooth) {
   acc_t m[kLanes], a[kLanes];
   for (int k = 0; k < kLanes; ++k) m[k] = -INFINITY, a[k] = 0;
   int64_t j = 0;
@@ -97,7 +100,7 @@ inline RowStats<acc_t> row_stats(const acc_t* z, const acc_t* w, int64_t C, bool
 
 // sum_c exp(z_c - m); an all -inf row (m = -inf) sums to 0, so its log-sum-exp is -inf.
 template <typename acc_t>
-inline acc_t row_sumexp(const acc_t* z, int64_t C, acc_t m) {
+PYA_INLINE acc_t row_sumexp(const acc_t* z, int64_t C, acc_t m) {
   if (m == -INFINITY) return 0;
   acc_t s[kLanes] = {};
   int64_t j = 0;
@@ -111,7 +114,7 @@ inline acc_t row_sumexp(const acc_t* z, int64_t C, acc_t m) {
 
 // out_j = A exp(z_j - lse) - E w_j  (w == nullptr: w_j = 1); the -B at j == t is the caller's.
 template <typename acc_t>
-inline void row_grad(const acc_t* z, const acc_t* w, int64_t C, acc_t lse, acc_t A, acc_t E,
+PYA_INLINE void row_grad(const acc_t* z, const acc_t* w, int64_t C, acc_t lse, acc_t A, acc_t E,
                      acc_t* out) {
   if (w) {
     for (int64_t j = 0; j < C; ++j) out[j] = A * exp_acc(z[j] - lse) - E * w[j];
