@@ -11,7 +11,10 @@
 // streams 16-byte vectors of its row when the rows are 16-byte aligned, scalars otherwise.
 // A target outside [0, C) that is not ignore_index is reported by printf and a trap: the op fails
 // (the next synchronising call raises) instead of returning a wrong loss; no host synchronisation.
-// Not yet run on a GPU: compiled for sm_80/sm_90 only (see the notes of issue 2).
+// ptxas, sm_90 (nvcc 13.0): 29-32 registers forward, 30-40 backward for float/half/bf16, no spills;
+// 16-byte LDG.E.128 / STG.E.128 in the vector paths, MUFU.EX2 for exp; local memory only for the
+// printf arguments of the bad-target path (and 8 bytes of spill in one float64 backward variant).
+// Not yet run on a GPU: compiled for sm_80/sm_90 only.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
