@@ -18,6 +18,16 @@ TORCH_LIBRARY(pyalexnet, m) {
   m.def(
       "softmax_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
       "Tensor lse, Tensor wstats, int ignore_index, str reduction, float label_smoothing) -> Tensor");
+  // out: max_pool2d(relu(conv2d(x, weight, bias, stride, padding)), pool_kernel, pool_stride), floor
+  // mode; argmax: uint8, per pooled output the offset of its window's maximum, or 255 where no
+  // gradient flows. Backward returns empty tensors for the gradients output_mask does not ask for.
+  m.def(
+      "conv_relu_maxpool_forward(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] pool_kernel, int[2] pool_stride) -> (Tensor out, Tensor argmax)");
+  m.def(
+      "conv_relu_maxpool_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor argmax, int[2] stride, "
+      "int[2] padding, int[2] pool_kernel, int[2] pool_stride, bool[3] output_mask) "
+      "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 }
 
 namespace py = pybind11;

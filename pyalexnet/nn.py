@@ -8,7 +8,7 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["SoftmaxCrossEntropyLoss"]
+__all__ = ["ConvReLUMaxPool2d", "SoftmaxCrossEntropyLoss"]
 
 
 class SoftmaxCrossEntropyLoss(torch.nn.Module):
@@ -33,3 +33,31 @@ class SoftmaxCrossEntropyLoss(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}")
+
+
+class ConvReLUMaxPool2d(torch.nn.Module):
+    """``Conv2d -> ReLU -> MaxPool2d`` as one fused op. ``weight`` and ``bias`` have nn.Conv2d's
+    layout and initialisation, so state_dicts move between the two; pool 1/1 means conv + ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 pool_kernel_size=3, pool_stride=2, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        conv = torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias,
+                               device=device, dtype=dtype)  # for its layout and initialisation
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        self.pool_kernel_size = ops._pair(pool_kernel_size, "pool_kernel_size")
+        self.pool_stride = ops._pair(pool_stride, "pool_stride")
+        self.weight = conv.weight
+        self.bias = conv.bias
+        if bias is False:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.conv_relu_maxpool(x, self.weight, self.bias, self.stride, self.padding,
+                                     self.pool_kernel_size, self.pool_stride)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, pool_kernel_size={tuple(self.pool_kernel_size)}, "
+                f"pool_stride={tuple(self.pool_stride)}, bias={self.bias is not None}")

@@ -1,12 +1,12 @@
 """Python API of pyalexnet's ops: typed wrappers, fake (meta) kernels for torch.compile, autograd."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["softmax_cross_entropy"]
+__all__ = ["conv_relu_maxpool", "softmax_cross_entropy"]
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -101,4 +101,90 @@ torch.library.register_autograd(
     "pyalexnet::softmax_cross_entropy_forward",
     _softmax_cross_entropy_backward,
     setup_context=_softmax_cross_entropy_setup_context,
+)
+
+
+# --- fused conv2d + ReLU + max-pool ---------------------------------------------------------------
+
+_IntPair = Union[int, Sequence[int]]
+
+
+def _pair(v: _IntPair, name: str) -> list[int]:
+    if isinstance(v, int):
+        return [v, v]
+    v = [int(e) for e in v]
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
+    return v
+
+
+def conv_relu_maxpool(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: _IntPair = 1,
+    padding: _IntPair = 0,
+    pool_kernel: _IntPair = 3,
+    pool_stride: _IntPair = 2,
+) -> Tensor:
+    """``F.max_pool2d(F.relu(F.conv2d(x, weight, bias, stride, padding)), pool_kernel, pool_stride)``
+    in one op that never stores the convolution's full-resolution output; pool 1/1 is conv + ReLU."""
+    out, _ = torch.ops.pyalexnet.conv_relu_maxpool_forward(
+        x, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
+        _pair(pool_kernel, "pool_kernel"), _pair(pool_stride, "pool_stride"))
+    return out
+
+
+def _crm_sizes(x, weight, stride, padding, pool_kernel, pool_stride):
+    torch._check(x.dim() == 4, lambda: f"input must be 4-D (N, C, H, W), got {tuple(x.shape)}")
+    torch._check(weight.dim() == 4, lambda: f"weight must be 4-D, got {tuple(weight.shape)}")
+    torch._check(x.shape[1] == weight.shape[1],
+                 lambda: f"input has {x.shape[1]} channels but weight expects {weight.shape[1]}")
+    hc = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
+    wc = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+    return (x.shape[0], weight.shape[0], (hc - pool_kernel[0]) // pool_stride[0] + 1,
+            (wc - pool_kernel[1]) // pool_stride[1] + 1)
+
+
+@torch.library.register_fake("pyalexnet::conv_relu_maxpool_forward")
+def _conv_relu_maxpool_forward_fake(x, weight, bias, stride, padding, pool_kernel, pool_stride):
+    shape = _crm_sizes(x, weight, stride, padding, pool_kernel, pool_stride)
+    return x.new_empty(shape), x.new_empty(shape, dtype=torch.uint8)
+
+
+@torch.library.register_fake("pyalexnet::conv_relu_maxpool_backward")
+def _conv_relu_maxpool_backward_fake(grad_out, x, weight, argmax, stride, padding, pool_kernel,
+                                     pool_stride, output_mask):
+    n, ci, h, w = x.shape
+    co, _, kh, kw = weight.shape
+    return (x.new_empty((n if output_mask[0] else 0, ci, h, w)),
+            weight.new_empty((co if output_mask[1] else 0, ci, kh, kw)),
+            weight.new_empty((co if output_mask[2] else 0,)))
+
+
+def _conv_relu_maxpool_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, pool_kernel, pool_stride = inputs
+    _, argmax = output
+    # Saved: the input and weights (which the eager path keeps too) and one byte per pooled output.
+    ctx.save_for_backward(x, weight, argmax)
+    ctx.args = (stride, padding, pool_kernel, pool_stride)
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(argmax)
+
+
+def _conv_relu_maxpool_backward(ctx, grad_out, grad_argmax):
+    x, weight, argmax = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    if not any(mask):
+        return None, None, None, None, None, None, None
+    gx, gw, gb = torch.ops.pyalexnet.conv_relu_maxpool_backward(
+        grad_out, x, weight, argmax, *ctx.args, mask)
+    return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
+            None, None, None, None)
+
+
+torch.library.register_autograd(
+    "pyalexnet::conv_relu_maxpool_forward",
+    _conv_relu_maxpool_backward,
+    setup_context=_conv_relu_maxpool_setup_context,
 )

@@ -1,0 +1,280 @@
+// Fused conv2d + ReLU + max-pool, CPU kernels.
+//
+// Fused: the convolution of a band of pooled rows (im2col of just the conv rows that band needs, one
+// GEMM into a per-thread scratch sized to stay in cache), bias, ReLU and the max-pool in the GEMM's
+// epilogue. Written: the pooled output and one byte per pooled output (the window offset of the
+// maximum, or kNoGrad where ReLU passes no gradient). Never written: the full-resolution convolution
+// or ReLU output (N x Co x Hc x Wc), nor its gradient: backward rebuilds one band's conv-output
+// gradient at a time from the codes, in a per-thread scratch, then runs the weight-gradient GEMM
+// (band gradient x im2col^T) and the input-gradient GEMM (W^T x band gradient, then col2im).
+// Roofline per image: 2 Co K Hc Wc flops forward (K = Ci kh kw), twice that backward; minimal bytes:
+// the input, the weights, the pooled output and its codes.
+// GEMMs run on PyTorch's CPU BLAS (at::mm_out on per-thread scratch): the convolution, fusion and
+// gradient routing are ours, the dense matrix product is the BLAS library's. float16/bfloat16 are
+// converted to float32 in im2col and computed in float32.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/conv_relu_maxpool_index.h"
+#include "conv_relu_maxpool_checks.h"
+
+namespace pyalexnet {
+namespace crm {
+namespace {
+
+template <typename T>
+using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Pooled rows per band: the band's conv rows and their im2col fit in about 1 MiB of cache.
+int64_t band_pooled_rows(const Geometry& g, int64_t elem) {
+  const int64_t budget = (int64_t(1) << 20) / elem;
+  const int64_t per_row = (g.Co + g.K()) * g.Wc;  // scratch per conv row
+  const int64_t rows = std::max<int64_t>(budget / std::max<int64_t>(per_row, 1), g.pkh);
+  return std::clamp<int64_t>((rows - g.pkh) / g.psh + 1, 1, g.Hp);
+}
+
+// Columns c of a conv row whose input column c*sw - pw + kx lies inside [0, W): [lo, hi).
+inline void valid_columns(const Geometry& g, int64_t kx, int64_t& lo, int64_t& hi) {
+  const int64_t off = kx - g.pw;  // input column of c = c*sw + off
+  lo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
+  hi = g.W - off <= 0 ? 0 : std::min<int64_t>(g.Wc, (g.W - off + g.sw - 1) / g.sw);
+  hi = std::max(hi, lo);
+}
+
+// cols (K x R*Wc) = the input patches of conv rows [r0, r0 + R) of one image xn (strides sC, sH, sW).
+template <typename T, typename acc_t>
+void im2col_rows(const T* xn, int64_t sC, int64_t sH, int64_t sW, const Geometry& g, int64_t r0,
+                 int64_t R, acc_t* cols) {
+  const int64_t M = R * g.Wc;
+  for (int64_t ci = 0; ci < g.Ci; ++ci)
+    for (int64_t ky = 0; ky < g.kh; ++ky)
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        acc_t* row = cols + ((ci * g.kh + ky) * g.kw + kx) * M;
+        int64_t lo, hi;
+        valid_columns(g, kx, lo, hi);
+        for (int64_t r = 0; r < R; ++r) {
+          acc_t* d = row + r * g.Wc;
+          const int64_t iy = input_start(r0 + r, g.sh, g.ph) + ky;
+          if (!inside(iy, g.H)) {
+            std::fill(d, d + g.Wc, acc_t(0));
+            continue;
+          }
+          const T* s = xn + ci * sC + iy * sH + (kx - g.pw) * sW;
+          std::fill(d, d + lo, acc_t(0));
+          for (int64_t c = lo; c < hi; ++c) d[c] = static_cast<acc_t>(s[c * g.sw * sW]);
+          std::fill(d + hi, d + g.Wc, acc_t(0));
+        }
+      }
+}
+
+// The adjoint of im2col_rows: dxn (Ci x H x W, contiguous) += the patches in dcols (K x R*Wc).
+template <typename acc_t>
+void col2im_rows(const acc_t* dcols, const Geometry& g, int64_t r0, int64_t R, acc_t* dxn) {
+  const int64_t M = R * g.Wc;
+  for (int64_t ci = 0; ci < g.Ci; ++ci)
+    for (int64_t ky = 0; ky < g.kh; ++ky)
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const acc_t* row = dcols + ((ci * g.kh + ky) * g.kw + kx) * M;
+        int64_t lo, hi;
+        valid_columns(g, kx, lo, hi);
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t iy = input_start(r0 + r, g.sh, g.ph) + ky;
+          if (!inside(iy, g.H)) continue;
+          const acc_t* s = row + r * g.Wc;
+          acc_t* d = dxn + (ci * g.H + iy) * g.W + (kx - g.pw);
+          for (int64_t c = lo; c < hi; ++c) d[c * g.sw] += s[c];
+        }
+      }
+}
+
+// out[:M] (rows x cols, row-major) = a (rows x k) . b (k x cols), by the BLAS on scratch memory.
+template <typename acc_t>
+at::Tensor wrap(acc_t* p, int64_t rows, int64_t cols) {
+  return at::from_blob(p, {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+}
+
+// x: N x Ci x H x W (any strides); w: Co x K (acc, contiguous); b: Co (acc) or nullptr.
+// out: N x Co x Hp x Wp contiguous; code: same shape, uint8.
+template <typename T, typename acc_t>
+void conv_relu_maxpool_forward_kernel_impl(const T* x, c10::IntArrayRef xs, const acc_t* w,
+                                           const acc_t* b, const Geometry& g, T* out, uint8_t* code) {
+  const int64_t B = band_pooled_rows(g, sizeof(acc_t));
+  const int64_t nb = (g.Hp + B - 1) / B, K = g.K();
+  const int64_t Mmax = band_rows(B, g.pkh, g.psh) * g.Wc;
+  const at::Tensor wt = wrap(const_cast<acc_t*>(w), g.Co, K);
+  at::parallel_for(0, g.N * nb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> cols(K * Mmax), conv(g.Co * Mmax);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / nb, p0 = (item % nb) * B, np = std::min(B, g.Hp - p0);
+      const int64_t r0 = band_first_row(p0, g.psh), R = band_rows(np, g.pkh, g.psh), M = R * g.Wc;
+      im2col_rows(x + n * xs[0], xs[1], xs[2], xs[3], g, r0, R, cols.data());
+      at::Tensor ct = wrap(conv.data(), g.Co, M);
+      at::mm_out(ct, wt, wrap(cols.data(), K, M));
+      for (int64_t co = 0; co < g.Co; ++co) {
+        const acc_t* v = conv.data() + co * M;
+        const acc_t bias = b ? b[co] : acc_t(0);
+        const int64_t o = ((n * g.Co + co) * g.Hp + p0) * g.Wp;
+        for (int64_t p = 0; p < np; ++p)
+          for (int64_t q = 0; q < g.Wp; ++q) {
+            const acc_t* win = v + (window_start(p0 + p, g.psh) - r0) * g.Wc + window_start(q, g.psw);
+            acc_t m = -std::numeric_limits<acc_t>::infinity();
+            int64_t at = 0;
+            for (int64_t dy = 0; dy < g.pkh; ++dy)
+              for (int64_t dx = 0; dx < g.pkw; ++dx)
+                max_update<acc_t>(win[dy * g.Wc + dx] + bias, dy * g.pkw + dx, m, at);
+            out[o + p * g.Wp + q] = static_cast<T>(pooled_value(m));
+            code[o + p * g.Wp + q] = pooled_code(m, at);
+          }
+      }
+    }
+  });
+}
+
+// gy: N x Co x Hp x Wp (strides gs); code: contiguous. Writes dx (N x Ci x H x W contiguous, when
+// need_x), dw (Co x K, acc), db (Co, acc).
+template <typename T, typename acc_t>
+void conv_relu_maxpool_backward_kernel_impl(const T* gy, c10::IntArrayRef gs, const uint8_t* code,
+                                            const T* x, c10::IntArrayRef xs, const acc_t* w,
+                                            const Geometry& g, bool need_x, bool need_w, T* dx,
+                                            acc_t* dw, acc_t* db) {
+  const int64_t B = band_pooled_rows(g, sizeof(acc_t));
+  const int64_t nb = (g.Hp + B - 1) / B, K = g.K();
+  const int64_t Mmax = band_rows(B, g.pkh, g.psh) * g.Wc;
+  const int nt = at::get_num_threads();
+  // Per-thread partial sums of the weight and bias gradients, added up in thread order at the end.
+  std::vector<acc_t> dw_t(need_w ? nt * g.Co * K : 0), db_t(nt * g.Co, acc_t(0));
+  const at::Tensor wt = wrap(const_cast<acc_t*>(w), g.Co, K);
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    std::vector<acc_t> cols(K * Mmax), dyc(g.Co * Mmax), dxa(need_x ? g.Ci * g.H * g.W : 0);
+    acc_t* dbp = db_t.data() + tid * g.Co;
+    at::Tensor dwt = need_w ? wrap(dw_t.data() + tid * g.Co * K, g.Co, K) : at::Tensor();
+    for (int64_t n = begin; n < end; ++n) {
+      std::fill(dxa.begin(), dxa.end(), acc_t(0));
+      for (int64_t p0 = 0; p0 < g.Hp; p0 += B) {
+        const int64_t np = std::min(B, g.Hp - p0);
+        const int64_t r0 = band_first_row(p0, g.psh), R = band_rows(np, g.pkh, g.psh), M = R * g.Wc;
+        // Un-pool: the conv-output gradient of this band, through the codes (argmax and ReLU mask).
+        std::fill(dyc.begin(), dyc.begin() + g.Co * M, acc_t(0));
+        bool any = false;
+        for (int64_t co = 0; co < g.Co; ++co) {
+          acc_t* d = dyc.data() + co * M;
+          const int64_t o = ((n * g.Co + co) * g.Hp + p0) * g.Wp;
+          const T* gyc = gy + n * gs[0] + co * gs[1] + p0 * gs[2];
+          for (int64_t p = 0; p < np; ++p)
+            for (int64_t q = 0; q < g.Wp; ++q) {
+              const uint8_t c = code[o + p * g.Wp + q];
+              if (c == kNoGrad) continue;
+              const acc_t v = static_cast<acc_t>(gyc[p * gs[2] + q * gs[3]]);
+              d[(window_start(p0 + p, g.psh) - r0 + code_dy(c, g.pkw)) * g.Wc + window_start(q, g.psw) +
+                code_dx(c, g.pkw)] += v;
+              dbp[co] += v;
+              any = true;
+            }
+        }
+        if (!any) continue;
+        at::Tensor dyt = wrap(dyc.data(), g.Co, M);
+        if (need_w) {
+          im2col_rows(x + n * xs[0], xs[1], xs[2], xs[3], g, r0, R, cols.data());
+          dwt.addmm_(dyt, wrap(cols.data(), K, M).t());
+        }
+        if (need_x) {
+          at::Tensor dct = wrap(cols.data(), K, M);
+          at::mm_out(dct, wt.t(), dyt);
+          col2im_rows(cols.data(), g, r0, R, dxa.data());
+        }
+      }
+      if (need_x) {
+        T* d = dx + n * g.Ci * g.H * g.W;
+        for (int64_t i = 0; i < g.Ci * g.H * g.W; ++i) d[i] = static_cast<T>(dxa[i]);
+      }
+    }
+  });
+  for (int t = 0; t < nt; ++t) {
+    for (int64_t co = 0; co < g.Co; ++co) db[co] += db_t[t * g.Co + co];
+    if (need_w)
+      for (int64_t i = 0; i < g.Co * K; ++i) dw[i] += dw_t[t * g.Co * K + i];
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef pool_kernel,
+    c10::IntArrayRef pool_stride) {
+  const Geometry g = check_inputs(x, weight, bias, stride, padding, pool_kernel, pool_stride);
+  at::Tensor out = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options());
+  at::Tensor code = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options().dtype(at::kByte));
+  if (out.numel() == 0) return {out, code};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_relu_maxpool_forward_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+    const at::Tensor w = weight.to(acc).contiguous();
+    const at::Tensor b = bias.has_value() ? bias->to(acc).contiguous() : at::Tensor();
+    conv_relu_maxpool_forward_kernel_impl<scalar_t, acc_t>(
+        x.const_data_ptr<scalar_t>(), x.strides(), w.const_data_ptr<acc_t>(),
+        b.defined() ? b.const_data_ptr<acc_t>() : nullptr, g, out.data_ptr<scalar_t>(),
+        code.data_ptr<uint8_t>());
+  });
+  return {out, code};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& code,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef pool_kernel,
+    c10::IntArrayRef pool_stride, std::array<bool, 3> output_mask) {
+  const Geometry g = check_inputs(x, weight, std::nullopt, stride, padding, pool_kernel, pool_stride);
+  const char* op = "conv_relu_maxpool_backward: ";
+  const std::vector<int64_t> oshape{g.N, g.Co, g.Hp, g.Wp};
+  TORCH_CHECK(grad_out.sizes() == c10::IntArrayRef(oshape), op, "grad_out must have shape ",
+              c10::IntArrayRef(oshape), ", got ", grad_out.sizes());
+  TORCH_CHECK(code.sizes() == c10::IntArrayRef(oshape) && code.scalar_type() == at::kByte, op,
+              "argmax must be the uint8 tensor of shape ", c10::IntArrayRef(oshape), " that forward returned");
+  TORCH_CHECK(grad_out.device() == x.device() && code.device() == x.device(), op,
+              "grad_out and argmax must be on ", x.device());
+  const bool need_x = output_mask[0], need_w = output_mask[1], need_b = output_mask[2];
+  // Gradients not asked for come back as empty tensors (the Python wrapper turns them into None).
+  at::Tensor dx = at::empty({need_x ? g.N : 0, g.Ci, g.H, g.W}, x.options());
+  at::Tensor dw = at::empty({need_w ? g.Co : 0, g.Ci, g.kh, g.kw}, weight.options());
+  at::Tensor db = at::empty({need_b ? g.Co : 0}, weight.options());
+  if (!need_x && !need_w && !need_b) return {dx, dw, db};
+  const at::Tensor gy = grad_out.to(x.scalar_type());
+  const at::Tensor cc = code.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_relu_maxpool_backward_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+    const at::Tensor w = weight.to(acc).contiguous();
+    at::Tensor dwa = at::zeros({need_w ? g.Co * g.K() : 0}, x.options().dtype(acc));
+    at::Tensor dba = at::zeros({g.Co}, x.options().dtype(acc));
+    if (g.N > 0)
+      conv_relu_maxpool_backward_kernel_impl<scalar_t, acc_t>(
+          gy.const_data_ptr<scalar_t>(), gy.strides(), cc.const_data_ptr<uint8_t>(),
+          x.const_data_ptr<scalar_t>(), x.strides(), w.const_data_ptr<acc_t>(), g, need_x, need_w,
+          need_x ? dx.data_ptr<scalar_t>() : nullptr, need_w ? dwa.data_ptr<acc_t>() : nullptr,
+          dba.data_ptr<acc_t>());
+    if (need_w) dw.copy_(dwa.view(dw.sizes()));
+    if (need_b) db.copy_(dba);
+  });
+  return {dx, dw, db};
+}
+
+}  // namespace crm
+
+TORCH_LIBRARY_IMPL(pyalexnet, CPU, m) {
+  m.impl("conv_relu_maxpool_forward", &crm::conv_relu_maxpool_forward_cpu);
+  m.impl("conv_relu_maxpool_backward", &crm::conv_relu_maxpool_backward_cpu);
+}
+
+}  // namespace pyalexnet
