@@ -3,10 +3,13 @@ reference of softmax cross-entropy, and the tolerance rule of each dtype.
 
 The helpers are imported by the test modules as ``from conftest import ...`` (tests/ is on sys.path
 under pytest's default import mode). The markers ``cuda`` and ``bigmem`` are declared in
-pyproject.toml, not here.
+pyproject.toml, not here. Inputs are fresh random numbers every run; a failing test prints its seed,
+and PYALEXNET_TEST_SEED=<seed> replays it.
 """
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,7 +28,8 @@ DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 REDUCTIONS = ("none", "mean", "sum")
 REDUCED = (torch.float16, torch.bfloat16)
 
-# Fixed tolerances of the float32-or-better dtypes: (rtol, atol) against the float64 reference.
+# Tolerances of the float32-or-better dtypes against the float64 reference: rtol, and atol for
+# results computed from terms of order one (scaled for gradients; see assert_matches).
 TOLERANCES = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5)}
 
 
@@ -44,6 +48,16 @@ def installed_pyalexnet_under_test():
 # ------------------------------------------------------------------------------------------------
 # Inputs
 # ------------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    """Seeds torch (CPU and CUDA) afresh for every test and prints the seed, which pytest shows
+    with the output of a failing test."""
+    seed = int(os.environ.get("PYALEXNET_TEST_SEED") or random.SystemRandom().randrange(2**31))
+    torch.manual_seed(seed)
+    print(f"torch seed {seed}: rerun with PYALEXNET_TEST_SEED={seed}")
+    return seed
+
+
 def random_logits(*shape: int, dtype=torch.float32, device="cpu", scale: float = 3.0) -> Tensor:
     """Fresh random logits of a realistic spread (scale * N(0, 1)), rounded to dtype."""
     return (torch.randn(*shape, dtype=torch.float64, device=device) * scale).to(dtype)
@@ -65,6 +79,67 @@ def random_target(shape, C: int, ignore_index: Optional[int] = None, device="cpu
 def upstream_grad(loss: Tensor) -> Tensor:
     """A random non-trivial incoming gradient for loss, in loss's dtype (never all ones)."""
     return (torch.randn(loss.shape, dtype=torch.float64, device=loss.device) + 0.5).to(loss.dtype)
+
+
+LAYOUTS = ("transposed", "column_slice", "row_strided", "broadcast_rows",  # non-contiguous logits
+           "strided_target", "int32_target")
+
+
+def make_layout(kind: str, N: int, C: int, dtype, device="cpu") -> tuple[Tensor, Tensor]:
+    """(N, C) logits and (N,) targets (every third one -100) in the named layout, asserted to be it:
+    non-contiguous logits (the first four) or targets (strided_target), or int32 targets."""
+    t = random_target(N, C, ignore_index=-100, device=device)
+    if kind == "transposed":
+        x = random_logits(C, N, dtype=dtype, device=device).t()
+    elif kind == "column_slice":
+        x = random_logits(N, C + 5, dtype=dtype, device=device)[:, 2:C + 2]
+    elif kind == "row_strided":
+        x = random_logits(2 * N, C, dtype=dtype, device=device)[::2]
+    elif kind == "broadcast_rows":  # row stride 0: every row is the same memory
+        x = random_logits(1, C, dtype=dtype, device=device).expand(N, C)
+    elif kind == "strided_target":
+        x = random_logits(N, C, dtype=dtype, device=device)
+        t = random_target(2 * N, C, ignore_index=-100, device=device)[::2]
+        assert not t.is_contiguous()
+    elif kind == "int32_target":
+        x = random_logits(N, C, dtype=dtype, device=device)
+        t = t.int()
+    else:
+        raise ValueError(f"unknown layout {kind!r}")
+    assert x.is_contiguous() == (kind in ("strided_target", "int32_target")), kind
+    return x, t
+
+
+def forward_op_samples(device="cpu") -> list:
+    """pytest.params of a (args-building function, id) covering the forward op's options; logits
+    require grad in half of them. The function builds the tensors when called, inside the test."""
+    samples = []
+    for reduction in REDUCTIONS:
+        for weighted in (False, True):
+            for smoothing, ignore_index in ((0.0, -100), (0.25, 1)):
+                for dtype, C in ((torch.float32, 5), (torch.float64, 33), (torch.bfloat16, 3000)):
+                    grad = weighted != (smoothing > 0)
+
+                    def make(reduction=reduction, weighted=weighted, smoothing=smoothing,
+                             ignore_index=ignore_index, dtype=dtype, C=C, grad=grad):
+                        x = random_logits(6, C, dtype=dtype, device=device).requires_grad_(grad)
+                        t = random_target(6, C, ignore_index, device=device)
+                        w = random_weight(C, dtype, device=device) if weighted else None
+                        return x, t, w, ignore_index, reduction, smoothing
+
+                    name = f"{reduction}-w{int(weighted)}-ls{smoothing}-ii{ignore_index}-{dtype}-C{C}"
+                    samples.append(pytest.param(make, id=f"{name}-grad{int(grad)}"))
+
+    def non_contiguous():
+        x, t = make_layout("column_slice", 6, 40, torch.float16, device=device)
+        return x.requires_grad_(), t.int(), None, -100, "sum", 0.0
+
+    def empty():
+        x, t = random_logits(0, 5, device=device), random_target(0, 5, device=device)
+        return x, t, None, -100, "sum", 0.0
+
+    samples += [pytest.param(non_contiguous, id="column_slice-int32"), pytest.param(empty, id="empty")]
+    return samples
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,26 +164,28 @@ def reference(logits: Tensor, target: Tensor, weight: Optional[Tensor], grad_out
 
 
 def torch_same_dtype(logits: Tensor, target: Tensor, weight: Optional[Tensor], grad_out: Tensor, **opts):
-    """Loss and gradient of PyTorch's own F.cross_entropy in logits' dtype: the baseline of the 2x rule."""
+    """Loss and gradient of PyTorch's own F.cross_entropy in logits' dtype (the 2x rule's baseline)."""
     w = None if weight is None else weight.to(logits.dtype)
     return loss_and_grad(F.cross_entropy, logits, target.long(), w, grad_out, **opts)
 
 
-def assert_matches(actual: Tensor, ref: Tensor, baseline: Optional[Tensor] = None, what: str = ""):
+def assert_matches(actual: Tensor, ref: Tensor, baseline: Optional[Tensor] = None, what: str = "",
+                   scale: float = 1.0):
     """actual (any dtype) against the float64 reference ref with the tolerance of actual's dtype.
 
-    float64: rtol = atol = 1e-10; float32: rtol = atol = 1e-5.
+    float64: rtol = 1e-10, atol = 1e-10 * scale; float32: rtol = 1e-5, atol = 1e-5 * scale, where scale
+    is the size of the terms each element is computed from (1 for losses of O(1) logits; see
+    grad_scale for gradients, whose elements can all be tiny, as the mean's over many rows).
     float16/bfloat16, flash-attention's rule: max|actual - ref| <= 2 max|baseline - ref| + floor, where
     baseline is PyTorch's own same-dtype result and floor = eps(dtype) * max|ref| is one unit in the
     last place of the largest value (rounding the float32 result to the output dtype costs half of it).
     NaNs must sit where the reference has them.
     """
     assert actual.shape == ref.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(ref.shape)}"
-    a = actual.detach().double().cpu()
-    r = ref.detach().double().cpu()
+    a, r = actual.detach().double(), ref.detach().double()  # compared where they are (GPU: fast)
     if actual.dtype not in REDUCED:
         rtol, atol = TOLERANCES[actual.dtype]
-        torch.testing.assert_close(a, r, rtol=rtol, atol=atol, equal_nan=True,
+        torch.testing.assert_close(a, r, rtol=rtol, atol=atol * scale, equal_nan=True,
                                    msg=lambda m: f"{what}: {m}")
         return
     assert baseline is not None, f"{what}: the {actual.dtype} rule needs PyTorch's same-dtype result"
@@ -117,11 +194,28 @@ def assert_matches(actual: Tensor, ref: Tensor, baseline: Optional[Tensor] = Non
         f"{what}: NaNs at {a.isnan().nonzero().tolist()}, expected at {nan.nonzero().tolist()}")
     if a.numel() == 0 or nan.all():
         return
-    a, r, b = a[~nan], r[~nan], baseline.detach().double().cpu()[~nan]
+    a, r, b = a[~nan], r[~nan], baseline.detach().double()[~nan]
     ours, theirs = (a - r).abs().max().item(), (b - r).abs().max().item()
     floor = torch.finfo(actual.dtype).eps * r.abs().max().item()
     assert ours <= 2 * theirs + floor, (
-        f"{what}: {actual.dtype} error {ours:.3e} exceeds 2 x PyTorch's {theirs:.3e} + floor {floor:.3e}")
+        f"{what}: {actual.dtype} error {ours:.3e} > 2 x PyTorch's {theirs:.3e} + floor {floor:.3e}")
+
+
+def grad_scale(target: Tensor, weight: Optional[Tensor], grad_out: Tensor, reduction: str = "mean",
+               ignore_index: int = -100, **_) -> float:
+    """Size of the terms of one gradient element, g w (p - [j == t]) and the smoothing's g w_j: the
+    largest incoming gradient times the largest class weight, over the mean's denominator (the sum of
+    the used targets' weights). 1 where no target is used: the gradient must then be exactly 0."""
+    if grad_out.numel() == 0:
+        return 1.0
+    s = grad_out.double().abs().max().item() * (1.0 if weight is None else weight.double().abs().max().item())
+    if reduction == "mean":
+        used = target.reshape(-1)[target.reshape(-1) != ignore_index].long()
+        denom = used.numel() if weight is None else weight.double()[used].sum().item()
+        if denom == 0:
+            return 1.0
+        s /= denom
+    return s
 
 
 def check_against_reference(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
@@ -142,7 +236,7 @@ def check_against_reference(logits: Tensor, target: Tensor, weight: Optional[Ten
     if logits.dtype in REDUCED:
         base_loss, base_grad = torch_same_dtype(logits, target, weight, grad_out, **opts)
     assert_matches(loss, ref_loss, base_loss, "loss")
-    assert_matches(grad, ref_grad, base_grad, "grad")
+    assert_matches(grad, ref_grad, base_grad, "grad", scale=grad_scale(target, weight, grad_out, **opts))
     return loss, grad
 
 
