@@ -23,7 +23,7 @@ from pyalexnet.ops import softmax_cross_entropy
 
 def timed(fn, sets, min_run_time):
     """Median seconds of fn(*s) over the input sets, each timed by torch.utils.benchmark."""
-    ts = [tb.Timer(stmt="fn(*s)", globals={"fn": fn, "s": s}).blocked_autorange(min_run_time=min_run_time).median
+    ts = [tb.Timer(stmt="fn(*s)", globals={"fn": fn, "s": s}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time).median
           for s in sets]
     return sorted(ts)[len(ts) // 2]
 
