@@ -10,7 +10,8 @@
 #endif
 
 TORCH_LIBRARY(pyalexnet, m) {
-  // loss (N,) for reduction 'none' else (), in logits' dtype; lse (N,) and wstats (2,) =
+  // loss (N,) for reduction 'none' else (), in logits' dtype; lse (N, 2) = per row {max, log of the
+  // sum of exp(logit - max)} (their sum is the log-sum-exp) and wstats (2,) =
   // {sum of used target weights, sum of all class weights} in float32 (float64 for float64 logits).
   m.def(
       "softmax_cross_entropy_forward(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "

@@ -66,9 +66,10 @@ inline void check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor&
   }
   TORCH_CHECK(at::isFloatingType(grad_loss.scalar_type()), op, "grad_loss must be floating point");
   auto acc = acc_dtype(logits.scalar_type());
-  TORCH_CHECK(lse.dim() == 1 && lse.size(0) == logits.size(0) && lse.scalar_type() == acc, op,
-              "lse must be the (N,) ", acc, " log-sum-exp that forward returned, got ", lse.sizes(),
-              " ", lse.scalar_type());
+  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == logits.size(0) && lse.size(1) == 2 &&
+                  lse.scalar_type() == acc, op,
+              "lse must be the (N, 2) ", acc, " (row max, log-sum-exp) that forward returned, got ",
+              lse.sizes(), " ", lse.scalar_type());
   TORCH_CHECK(wstats.numel() == 2 && wstats.scalar_type() == acc, op,
               "wstats must be the 2-element ", acc, " tensor that forward returned");
   for (const at::Tensor* t : {&grad_loss, &lse, &wstats}) {

@@ -49,9 +49,9 @@ class ConvReLUMaxPool2d(torch.nn.Module):
         self.pool_kernel_size = ops._pair(pool_kernel_size, "pool_kernel_size")
         self.pool_stride = ops._pair(pool_stride, "pool_stride")
         self.weight = conv.weight
-        self.bias = conv.bias
-        if bias is False:
-            self.register_parameter("bias", None)
+        # register_parameter, not `self.bias = conv.bias`: for bias=False that assignment made a plain
+        # attribute None, which a later register_parameter("bias", None) refused (KeyError).
+        self.register_parameter("bias", conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.conv_relu_maxpool(x, self.weight, self.bias, self.stride, self.padding,

@@ -70,7 +70,7 @@ def _softmax_cross_entropy_forward_fake(logits, target, weight, ignore_index, re
     n = logits.shape[0]
     acc = _acc_dtype(logits.dtype)
     loss = logits.new_empty((n,) if reduction == "none" else ())
-    return loss, logits.new_empty((n,), dtype=acc), logits.new_empty((2,), dtype=acc)
+    return loss, logits.new_empty((n, 2), dtype=acc), logits.new_empty((2,), dtype=acc)
 
 
 @torch.library.register_fake("pyalexnet::softmax_cross_entropy_backward")
@@ -135,19 +135,46 @@ def conv_relu_maxpool(
     return out
 
 
+def _crm_check_devices(x: Tensor, **tensors: Optional[Tensor]) -> None:
+    # As _check_same_device: the fakes also serve the Meta key, which the dispatcher picks whenever
+    # any argument is on 'meta' (CPU input with a meta weight returned uninitialised CPU memory).
+    for name, t in tensors.items():
+        torch._check(t is None or t.device == x.device,
+                     lambda: f"conv_relu_maxpool: {name} is on {t.device} but input is on {x.device}")
+
+
 def _crm_sizes(x, weight, stride, padding, pool_kernel, pool_stride):
-    torch._check(x.dim() == 4, lambda: f"input must be 4-D (N, C, H, W), got {tuple(x.shape)}")
-    torch._check(weight.dim() == 4, lambda: f"weight must be 4-D, got {tuple(weight.shape)}")
+    # The checks of csrc/conv_relu_maxpool_checks.h that decide the shapes (with its messages), so that
+    # the fake refuses what the kernels refuse instead of dividing by zero or making negative sizes.
+    op = "conv_relu_maxpool: "
+    torch._check(x.dim() == 4, lambda: f"{op}input must be 4-D (N, C, H, W), got {tuple(x.shape)}")
+    torch._check(weight.dim() == 4, lambda: f"{op}weight must be 4-D, got {tuple(weight.shape)}")
+    torch._check(weight.dtype == x.dtype,
+                 lambda: f"{op}weight dtype {weight.dtype} differs from input dtype {x.dtype}")
     torch._check(x.shape[1] == weight.shape[1],
-                 lambda: f"input has {x.shape[1]} channels but weight expects {weight.shape[1]}")
+                 lambda: f"{op}input has {x.shape[1]} channels but weight expects {weight.shape[1]}")
+    for v, name, least in ((stride, "stride", 1), (padding, "padding", 0),
+                           (pool_kernel, "pool_kernel", 1), (pool_stride, "pool_stride", 1)):
+        torch._check(len(v) == 2, lambda: f"{op}{name} must have 2 values (h, w), got {list(v)}")
+        torch._check(min(v) >= least, lambda: f"{op}{name} must be >= {least}, got {list(v)}")
+    torch._check(pool_kernel[0] * pool_kernel[1] <= 255,
+                 lambda: f"{op}pool windows may have at most 255 positions, got {list(pool_kernel)}")
+    for d in (2, 3):  # one check per dimension: each may be symbolic under torch.compile
+        torch._check(x.shape[d] + 2 * padding[d - 2] >= weight.shape[d], lambda: (
+            f"{op}input {tuple(x.shape)} padded by {list(padding)} is smaller than the kernel "
+            f"{weight.shape[2]}x{weight.shape[3]}: the convolution output would be empty"))
     hc = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
     wc = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+    for c, k in ((hc, pool_kernel[0]), (wc, pool_kernel[1])):
+        torch._check(c >= k, lambda: f"{op}the convolution output is {hc}x{wc}, smaller than the pool "
+                                     f"window {list(pool_kernel)}: the output would be empty")
     return (x.shape[0], weight.shape[0], (hc - pool_kernel[0]) // pool_stride[0] + 1,
             (wc - pool_kernel[1]) // pool_stride[1] + 1)
 
 
 @torch.library.register_fake("pyalexnet::conv_relu_maxpool_forward")
 def _conv_relu_maxpool_forward_fake(x, weight, bias, stride, padding, pool_kernel, pool_stride):
+    _crm_check_devices(x, weight=weight, bias=bias)
     shape = _crm_sizes(x, weight, stride, padding, pool_kernel, pool_stride)
     return x.new_empty(shape), x.new_empty(shape, dtype=torch.uint8)
 
@@ -155,6 +182,7 @@ def _conv_relu_maxpool_forward_fake(x, weight, bias, stride, padding, pool_kerne
 @torch.library.register_fake("pyalexnet::conv_relu_maxpool_backward")
 def _conv_relu_maxpool_backward_fake(grad_out, x, weight, argmax, stride, padding, pool_kernel,
                                      pool_stride, output_mask):
+    _crm_check_devices(x, grad_out=grad_out, weight=weight, argmax=argmax)
     n, ci, h, w = x.shape
     co, _, kh, kw = weight.shape
     return (x.new_empty((n if output_mask[0] else 0, ci, h, w)),

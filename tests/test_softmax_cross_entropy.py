@@ -192,6 +192,17 @@ def test_large_logits(dtype):
                             label_smoothing=0.1)
 
 
+@pytest.mark.parametrize("offset", (1e3, 1e4, -3e4))
+def test_large_logit_offset_float32(offset):
+    """Every logit of a row far from 0: the log-sum-exp is kept as (max, log-sum), so the loss and
+    gradient stay float32-accurate (a float holding max + log-sum would be off by ~ulp(offset))."""
+    N, C = 32, 257
+    x = (torch.randn(N, C, dtype=torch.float64) * 4 + offset).float()
+    check_against_reference(x, random_target(N, C), random_weight(C, torch.float32), reduction="none",
+                            label_smoothing=0.1)
+    check_against_reference(x, random_target(N, C), reduction="mean")
+
+
 def test_deterministic_across_threads():
     """The reduction sums in row order: the loss does not depend on the number of threads."""
     x, t = random_logits(257, 129), random_target(257, 129, ignore_index=-100)
@@ -220,6 +231,7 @@ def test_gradcheck(reduction, weighted, label_smoothing, shape):
     t = random_target(t_shape, C)
     if t.dim() > 0:
         t.view(-1)[1] = 2  # some targets hit ignore_index = 2, a class
+        t.view(-1)[0] = 0  # and one is used: an all-ignored mean is NaN, which gradcheck can't check
     elif t == 2:
         t = torch.tensor(3)  # the one target of an unbatched sample: used (ignored gives NaN)
     w = random_weight(C, torch.float64) if weighted else None
@@ -323,8 +335,10 @@ def test_compile_aot_eager_spatial():
     torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-12, atol=1e-12)
 
 
-def test_compile_inductor():
-    """The default backend (inductor, which generates C++ here): one case, compiling takes ~15 s."""
+def test_compile_inductor(tmp_path, monkeypatch):
+    """The default backend (inductor, which generates C++ here): one case, compiling takes ~15 s.
+    A fresh inductor cache: a graph cached by an older build of the op must not be reused."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch._dynamo.reset()
     x, t = torch.randn(12, 16, dtype=torch.float64), random_target(12, 9, ignore_index=3)
     _compare_compiled("inductor", _loss_opts(COMPILE_OPTIONS[1]), x, t)
@@ -423,7 +437,7 @@ def test_backward_op_bad_saved_tensors():
         BWD(torch.ones(3), x, t, None, lse, wstats, -100, "none", 0.0)
     with pytest.raises(RuntimeError, match=r"grad_loss must be a scalar"):
         BWD(torch.ones(4), x, t, None, lse, wstats, -100, "mean", 0.0)
-    with pytest.raises(RuntimeError, match="lse must be the \\(N,\\) Float log-sum-exp"):
+    with pytest.raises(RuntimeError, match="lse must be the \\(N, 2\\) Float \\(row max, log-sum-exp\\)"):
         BWD(torch.ones(4), x, t, None, lse.double(), wstats, -100, "none", 0.0)
     with pytest.raises(RuntimeError, match="wstats must be the 2-element Float tensor"):
         BWD(torch.ones(4), x, t, None, lse, wstats[:1], -100, "none", 0.0)
@@ -457,7 +471,7 @@ def test_meta_tensors():
     t = torch.empty(6, device="meta", dtype=torch.long)
     loss, lse, wstats = FWD(x, t, None, -100, "none", 0.0)
     assert loss.shape == (6,) and loss.dtype == torch.bfloat16 and loss.device.type == "meta"
-    assert lse.shape == (6,) and lse.dtype == torch.float32 and wstats.shape == (2,)
+    assert lse.shape == (6, 2) and lse.dtype == torch.float32 and wstats.shape == (2,)
     assert softmax_cross_entropy(x, t).shape == ()
 
 

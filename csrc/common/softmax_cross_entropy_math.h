@@ -2,13 +2,15 @@
 // that the CPU tests exercise the very arithmetic the GPU runs.
 //
 // F.cross_entropy for class-index targets, written per row i with target t, class weights w
-// (w_c = 1 without weights), smoothing eps, C classes and the row's log-sum-exp L:
-//   nll_i    = -w_t (z_t - L)
-//   smooth_i = -sum_c w_c (z_c - L) = Wsum (L - r) - sum_c w_c (z_c - r)     (any shift r; we use z_0,
-//              so that the subtraction cancels at the scale of the logits' spread, not their offset)
+// (w_c = 1 without weights), smoothing eps, C classes and the row's log-sum-exp L = m + l, kept as
+// its two parts m = max_c z_c and l = log sum_c exp(z_c - m) (a float holding m + l would lose the
+// low bits of l when the logits are large, ~1e-3 at 1e4; z_j - m is exact):
+//   nll_i    = -w_t ((z_t - m) - l)
+//   smooth_i = -sum_c w_c (z_c - L) = Wsum ((m - r) + l) - sum_c w_c (z_c - r)     (any shift r; we use
+//              z_0, so that the subtraction cancels at the scale of the logits' spread, not their offset)
 //   loss_i   = (1 - eps) nll_i + (eps / C) smooth_i           (ignored rows: 0, and weight 0)
 //   mean     = sum_i loss_i / sum_i w_{t_i} over rows not ignored  (0/0 = NaN for an all-ignored batch)
-// and its gradient with respect to the logits, p_j = exp(z_j - L), g the incoming gradient of loss_i:
+// and its gradient with respect to the logits, p_j = exp((z_j - m) - l), g the incoming gradient:
 //   dz_j = g [ (1 - eps) w_t (p_j - [j == t]) + (eps / C)(Wsum p_j - w_j) ] = A p_j - B [j == t] - E w_j
 #pragma once
 
@@ -29,16 +31,16 @@ enum Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
 PYA_HD bool is_ignored(int64_t t, int64_t ignore_index) { return t == ignore_index; }
 PYA_HD bool in_range(int64_t t, int64_t C) { return t >= 0 && t < C; }
 
-// loss_i of a row that is not ignored. zt: logit of the target; wt: its class weight; lse: L;
-// r: the shift of shifted_wsum = sum_c w_c (z_c - r); wsum = sum_c w_c. The smoothing term is left
+// loss_i of a row that is not ignored. zt: logit of the target; wt: its class weight; m, l: the two
+// parts of L; r: the shift of shifted_wsum = sum_c w_c (z_c - r); wsum = sum_c w_c. The smoothing term is left
 // out when eps == 0 so that an infinite logit elsewhere in the row does not turn the loss into NaN,
 // as in PyTorch, which then never computes it.
 template <typename acc_t>
-PYA_HD acc_t row_loss(acc_t zt, acc_t wt, acc_t lse, acc_t r, acc_t shifted_wsum, acc_t wsum,
+PYA_HD acc_t row_loss(acc_t zt, acc_t wt, acc_t m, acc_t l, acc_t r, acc_t shifted_wsum, acc_t wsum,
                       acc_t eps, int64_t C) {
-  acc_t nll = -wt * (zt - lse);
+  acc_t nll = -wt * ((zt - m) - l);
   if (eps == acc_t(0)) return nll;
-  acc_t smooth = wsum * (lse - r) - shifted_wsum;
+  acc_t smooth = wsum * ((m - r) + l) - shifted_wsum;
   return (acc_t(1) - eps) * nll + eps / acc_t(C) * smooth;
 }
 

@@ -2,7 +2,7 @@
 //
 // Fused: log-softmax, the (weighted, smoothed) negative log-likelihood and the reduction, in one
 // parallel pass over the rows; backward writes softmax minus the smoothed one-hot target in one pass.
-// Saved for backward: the per-row log-sum-exp (N floats) and wstats = {sum of used target weights,
+// Saved for backward: the per-row log-sum-exp as (max, log-sum) (N x 2 floats) and wstats = {sum of used target weights,
 // sum of all class weights}. Never written: log-softmax or softmax of the logits (N x C).
 // Roofline per row: forward reads C logits (two sweeps over an L1/L2-resident row), ~3C flops and C
 // exps; backward reads C logits and writes C gradients.
@@ -112,14 +112,14 @@ PYA_INLINE acc_t row_sumexp(const acc_t* z, int64_t C, acc_t m) {
   return t;
 }
 
-// out_j = A exp(z_j - lse) - E w_j  (w == nullptr: w_j = 1); the -B at j == t is the caller's.
+// out_j = A exp((z_j - m) - l) - E w_j  (w == nullptr: w_j = 1); the -B at j == t is the caller's.
 template <typename acc_t>
-PYA_INLINE void row_grad(const acc_t* z, const acc_t* w, int64_t C, acc_t lse, acc_t A, acc_t E,
-                     acc_t* out) {
+PYA_INLINE void row_grad(const acc_t* z, const acc_t* w, int64_t C, acc_t m, acc_t l, acc_t A,
+                         acc_t E, acc_t* out) {
   if (w) {
-    for (int64_t j = 0; j < C; ++j) out[j] = A * exp_acc(z[j] - lse) - E * w[j];
+    for (int64_t j = 0; j < C; ++j) out[j] = A * exp_acc((z[j] - m) - l) - E * w[j];
   } else {
-    for (int64_t j = 0; j < C; ++j) out[j] = A * exp_acc(z[j] - lse) - E;
+    for (int64_t j = 0; j < C; ++j) out[j] = A * exp_acc((z[j] - m) - l) - E;
   }
 }
 
@@ -130,16 +130,16 @@ PYA_MULTIVERSION RowStats<float> row_stats_f32(const float* z, const float* w, i
 PYA_MULTIVERSION float row_sumexp_f32(const float* z, int64_t C, float m) {
   return row_sumexp<float>(z, C, m);
 }
-PYA_MULTIVERSION void row_grad_f32(const float* z, const float* w, int64_t C, float lse, float A,
-                                   float E, float* out) {
-  row_grad<float>(z, w, C, lse, A, E, out);
+PYA_MULTIVERSION void row_grad_f32(const float* z, const float* w, int64_t C, float m, float l,
+                                   float A, float E, float* out) {
+  row_grad<float>(z, w, C, m, l, A, E, out);
 }
 inline RowStats<float> stats(const float* z, const float* w, int64_t C, bool s) { return row_stats_f32(z, w, C, s); }
 inline RowStats<double> stats(const double* z, const double* w, int64_t C, bool s) { return row_stats<double>(z, w, C, s); }
 inline float sumexp(const float* z, int64_t C, float m) { return row_sumexp_f32(z, C, m); }
 inline double sumexp(const double* z, int64_t C, double m) { return row_sumexp<double>(z, C, m); }
-inline void grad(const float* z, const float* w, int64_t C, float l, float A, float E, float* o) { row_grad_f32(z, w, C, l, A, E, o); }
-inline void grad(const double* z, const double* w, int64_t C, double l, double A, double E, double* o) { row_grad<double>(z, w, C, l, A, E, o); }
+inline void grad(const float* z, const float* w, int64_t C, float m, float l, float A, float E, float* o) { row_grad_f32(z, w, C, m, l, A, E, o); }
+inline void grad(const double* z, const double* w, int64_t C, double m, double l, double A, double E, double* o) { row_grad<double>(z, w, C, m, l, A, E, o); }
 
 // Row i of x as acc_t: in place when it already is (unit column stride), else copied into buf.
 template <typename T, typename acc_t>
@@ -154,7 +154,7 @@ inline const acc_t* load_row(const T* x, int64_t sC, int64_t C, acc_t* buf) {
 inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)); }
 
 // x: N x C (strides sN, sC); tgt: N (stride sT); w: C or nullptr.
-// Writes lse (N), and either loss_none (N, reduction none) or row_loss (N); row_w (N) always.
+// Writes lse (N x 2: row max, log-sum of exp(z - max)), and either loss_none (N, reduction none) or row_loss (N); row_w (N) always.
 template <typename T, typename acc_t, typename I>
 void softmax_cross_entropy_forward_kernel_impl(
     const T* x, int64_t N, int64_t C, int64_t sN, int64_t sC, const I* tgt, int64_t sT,
@@ -170,12 +170,13 @@ void softmax_cross_entropy_forward_kernel_impl(
                   " is out of range for ", C, " classes (valid: 0..", C - 1,
                   ", or ignore_index = ", ignore, ")");
       RowStats<acc_t> s = stats(z, w, C, eps > 0);
-      const acc_t L = s.max + std::log(sumexp(z, C, s.max));
-      lse[i] = L;
+      const acc_t l = std::log(sumexp(z, C, s.max));
+      lse[2 * i] = s.max;
+      lse[2 * i + 1] = l;
       acc_t wt = 0, li = 0;
       if (!ign) {
         wt = w ? w[t] : acc_t(1);
-        li = row_loss<acc_t>(z[t], wt, L, z[0], s.shifted_wsum, wsum, eps, C);
+        li = row_loss<acc_t>(z[t], wt, s.max, l, z[0], s.shifted_wsum, wsum, eps, C);
       }
       if (red == kNone) loss_none[i] = static_cast<T>(li);
       else rloss[i] = li;
@@ -206,7 +207,7 @@ void softmax_cross_entropy_backward_kernel_impl(
       acc_t* acc_out;
       if constexpr (std::is_same_v<T, acc_t>) acc_out = o;
       else acc_out = gbuf.data();
-      grad(z, w, C, lse[i], k.A, k.E, acc_out);
+      grad(z, w, C, lse[2 * i], lse[2 * i + 1], k.A, k.E, acc_out);
       acc_out[t] -= k.B;
       if constexpr (!std::is_same_v<T, acc_t>)
         for (int64_t j = 0; j < C; ++j) o[j] = static_cast<T>(acc_out[j]);
@@ -227,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cpu
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
   const at::Tensor w = weight_as_acc(weight, logits.scalar_type());
-  at::Tensor lse = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor lse = at::empty({N, 2}, logits.options().dtype(acc));
   at::Tensor wstats = at::empty({2}, logits.options().dtype(acc));
   at::Tensor loss = red == kNone ? at::empty({N}, logits.options()) : at::empty({}, logits.options());
   at::Tensor row_loss = at::empty({red == kNone ? 0 : N}, lse.options());

@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cud
   const auto acc = acc_dtype(x.scalar_type());
   const at::Tensor w = weight_as_acc(weight, x.scalar_type());
   auto acc_opts = x.options().dtype(acc);
-  at::Tensor lse = at::empty({N}, acc_opts);
+  at::Tensor lse = at::empty({N, 2}, acc_opts);
   at::Tensor wstats = at::empty({2}, acc_opts);
   at::Tensor loss = red == kNone ? at::empty({N}, x.options()) : at::empty({}, x.options());
   at::Tensor row_loss = at::empty({red == kNone ? 0 : N}, acc_opts);

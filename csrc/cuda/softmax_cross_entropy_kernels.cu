@@ -3,7 +3,7 @@
 // Fused: log-softmax, the (weighted, smoothed) NLL and the per-row loss in one pass over the logits
 // (online max and sum of exponentials in registers); backward writes softmax minus the smoothed
 // one-hot target, times the incoming gradient, in one pass. Saved for backward: the per-row
-// log-sum-exp (N floats) and wstats (2 floats). Never written: softmax or log-softmax (N x C).
+// log-sum-exp as (max, log-sum) (N x 2 floats) and wstats (2 floats). Never written: softmax or log-softmax (N x C).
 // Roofline (bytes are the bound: ~4 flops/element): forward reads N*C*s bytes (s = element size),
 // backward reads N*C*s and writes N*C*s; everything else is O(N + C).
 //
@@ -166,15 +166,16 @@ __global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_forward_kernel_im
   }
   group_reduce<G>(ms, a, ws);
   if (lane != 0) return;
-  const acc_t L = ms.m + log_(ms.s);
+  const acc_t l = log_(ms.s);
   const int64_t t = static_cast<int64_t>(tgt[row * sT]);
   const bool ign = is_ignored(t, ignore);
   if (!ign && !in_range(t, C)) report_bad_target(t, row, C, ignore);
-  lse[row] = L;
+  lse[2 * row] = ms.m;
+  lse[2 * row + 1] = l;
   acc_t wt = 0, li = 0;
   if (!ign) {
     wt = w ? w[t] : acc_t(1);
-    li = row_loss<acc_t>(to_acc(xr[t]), wt, L, r, a, w ? ws : acc_t(C), eps, C);
+    li = row_loss<acc_t>(to_acc(xr[t]), wt, ms.m, l, r, a, w ? ws : acc_t(C), eps, C);
   }
   if (red == kNone) loss[row] = from_acc<T>(li);
   else rloss[row] = li;
@@ -231,11 +232,12 @@ __global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_backward_kernel_i
   const bool ign = is_ignored(t, ignore);
   if (!ign && !in_range(t, C)) report_bad_target(t, row, C, ignore);
   GradCoeffs<acc_t> k{0, 0, 0};
-  acc_t L = 0;
+  acc_t m = 0, l = 0;
   if (!ign) {
     const acc_t g = row_grad_scale<acc_t>(go[red == kNone ? row * sG : 0], red, wstats[0]);
     k = grad_coeffs<acc_t>(g, w ? w[t] : acc_t(1), wstats[1], eps, C);
-    L = lse[row];
+    m = lse[2 * row];
+    l = lse[2 * row + 1];
   }
   // Ignored rows are written as exact zeros without reading their logits (which may be inf/NaN).
   int64_t j0 = 0;
@@ -250,7 +252,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_backward_kernel_i
         p = *reinterpret_cast<const Pack<T>*>(xr + j);
 #pragma unroll
         for (int q = 0; q < V; ++q) {
-          acc_t d = k.A * exp_(to_acc(p.e[q]) - L) - k.E * (w ? __ldg(w + j + q) : acc_t(1));
+          acc_t d = k.A * exp_((to_acc(p.e[q]) - m) - l) - k.E * (w ? __ldg(w + j + q) : acc_t(1));
           if (j + q == t) d -= k.B;
           p.e[q] = from_acc<T>(d);
         }
@@ -262,7 +264,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_backward_kernel_i
   for (int64_t j = j0 + lane; j < C; j += G) {
     acc_t d = 0;
     if (!ign) {
-      d = k.A * exp_(to_acc(xr[j]) - L) - k.E * (w ? __ldg(w + j) : acc_t(1));
+      d = k.A * exp_((to_acc(xr[j]) - m) - l) - k.E * (w ? __ldg(w + j) : acc_t(1));
       if (j == t) d -= k.B;
     }
     o[j] = from_acc<T>(d);

@@ -24,7 +24,7 @@ struct ForwardArgs {
   int reduction;          // xent::Reduction
   double label_smoothing;
   void* loss;             // N (reduction none) or scalar, logits' dtype
-  void* lse;              // N (acc)
+  void* lse;              // N x 2 (acc): row max, log sum exp(z - max)
   void* wstats;           // 2 (acc): {sum of used target weights, sum of all class weights}
   void* row_loss;         // N (acc) workspace; unused for reduction none
   void* row_weight;       // N (acc) workspace
@@ -40,7 +40,7 @@ struct BackwardArgs {
   const void* target;     // N, stride `target_stride`
   int64_t target_stride;
   const void* weight;     // C (acc) or nullptr
-  const void* lse;        // N (acc)
+  const void* lse;        // N x 2 (acc)
   const void* wstats;     // 2 (acc)
   int64_t ignore_index;
   int reduction;
