@@ -93,8 +93,13 @@ void im2col_rows(const T* xn, int64_t sC, int64_t sH, int64_t sW, const Geometry
             continue;
           }
           const T* s = xn + ci * sC + iy * sH + (kx - g.pw) * sW;
+          const int64_t step = g.sw * sW;
           std::fill(d, d + lo, acc_t(0));
-          for (int64_t c = lo; c < hi; ++c) d[c] = static_cast<acc_t>(s[c * g.sw * sW]);
+          if (step == 1) {  // stride-1 conv over rows with unit stride: a plain (vectorised) copy
+            for (int64_t c = lo; c < hi; ++c) d[c] = static_cast<acc_t>(s[c]);
+          } else {
+            for (int64_t c = lo; c < hi; ++c) d[c] = static_cast<acc_t>(s[c * step]);
+          }
           std::fill(d + hi, d + g.Wc, acc_t(0));
         }
       }
@@ -176,6 +181,19 @@ void conv_relu_maxpool_forward_kernel_impl(const T* x, c10::IntArrayRef xs, cons
           const acc_t* v = conv.data() + co * ld + i * M;
           const acc_t bias = b ? b[co] : acc_t(0);
           const int64_t o = (((n0 + i) * g.Co + co) * g.Hp + p0) * g.Wp;
+          if (g.pkh == 1 && g.pkw == 1) {  // no pooling window: bias + ReLU, vectorised
+            for (int64_t p = 0; p < np; ++p) {
+              const acc_t* vr = v + (window_start(p0 + p, g.psh) - r0) * g.Wc;
+              T* orow = out + o + p * g.Wp;
+              uint8_t* crow = code + o + p * g.Wp;
+              for (int64_t q = 0; q < g.Wp; ++q) {
+                const acc_t m = vr[q * g.psw] + bias;
+                orow[q] = static_cast<T>(pooled_value(m));
+                crow[q] = pooled_code(m, 0);
+              }
+            }
+            continue;
+          }
           for (int64_t p = 0; p < np; ++p)
             for (int64_t q = 0; q < g.Wp; ++q) {
               const acc_t* win = v + (window_start(p0 + p, g.psh) - r0) * g.Wc + window_start(q, g.psw);
