@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, replace
-from typing import Optional
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -125,6 +124,11 @@ SPECIAL = {
     "kernel_1x1": Cfg(3, 9, 10, 11, 6, (1, 1), pool_kernel=(2, 2)),
     "pool_stride_gt_kernel": Cfg(2, 4, 17, 19, 5, (3, 3), pool_kernel=(1, 2), pool_stride=(3, 3)),
     "padding_ge_kernel": Cfg(2, 3, 4, 5, 4, (2, 3), (3, 1), (5, 4)),
+    # left padding wider than the conv rows reach: for kx < pw - (Wc - 1) sw no column is valid (an
+    # unclamped first valid column > Wc once made im2col write past its row and crash)
+    "padding_beyond_row": Cfg(1, 2, 8, 3, 2, (10, 10), padding=(5, 5), pool_kernel=(3, 2),
+                              pool_stride=(2, 3), bias=False),
+    "padding_beyond_row_strided": Cfg(2, 3, 5, 1, 4, (3, 11), (1, 2), (2, 6), (1, 1), (1, 1)),
     "single_output": Cfg(1, 2, 5, 5, 1, (3, 3), pool_kernel=(3, 3)),
 }
 
@@ -426,8 +430,10 @@ def test_compile_aot_eager_module():
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
-def test_compile_inductor():
-    """The default backend (inductor, which generates C++ here): one case."""
+def test_compile_inductor(monkeypatch, tmp_path):
+    """The default backend (inductor, which generates C++ here): one case, on a fresh inductor cache
+    (a graph cached by an older build of the op must not be reused)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch._dynamo.reset()
     _compare_compiled("inductor", GRADCHECK_CFGS["rectangular"], dtype=torch.float32)
 

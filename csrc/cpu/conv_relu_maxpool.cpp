@@ -69,7 +69,9 @@ Plan make_plan(const Geometry& g, int64_t elem) {
 // Columns c of a conv row whose input column c*sw - pw + kx lies inside [0, W): [lo, hi).
 inline void valid_columns(const Geometry& g, int64_t kx, int64_t& lo, int64_t& hi) {
   const int64_t off = kx - g.pw;  // input column of c = c*sw + off
-  lo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
+  // lo at most Wc: where the left padding exceeds the row (pw - kx > (Wc - 1) sw), no column is
+  // valid; an unclamped lo > Wc made im2col's fills run past the row (heap overflow, crash).
+  lo = off >= 0 ? 0 : std::min<int64_t>(g.Wc, (-off + g.sw - 1) / g.sw);
   hi = g.W - off <= 0 ? 0 : std::min<int64_t>(g.Wc, (g.W - off + g.sw - 1) / g.sw);
   hi = std::max(hi, lo);
 }
