@@ -8,8 +8,8 @@
 // exps; backward reads C logits and writes C gradients.
 //
 // Rows of any dtype and stride are first copied into a float (double for float64) scratch row;
-// float32 rows with unit column stride are read in place. The float leaf loops are compiled twice
-// (x86-64-v3, i.e. AVX2+FMA, and baseline x86-64) and picked at load time.
+// float32 rows with unit column stride are read in place. The float leaf loops are compiled three
+// times (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA, baseline x86-64) and picked at load time.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -29,7 +29,7 @@ namespace xent {
 namespace {
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define PYA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PYA_MULTIVERSION
 #endif
@@ -123,7 +123,7 @@ PYA_INLINE void row_grad(const acc_t* z, const acc_t* w, int64_t C, acc_t m, acc
   }
 }
 
-// float entry points, compiled for AVX2+FMA and for baseline x86-64.
+// float entry points, compiled for AVX-512, AVX2+FMA and baseline x86-64.
 PYA_MULTIVERSION RowStats<float> row_stats_f32(const float* z, const float* w, int64_t C, bool s) {
   return row_stats<float>(z, w, C, s);
 }

@@ -15,9 +15,8 @@
 // 16-byte LDG.E.128 / STG.E.128 in the vector paths, MUFU.EX2 for exp; local memory only for the
 // printf arguments of the bad-target path (and 8 bytes of spill in one float64 backward variant).
 // Not yet run on a GPU: compiled for sm_80/sm_90 only.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+// Compiled without nvcc (tests/emulation), the same source runs in the CPU emulation of CUDA.
+#include "cuda/cuda_or_emulation.h"
 
 #include <cmath>
 #include <cstdio>
@@ -292,7 +291,8 @@ cudaError_t forward_typed(const ForwardArgs& a, cudaStream_t stream) {
   const bool vec = aligned16<T>(x) && (a.row_stride * int64_t(sizeof(T))) % 16 == 0;
   if (a.N > 0) {
 #define PYA_FWD(G, B, VEC)                                                                        \
-  softmax_cross_entropy_forward_kernel_impl<T, I, G, B, VEC><<<unsigned((a.N + B / G - 1) / (B / G)), B, 0, stream>>>( \
+  PYA_LAUNCH(unsigned((a.N + B / G - 1) / (B / G)), B, 0, stream,                                \
+             softmax_cross_entropy_forward_kernel_impl<T, I, G, B, VEC>)(                          \
       x, a.N, a.C, a.row_stride, t, a.target_stride, w, a.ignore_index, eps, a.reduction, loss, lse, rl, rw)
     if (a.C <= kSmallC) {
       if (vec) PYA_FWD(32, 256, true); else PYA_FWD(32, 256, false);
@@ -301,7 +301,7 @@ cudaError_t forward_typed(const ForwardArgs& a, cudaStream_t stream) {
     }
 #undef PYA_FWD
   }
-  softmax_cross_entropy_finalize_kernel_impl<T><<<1, 1024, 0, stream>>>(
+  PYA_LAUNCH(1, 1024, 0, stream, softmax_cross_entropy_finalize_kernel_impl<T>)(
       rl, rw, a.N, w, a.C, a.reduction, loss, static_cast<acc_t*>(a.wstats));
   return cudaGetLastError();
 }
@@ -321,7 +321,8 @@ cudaError_t backward_typed(const BackwardArgs& a, cudaStream_t stream) {
   const auto* ws = static_cast<const acc_t*>(a.wstats);
   const acc_t eps = static_cast<acc_t>(a.label_smoothing);
 #define PYA_BWD(G, B, VEC)                                                                        \
-  softmax_cross_entropy_backward_kernel_impl<T, I, G, B, VEC><<<unsigned((a.N + B / G - 1) / (B / G)), B, 0, stream>>>( \
+  PYA_LAUNCH(unsigned((a.N + B / G - 1) / (B / G)), B, 0, stream,                                \
+             softmax_cross_entropy_backward_kernel_impl<T, I, G, B, VEC>)(                         \
       go, a.grad_stride, x, a.N, a.C, a.row_stride, t, a.target_stride, w, lse, ws, a.ignore_index, eps, \
       a.reduction, out)
   if (a.C <= kSmallC) {

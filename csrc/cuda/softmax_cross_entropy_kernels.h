@@ -2,7 +2,11 @@
 // so that the .cu file compiles fast and stays runnable by a CPU emulation of the CUDA model.
 #pragma once
 
+#if defined(PYA_CUDA_EMULATION)
+#include "cuda/emulation.h"  // the tests' CPU emulation of CUDA (tests/emulation)
+#else
 #include <cuda_runtime_api.h>
+#endif
 
 #include <cstdint>
 
