@@ -82,6 +82,16 @@ def median_time(stmt, sets, min_run_time):
     return sorted(ts)[len(ts) // 2]
 
 
+def paired_times(a, b, sets, min_run_time, rounds):
+    """Medians over `rounds` alternating timings of a and b, so that drift in the machine's speed
+    (a shared, noisy machine) hits both alike."""
+    ta, tb_ = [], []
+    for _ in range(rounds):
+        ta.append(median_time(a, sets, min_run_time))
+        tb_.append(median_time(b, sets, min_run_time))
+    return sorted(ta)[len(ta) // 2], sorted(tb_)[len(tb_) // 2]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", choices=sorted(LAYERS), default="cifar")
@@ -89,7 +99,8 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sets", type=int, default=2, help="input sets to rotate through")
-    ap.add_argument("--min-run-time", type=float, default=0.5, help="seconds per timing")
+    ap.add_argument("--min-run-time", type=float, default=0.2, help="seconds per timing")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours and baseline")
     ap.add_argument("--json", help="write rows and the machine description here")
     args = ap.parse_args(argv)
     dev, dt = torch.device(args.device), getattr(torch, args.dtype)
@@ -123,8 +134,8 @@ def main(argv=None):
             return run
 
         with torch.no_grad():
-            tfo, tfb = median_time(ours, sets, args.min_run_time), median_time(base, sets, args.min_run_time)
-        tbo, tbb = median_time(fb(ours), sets, args.min_run_time), median_time(fb(base), sets, args.min_run_time)
+            tfo, tfb = paired_times(ours, base, sets, args.min_run_time, args.rounds)
+        tbo, tbb = paired_times(fb(ours), fb(base), sets, args.min_run_time, args.rounds)
         so, sb = saved_bytes(lambda: ours(x, w, b), x, w, b), saved_bytes(lambda: base(x, w, b), x, w, b)
         rows.append({"layer": name, "fwd_ours_s": tfo, "fwd_base_s": tfb, "fb_ours_s": tbo, "fb_base_s": tbb,
                      "saved_ours_bytes": so, "saved_base_bytes": sb})

@@ -1,0 +1,263 @@
+// Kernels that test the CPU emulation of CUDA itself (csrc/cuda/emulation.h), some of them wrong on
+// purpose: a missing barrier, out-of-bounds writes, divergent barriers and warp collectives, a spin
+// that never ends. Compiled only into the tests' driver (tests/emulation/driver.cpp), never shipped.
+// Each self-test reads float32 inputs and writes raw bytes; tests/test_emulation.py checks them.
+#include "cuda/cuda_or_emulation.h"
+
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace selftest {
+namespace {
+
+constexpr int kShared = 64;
+
+// Thread t writes s[t] and reads s[t + 1]: a race without the barrier, which the schedules expose.
+template <bool kBarrier>
+__global__ void neighbour_kernel(const float* in, float* out) {
+  __shared__ float s[kShared];
+  const int t = threadIdx.x;
+  s[t] = in[blockIdx.x * kShared + t] * 2.0f;
+  if (kBarrier) __syncthreads();
+  out[blockIdx.x * kShared + t] = s[(t + 1) % kShared];
+}
+
+// One element too many: thread n writes out[n] of an n-element buffer.
+__global__ void oob_global_kernel(float* out) { out[threadIdx.x] = 1.0f; }
+__global__ void oob_shared_kernel(float* out) {
+  __shared__ float s[32];
+  s[threadIdx.x] = 1.0f;  // blockDim.x == 33
+  out[0] = s[0];
+}
+__global__ void oob_dynamic_shared_kernel(float* out) {
+  PYA_DYNAMIC_SHARED(float, s);
+  s[threadIdx.x] = 2.0f;  // smem holds blockDim.x - 1 floats
+  out[0] = s[0];
+}
+
+// Threads 0-15 wait at one barrier, the others at another.
+__global__ void divergent_barrier_kernel(float* out) {
+  if (threadIdx.x < 16) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 1.0f;
+}
+// The upper half returns; the lower half waits at a barrier the others never reach.
+__global__ void barrier_after_exit_kernel(float* out) {
+  if (threadIdx.x >= 32) return;
+  __syncthreads();
+  out[threadIdx.x] = 1.0f;
+}
+// Lanes 16-31 leave before a full-mask shuffle.
+__global__ void divergent_shuffle_kernel(float* out) {
+  if (threadIdx.x >= 16) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, float(threadIdx.x), 1);
+}
+// Thread 0 spins on a flag that thread 1 sets only after it: never ends (the watchdog's case).
+__global__ void spin_kernel(volatile int* flag) {
+  if (threadIdx.x == 0)
+    while (*flag == 0) {
+    }
+  else
+    *flag = 1;
+}
+
+// Every shuffle mode, votes and reductions over a block of 48 threads (a full and a partial warp).
+// out: 12 ints per thread.
+__global__ void warp_ops_kernel(const float* in, int* out) {
+  const int t = threadIdx.x, lane = t % 32;
+  const int v = int(in[t]);
+  int* o = out + 12 * t;
+  o[0] = __shfl_sync(0xffffffffu, v, 5);
+  o[1] = __shfl_sync(0xffffffffu, v, lane + 3, 8);
+  o[2] = __shfl_up_sync(0xffffffffu, v, 3);
+  o[3] = __shfl_down_sync(0xffffffffu, v, 3);
+  o[4] = __shfl_xor_sync(0xffffffffu, v, 6);
+  o[5] = __shfl_down_sync(0xffffffffu, v, 2, 16);
+  o[6] = int(__ballot_sync(0xffffffffu, v % 3 == 0));
+  o[7] = __any_sync(0xffffffffu, v == 7);
+  o[8] = __all_sync(0xffffffffu, v >= 0);
+  o[9] = __reduce_add_sync(0xffffffffu, v);
+  o[10] = __reduce_max_sync(0xffffffffu, v);
+  // a partial mask: the even lanes only
+  o[11] = (lane % 2 == 0) ? __shfl_xor_sync(0x55555555u, v, 2) : -1;
+  double d = __shfl_xor_sync(0xffffffffu, double(v) + 0.5, 1);  // 8-byte values
+  if (d != double(__shfl_xor_sync(0xffffffffu, v, 1)) + 0.5) __trap();
+}
+
+// out: [0] float sum, [1] double sum (as float), [2] int sum, [3] unsigned max, [4] CAS float max,
+// [5] ull count, [6] int max.
+__global__ void atomics_kernel(const float* in, float* fsum, double* dsum, int* isum, unsigned* umax,
+                               float* cmax, unsigned long long* cnt, int* imax) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const float v = in[i];
+  atomicAdd(fsum, v);
+  atomicAdd(dsum, double(v));
+  atomicAdd(isum, int(v * 100.0f));
+  atomicMax(umax, unsigned(v * 1000.0f));
+  atomicMax(imax, int(v * 1000.0f) - 500);
+  // float max by compare-and-swap, the usual pattern
+  int* addr = reinterpret_cast<int*>(cmax);
+  int old = *addr, assumed;
+  do {
+    assumed = old;
+    if (__int_as_float(assumed) >= v) break;
+    old = atomicCAS(addr, assumed, __float_as_int(v));
+  } while (old != assumed);
+  atomicAdd(cnt, 1ull);
+}
+
+// C (16 x 16) = A (16 x K) B (K x 16) + C0 on the tensor core path, inputs given as float and rounded
+// to T in shared memory. kALayout/kBLayout: row_major or col_major storage of A and B.
+template <typename T, typename Prec, int K, typename LA, typename LB>
+__global__ void wmma_kernel(const float* a, const float* b, const float* c0, float* c) {
+  namespace wm = nvcuda::wmma;
+  __shared__ T sa[16 * K], sb[K * 16];
+  constexpr bool a_row = std::is_same_v<LA, wm::row_major>, b_row = std::is_same_v<LB, wm::row_major>;
+  for (int e = threadIdx.x; e < 16 * K; e += 32) {  // e: row-major index of A (16 x K) / B (K x 16)
+    const int ar = e / K, ac = e % K, br = e / 16, bc = e % 16;
+    sa[a_row ? e : ac * 16 + ar] = T(a[e]);
+    sb[b_row ? e : bc * K + br] = T(b[e]);
+  }
+  __syncthreads();
+  wm::fragment<wm::matrix_a, 16, 16, K, Prec, LA> fa;
+  wm::fragment<wm::matrix_b, 16, 16, K, Prec, LB> fb;
+  wm::fragment<wm::accumulator, 16, 16, K, float> acc;
+  wm::load_matrix_sync(fa, sa, a_row ? K : 16);
+  wm::load_matrix_sync(fb, sb, b_row ? 16 : K);
+  if constexpr (std::is_same_v<Prec, wm::precision::tf32>) {
+    for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = __float_to_tf32(fa.x[i]);
+    for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = __float_to_tf32(fb.x[i]);
+  }
+  wm::fill_fragment(acc, 0.0f);
+  wm::load_matrix_sync(acc, c0, 16, wm::mem_col_major);  // C0 stored column-major
+  wm::mma_sync(acc, fa, fb, acc);
+  wm::store_matrix_sync(c, acc, 16, wm::mem_row_major);
+}
+
+// Float -> half/bf16 (bits) -> float, and tf32 rounding, per element: out = 5 uint32 per input.
+__global__ void convert_kernel(const float* in, unsigned* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const __half h = __float2half_rn(in[i]);
+  const __nv_bfloat16 b = __float2bfloat16_rn(in[i]);
+  out[5 * i] = __half_as_ushort(h);
+  out[5 * i + 1] = __float_as_uint(__half2float(h));
+  out[5 * i + 2] = __bfloat16_as_ushort(b);
+  out[5 * i + 3] = __float_as_uint(__bfloat162float(b));
+  out[5 * i + 4] = __float_as_uint(__float_to_tf32(in[i]));
+}
+
+template <typename T>
+std::vector<T> zeros(size_t n) {
+  return std::vector<T>(n, T(0));
+}
+template <typename T>
+std::string bytes(const std::vector<T>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+// Exact-size heap buffers, so that ASan sees one element past the end.
+struct Heap {
+  float* p;
+  explicit Heap(size_t n) : p(new float[n]) {}
+  ~Heap() { delete[] p; }
+};
+
+template <typename T, typename Prec, int K, typename LA, typename LB>
+std::string run_wmma(const std::vector<float>& in) {
+  // in: A (16 x K) row-major, B (K x 16) row-major, C0 (16 x 16) column-major
+  std::vector<float> c(256);
+  PYA_LAUNCH(1, 32, 0, nullptr, wmma_kernel<T, Prec, K, LA, LB>)(in.data(), in.data() + 16 * K,
+                                                                in.data() + 32 * K, c.data());
+  return bytes(c);
+}
+
+}  // namespace
+
+using Fn = std::function<std::string(const std::vector<float>&)>;
+
+const std::map<std::string, Fn>& selftests() {
+  namespace wm = nvcuda::wmma;
+  static const std::map<std::string, Fn> m = {
+      {"missing_barrier", [](const std::vector<float>& in) {
+         std::vector<float> out(in.size());
+         PYA_LAUNCH(unsigned(in.size() / kShared), kShared, 0, nullptr, neighbour_kernel<false>)(in.data(), out.data());
+         return bytes(out);
+       }},
+      {"with_barrier", [](const std::vector<float>& in) {
+         std::vector<float> out(in.size());
+         PYA_LAUNCH(unsigned(in.size() / kShared), kShared, 0, nullptr, neighbour_kernel<true>)(in.data(), out.data());
+         return bytes(out);
+       }},
+      {"oob_global", [](const std::vector<float>&) {
+         Heap out(32);
+         PYA_LAUNCH(1, 33, 0, nullptr, oob_global_kernel)(out.p);
+         return std::string();
+       }},
+      {"oob_shared", [](const std::vector<float>&) {
+         Heap out(1);
+         PYA_LAUNCH(1, 33, 0, nullptr, oob_shared_kernel)(out.p);
+         return std::string();
+       }},
+      {"oob_dynamic_shared", [](const std::vector<float>&) {
+         Heap out(1);
+         PYA_LAUNCH(1, 33, 32 * sizeof(float), nullptr, oob_dynamic_shared_kernel)(out.p);
+         return std::string();
+       }},
+      {"divergent_barrier", [](const std::vector<float>&) {
+         std::vector<float> out(64);
+         PYA_LAUNCH(1, 64, 0, nullptr, divergent_barrier_kernel)(out.data());
+         return bytes(out);
+       }},
+      {"barrier_after_exit", [](const std::vector<float>&) {
+         std::vector<float> out(64);
+         PYA_LAUNCH(1, 64, 0, nullptr, barrier_after_exit_kernel)(out.data());
+         return bytes(out);
+       }},
+      {"divergent_shuffle", [](const std::vector<float>&) {
+         std::vector<float> out(32);
+         PYA_LAUNCH(1, 32, 0, nullptr, divergent_shuffle_kernel)(out.data());
+         return bytes(out);
+       }},
+      {"spin", [](const std::vector<float>&) {
+         int flag = 0;
+         PYA_LAUNCH(1, 2, 0, nullptr, spin_kernel)(&flag);
+         return std::string();
+       }},
+      {"warp_ops", [](const std::vector<float>& in) {
+         std::vector<int> out(12 * 48);
+         PYA_LAUNCH(1, 48, 0, nullptr, warp_ops_kernel)(in.data(), out.data());
+         return bytes(out);
+       }},
+      {"atomics", [](const std::vector<float>& in) {
+         float fsum = 0, cmax = -1e30f;
+         double dsum = 0;
+         int isum = 0, imax = -1 << 30;
+         unsigned umax = 0;
+         unsigned long long cnt = 0;
+         PYA_LAUNCH(unsigned(in.size() / 64), 64, 0, nullptr, atomics_kernel)(in.data(), &fsum, &dsum, &isum,
+                                                                               &umax, &cmax, &cnt, &imax);
+         std::vector<double> out = {fsum, dsum, double(isum), double(umax), cmax, double(cnt), double(imax)};
+         return bytes(out);
+       }},
+      {"wmma_f16_rr", run_wmma<__half, __half, 16, wm::row_major, wm::row_major>},
+      {"wmma_f16_cc", run_wmma<__half, __half, 16, wm::col_major, wm::col_major>},
+      {"wmma_bf16_rc", run_wmma<__nv_bfloat16, __nv_bfloat16, 16, wm::row_major, wm::col_major>},
+      {"wmma_tf32_cr", run_wmma<float, wm::precision::tf32, 8, wm::col_major, wm::row_major>},
+      {"convert", [](const std::vector<float>& in) {
+         std::vector<unsigned> out(5 * in.size());
+         PYA_LAUNCH(unsigned((in.size() + 127) / 128), 128, 0, nullptr, convert_kernel)(in.data(), out.data(),
+                                                                                       int(in.size()));
+         return bytes(out);
+       }},
+  };
+  return m;
+}
+
+}  // namespace selftest
