@@ -16,11 +16,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define PYA_HD __host__ __device__ __forceinline__
-#else
-#define PYA_HD inline
-#endif
+#include "common/hd.h"
 
 namespace pyalexnet {
 namespace xent {
