@@ -38,25 +38,43 @@ __global__ void oob_dynamic_shared_kernel(float* out) {
   out[0] = s[0];
 }
 
+// Dynamic shared memory: what a block finds there before writing (0xFF bytes: NaN), then a tree
+// reduction with a barrier per level (one call site, a new barrier each time round the loop).
+// out per block: blockDim.x "before" values, then the block's sum.
+__global__ void dynamic_shared_reduce_kernel(const float* in, float* out) {
+  PYA_DYNAMIC_SHARED(float, s);
+  const unsigned t = threadIdx.x, n = blockDim.x;
+  float* o = out + blockIdx.x * (n + 1);
+  o[t] = s[t];
+  __syncthreads();
+  s[t] = in[blockIdx.x * n + t];
+  __syncthreads();
+  for (unsigned h = n / 2; h > 0; h /= 2) {
+    if (t < h) s[t] += s[t + h];
+    __syncthreads();
+  }
+  if (t == 0) o[n] = s[0];
+}
+
 // Threads 0-15 wait at one barrier, the others at another.
 __global__ void divergent_barrier_kernel(float* out) {
   if (threadIdx.x < 16) {
-    __syncthreads();
+    __syncthreads();  // [barrier-low]
   } else {
-    __syncthreads();
+    __syncthreads();  // [barrier-high]
   }
   out[threadIdx.x] = 1.0f;
 }
 // The upper half returns; the lower half waits at a barrier the others never reach.
 __global__ void barrier_after_exit_kernel(float* out) {
   if (threadIdx.x >= 32) return;
-  __syncthreads();
+  __syncthreads();  // [barrier-after-exit]
   out[threadIdx.x] = 1.0f;
 }
 // Lanes 16-31 leave before a full-mask shuffle.
 __global__ void divergent_shuffle_kernel(float* out) {
   if (threadIdx.x >= 16) return;
-  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, float(threadIdx.x), 1);
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, float(threadIdx.x), 1);  // [divergent-shuffle]
 }
 // Thread 0 spins on a flag that thread 1 sets only after it: never ends (the watchdog's case).
 __global__ void spin_kernel(volatile int* flag) {
@@ -209,6 +227,12 @@ const std::map<std::string, Fn>& selftests() {
          Heap out(1);
          PYA_LAUNCH(1, 33, 32 * sizeof(float), nullptr, oob_dynamic_shared_kernel)(out.p);
          return std::string();
+       }},
+      {"dynamic_shared_reduce", [](const std::vector<float>& in) {
+         std::vector<float> out(in.size() / 64 * 65);
+         PYA_LAUNCH(unsigned(in.size() / 64), 64, 64 * sizeof(float), nullptr, dynamic_shared_reduce_kernel)(
+             in.data(), out.data());
+         return bytes(out);
        }},
       {"divergent_barrier", [](const std::vector<float>&) {
          std::vector<float> out(64);
