@@ -58,7 +58,7 @@ Plan make_plan(const Geometry& g, int64_t elem) {
   pl.Mmax = band_rows(pl.B, g.pkh, g.psh) * g.Wc;
   pl.G = 1;
   if (pl.nb == 1) {
-    constexpr int64_t kTargetColumns = 512;
+    constexpr int64_t kTargetColumns = 256;
     const int64_t per_thread = (g.N + at::get_num_threads() - 1) / at::get_num_threads();
     pl.G = std::clamp<int64_t>(kTargetColumns / pl.Mmax, 1, std::max<int64_t>(per_thread, 1));
   }
