@@ -85,5 +85,29 @@ inline at::Tensor weight_as_acc(const std::optional<at::Tensor>& weight, at::Sca
   return weight->to(acc_dtype(logits_dt)).contiguous();
 }
 
+// Every check of the backward op; returns the reduction.
+inline int check_backward(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+                          const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                          const at::Tensor& wstats, c10::string_view reduction, double label_smoothing) {
+  check_forward_inputs(logits, target, weight, label_smoothing);
+  const int red = parse_reduction(std::string_view(reduction.data(), reduction.size()));
+  check_backward_inputs(grad_loss, logits, lse, wstats, red);
+  return red;
+}
+
+// The small inputs of backward in the layout its kernels read: weights and the incoming gradient in
+// the accumulation dtype (the gradient keeps its strides, stride 0 included, when it already is),
+// the row statistics contiguous. On CUDA call it under the device guard: conversions allocate.
+struct BackwardSmallInputs {
+  at::Tensor w, go, lse, wstats;
+};
+
+inline BackwardSmallInputs backward_small_inputs(const at::Tensor& grad_loss, at::ScalarType logits_dt,
+                                                 const std::optional<at::Tensor>& weight,
+                                                 const at::Tensor& lse, const at::Tensor& wstats) {
+  return {weight_as_acc(weight, logits_dt), grad_loss.to(acc_dtype(logits_dt)), lse.contiguous(),
+          wstats.contiguous()};
+}
+
 }  // namespace xent
 }  // namespace pyalexnet

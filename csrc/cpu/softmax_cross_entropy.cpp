@@ -268,14 +268,9 @@ at::Tensor softmax_cross_entropy_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& lse, const at::Tensor& wstats,
     int64_t ignore_index, c10::string_view reduction, double label_smoothing) {
-  check_forward_inputs(logits, target, weight, label_smoothing);
-  const int red = parse_reduction(std::string_view(reduction.data(), reduction.size()));
-  check_backward_inputs(grad_loss, logits, lse, wstats, red);
+  const int red = check_backward(grad_loss, logits, target, weight, lse, wstats, reduction, label_smoothing);
   const int64_t N = logits.size(0), C = logits.size(1);
-  const auto acc = acc_dtype(logits.scalar_type());
-  const at::Tensor w = weight_as_acc(weight, logits.scalar_type());
-  const at::Tensor go = grad_loss.to(acc);
-  const at::Tensor lse_c = lse.contiguous(), ws = wstats.contiguous();
+  const auto [w, go, lse_c, ws] = backward_small_inputs(grad_loss, logits.scalar_type(), weight, lse, wstats);
   at::Tensor grad = at::empty({N, C}, logits.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "softmax_cross_entropy_backward_cpu", [&] {
