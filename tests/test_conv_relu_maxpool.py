@@ -857,7 +857,7 @@ def test_module_init_statistics():
     m = ConvReLUMaxPool2d(64, 96, 5)
     bound = 1 / math.sqrt(64 * 25)
     for t in (m.weight, m.bias):
-        assert t.abs().max().item() <= bound
+        assert t.abs().max().item() <= bound * (1 + 1e-6)  # float32 rounding of the bound
     w = m.weight.detach().double()
     assert abs(w.mean().item()) < 0.02 * bound
     assert abs(w.std().item() - bound / math.sqrt(3)) < 0.02 * bound
