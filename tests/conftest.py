@@ -69,8 +69,15 @@ def random_weight(C: int, dtype=torch.float32, device="cpu") -> Tensor:
 
 
 def random_target(shape, C: int, ignore_index: Optional[int] = None, device="cpu") -> Tensor:
-    """Random class indices in [0, C); with ignore_index, every third one (at least one) is set to it."""
-    t = torch.randint(0, C, shape if isinstance(shape, tuple) else (shape,), device=device)
+    """Random class indices in [0, C); with ignore_index, every third one (at least one) is set to it
+    and, where C > 1, the others avoid it, so that a sample is never ignored as a whole by chance
+    (an all-ignored mean is NaN: the tests that want one build it on purpose)."""
+    shape = shape if isinstance(shape, tuple) else (shape,)
+    if ignore_index is not None and 0 <= ignore_index < C and C > 1:
+        t = torch.randint(0, C - 1, shape, device=device)
+        t = t + (t >= ignore_index).long()  # skip the ignored class
+    else:
+        t = torch.randint(0, C, shape, device=device)
     if ignore_index is not None and t.numel() > 0:
         t.view(-1)[::3] = ignore_index
     return t

@@ -1,12 +1,13 @@
 // Fused conv2d + ReLU + max-pool, CPU kernels.
 //
-// Fused: the convolution of a band of pooled rows (im2col of just the conv rows that band needs, one
-// GEMM into a per-thread scratch sized to stay in cache), bias, ReLU and the max-pool in the GEMM's
-// epilogue. Written: the pooled output and one byte per pooled output (the window offset of the
-// maximum, or kNoGrad where ReLU passes no gradient). Never written: the full-resolution convolution
-// or ReLU output (N x Co x Hc x Wc), nor its gradient: backward rebuilds one band's conv-output
-// gradient at a time from the codes, in a per-thread scratch, then runs the weight-gradient GEMM
-// (band gradient x im2col^T) and the input-gradient GEMM (W^T x band gradient, then col2im).
+// Fused: the convolution of a chunk of images (or of one band of pooled rows of a large image) as
+// im2col of just the conv rows the pooled rows need and one GEMM into a scratch matrix bounded by
+// the chunk (see Plan), then bias, ReLU and the max-pool in the GEMM's epilogue. Written: the pooled
+// output and one byte per pooled output (the window offset of the maximum, or kNoGrad where ReLU
+// passes no gradient). Never written: the batch's full-resolution convolution or ReLU output
+// (N x Co x Hc x Wc), nor its gradient: backward rebuilds one chunk's conv-output gradient at a time
+// from the codes, then runs the weight-gradient GEMM (chunk gradient x im2col^T) and the
+// input-gradient GEMM (W^T x chunk gradient, then col2im).
 // Roofline per image: 2 Co K Hc Wc flops forward (K = Ci kh kw), twice that backward; minimal bytes:
 // the input, the weights, the pooled output and its codes.
 // The dense matrix products run on the matmul library inside PyTorch (see gemm() below): the
@@ -24,6 +25,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -38,32 +40,52 @@ namespace {
 template <typename T>
 using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-// How the work is cut: bands of B pooled rows (their conv rows and im2col stay within ~1 MiB), and,
-// when a whole image is one band, groups of G images side by side in one GEMM, so that the GEMM has
-// enough columns to reuse each weight it loads (small late layers: 7x7 outputs are 49 columns).
+// How the work is cut. A unit is one band of B pooled rows of one image (the conv rows it needs,
+// recomputing the pk - ps rows where bands meet). Units are processed in chunks: the chunk's im2col
+// columns side by side in one scratch matrix, ONE matrix product for the chunk on the calling thread
+// (the matmul library threads it; it is never called from inside our parallel regions, where
+// oneDNN's shared stream is not safe to use concurrently), and the chunk's im2col and epilogue
+// parallel over (unit, channel). Images small enough for one band go G to a chunk, so that the
+// product has ~kChunkColumns columns; a larger image is cut into bands of ~4 MiB of scratch, one per
+// chunk. The scratch never holds more than a chunk: never the batch's full-resolution conv output.
 struct Plan {
-  int64_t B, nb;   // pooled rows per band, bands per image
-  int64_t G, ng;   // images per group, groups
-  int64_t Mmax;    // conv positions per image in the largest band
+  int64_t B, nb;  // pooled rows per band, bands per image
+  int64_t G;      // images per chunk (1 when nb > 1)
+  int64_t Mmax;   // conv positions of the largest band
   int64_t ld() const { return G * Mmax; }  // row pitch of the scratch matrices
 };
 
 Plan make_plan(const Geometry& g, int64_t elem) {
+  constexpr int64_t kChunkColumns = 512;
   Plan pl{};
-  const int64_t budget = (int64_t(1) << 20) / elem;
+  const int64_t budget = (int64_t(4) << 20) / elem;
   const int64_t per_row = (g.Co + g.K()) * g.Wc;  // scratch per conv row
   const int64_t rows = std::max<int64_t>(budget / std::max<int64_t>(per_row, 1), g.pkh);
   pl.B = std::clamp<int64_t>((rows - g.pkh) / g.psh + 1, 1, g.Hp);
   pl.nb = (g.Hp + pl.B - 1) / pl.B;
   pl.Mmax = band_rows(pl.B, g.pkh, g.psh) * g.Wc;
-  pl.G = 1;
-  if (pl.nb == 1) {
-    constexpr int64_t kTargetColumns = 256;
-    const int64_t per_thread = (g.N + at::get_num_threads() - 1) / at::get_num_threads();
-    pl.G = std::clamp<int64_t>(kTargetColumns / pl.Mmax, 1, std::max<int64_t>(per_thread, 1));
-  }
-  pl.ng = (g.N + pl.G - 1) / pl.G;
+  pl.G = pl.nb == 1 ? std::clamp<int64_t>((kChunkColumns + pl.Mmax - 1) / pl.Mmax, 1, std::max<int64_t>(g.N, 1)) : 1;
   return pl;
+}
+
+// The units of chunk `c`: images [n0, n0 + G) with their one band, or band `p0` of image n0.
+struct Chunk {
+  int64_t n0, G, p0, np, r0, R, M;  // M: conv positions per unit
+};
+
+Chunk chunk_at(const Geometry& g, const Plan& pl, int64_t c) {
+  Chunk k{};
+  if (pl.nb == 1) {
+    k.n0 = c * pl.G, k.G = std::min(pl.G, g.N - k.n0), k.p0 = 0, k.np = g.Hp;
+  } else {
+    k.n0 = c / pl.nb, k.G = 1, k.p0 = (c % pl.nb) * pl.B, k.np = std::min(pl.B, g.Hp - k.p0);
+  }
+  k.r0 = band_first_row(k.p0, g.psh), k.R = band_rows(k.np, g.pkh, g.psh), k.M = k.R * g.Wc;
+  return k;
+}
+
+int64_t chunks(const Geometry& g, const Plan& pl) {
+  return pl.nb == 1 ? (g.N + pl.G - 1) / pl.G : g.N * pl.nb;
 }
 
 // Columns c of a conv row whose input column c*sw - pw + kx lies inside [0, W): [lo, hi).
@@ -78,10 +100,11 @@ inline void valid_columns(const Geometry& g, int64_t kx, int64_t& lo, int64_t& h
 
 // cols (K x R*Wc, row pitch ld) = the input patches of conv rows [r0, r0 + R) of one image xn
 // (strides sC, sH, sW).
+// Input channels [c0, c1) only: rows (c0 kh kw) .. (c1 kh kw) of cols.
 template <typename T, typename acc_t>
 void im2col_rows(const T* xn, int64_t sC, int64_t sH, int64_t sW, const Geometry& g, int64_t r0,
-                 int64_t R, acc_t* cols, int64_t ld) {
-  for (int64_t ci = 0; ci < g.Ci; ++ci)
+                 int64_t R, acc_t* cols, int64_t ld, int64_t c0, int64_t c1) {
+  for (int64_t ci = c0; ci < c1; ++ci)
     for (int64_t ky = 0; ky < g.kh; ++ky)
       for (int64_t kx = 0; kx < g.kw; ++kx) {
         acc_t* row = cols + ((ci * g.kh + ky) * g.kw + kx) * ld;
@@ -110,8 +133,9 @@ void im2col_rows(const T* xn, int64_t sC, int64_t sH, int64_t sW, const Geometry
 // The adjoint of im2col_rows: dxn (Ci x H x W, contiguous) += the patches in dcols (K x R*Wc,
 // row pitch ld).
 template <typename acc_t>
-void col2im_rows(const acc_t* dcols, const Geometry& g, int64_t r0, int64_t R, acc_t* dxn, int64_t ld) {
-  for (int64_t ci = 0; ci < g.Ci; ++ci)
+void col2im_rows(const acc_t* dcols, const Geometry& g, int64_t r0, int64_t R, acc_t* dxn, int64_t ld,
+                 int64_t c0, int64_t c1) {
+  for (int64_t ci = c0; ci < c1; ++ci)
     for (int64_t ky = 0; ky < g.kh; ++ky)
       for (int64_t kx = 0; kx < g.kw; ++kx) {
         const acc_t* row = dcols + ((ci * g.kh + ky) * g.kw + kx) * ld;
@@ -138,7 +162,10 @@ at::Tensor wrap(acc_t* p, int64_t rows, int64_t cols, int64_t ld) {
 // libtorch_cpu (at::native::mkldnn_matmul, exported but not in torch's public headers, so looked up
 // at run time): on this project's AMD machines it runs ~2.3x faster than the MKL sgemm behind
 // at::mm (235 vs 101 GFLOP/s a core, 384x1728x490), since MKL takes its AVX2 path there. Where the
-// symbol is missing, and for float64, at::mm / addmm.
+// symbol is missing, and for float64, at::mm / addmm. Called only from the op's own thread, never
+// from inside an at::parallel_for: an earlier version called it from two OpenMP threads at once and
+// crashed (abort) once in a CI run; oneDNN's default stream, which mkldnn_matmul shares, is not
+// meant for concurrent use. Outside our parallel regions the library threads the product itself.
 using MatmulFn = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
 
 MatmulFn onednn_matmul() {
@@ -168,118 +195,113 @@ void conv_relu_maxpool_forward_kernel_impl(const T* x, c10::IntArrayRef xs, cons
   const Plan pl = make_plan(g, sizeof(acc_t));
   const int64_t K = g.K(), ld = pl.ld();
   const at::Tensor wt = wrap(const_cast<acc_t*>(w), g.Co, K, K);
-  at::parallel_for(0, pl.ng * pl.nb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> cols(K * ld), conv(g.Co * ld);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n0 = (item / pl.nb) * pl.G, G = std::min(pl.G, g.N - n0);
-      const int64_t p0 = (item % pl.nb) * pl.B, np = std::min(pl.B, g.Hp - p0);
-      const int64_t r0 = band_first_row(p0, g.psh), R = band_rows(np, g.pkh, g.psh), M = R * g.Wc;
-      for (int64_t i = 0; i < G; ++i)
-        im2col_rows(x + (n0 + i) * xs[0], xs[1], xs[2], xs[3], g, r0, R, cols.data() + i * M, ld);
-      at::Tensor ct = wrap(conv.data(), g.Co, G * M, ld);
-      gemm(wt, wrap(cols.data(), K, G * M, ld), ct, false);
-      for (int64_t i = 0; i < G; ++i)
-        for (int64_t co = 0; co < g.Co; ++co) {
-          const acc_t* v = conv.data() + co * ld + i * M;
-          const acc_t bias = b ? b[co] : acc_t(0);
-          const int64_t o = (((n0 + i) * g.Co + co) * g.Hp + p0) * g.Wp;
-          if (g.pkh == 1 && g.pkw == 1) {  // no pooling window: bias + ReLU, vectorised
-            for (int64_t p = 0; p < np; ++p) {
-              const acc_t* vr = v + (window_start(p0 + p, g.psh) - r0) * g.Wc;
-              T* orow = out + o + p * g.Wp;
-              uint8_t* crow = code + o + p * g.Wp;
-              for (int64_t q = 0; q < g.Wp; ++q) {
-                const acc_t m = vr[q * g.psw] + bias;
-                orow[q] = static_cast<T>(pooled_value(m));
-                crow[q] = pooled_code(m, 0);
-              }
-            }
-            continue;
-          }
-          for (int64_t p = 0; p < np; ++p)
+  std::vector<acc_t> cols(K * ld), conv(g.Co * ld);
+  for (int64_t c = 0, nc = chunks(g, pl); c < nc; ++c) {
+    const Chunk k = chunk_at(g, pl, c);
+    at::parallel_for(0, k.G * g.Ci, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {  // u = (image, input channel)
+        const int64_t i = u / g.Ci, ci = u % g.Ci;
+        im2col_rows(x + (k.n0 + i) * xs[0], xs[1], xs[2], xs[3], g, k.r0, k.R, cols.data() + i * k.M, ld,
+                    ci, ci + 1);
+      }
+    });
+    at::Tensor ct = wrap(conv.data(), g.Co, k.G * k.M, ld);
+    gemm(wt, wrap(cols.data(), K, k.G * k.M, ld), ct, false);
+    at::parallel_for(0, k.G * g.Co, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {  // u = (image, output channel)
+        const int64_t i = u / g.Co, co = u % g.Co;
+        const acc_t* v = conv.data() + co * ld + i * k.M;
+        const acc_t bias = b ? b[co] : acc_t(0);
+        const int64_t o = (((k.n0 + i) * g.Co + co) * g.Hp + k.p0) * g.Wp;
+        if (g.pkh == 1 && g.pkw == 1) {  // no pooling window: bias + ReLU, vectorised
+          for (int64_t p = 0; p < k.np; ++p) {
+            const acc_t* vr = v + (window_start(k.p0 + p, g.psh) - k.r0) * g.Wc;
+            T* orow = out + o + p * g.Wp;
+            uint8_t* crow = code + o + p * g.Wp;
             for (int64_t q = 0; q < g.Wp; ++q) {
-              const acc_t* win = v + (window_start(p0 + p, g.psh) - r0) * g.Wc + window_start(q, g.psw);
-              acc_t m = -std::numeric_limits<acc_t>::infinity();
-              int64_t at = 0;
-              for (int64_t dy = 0; dy < g.pkh; ++dy)
-                for (int64_t dx = 0; dx < g.pkw; ++dx)
-                  max_update<acc_t>(win[dy * g.Wc + dx] + bias, dy * g.pkw + dx, m, at);
-              out[o + p * g.Wp + q] = static_cast<T>(pooled_value(m));
-              code[o + p * g.Wp + q] = pooled_code(m, at);
+              const acc_t m = vr[q * g.psw] + bias;
+              orow[q] = static_cast<T>(pooled_value(m));
+              crow[q] = pooled_code(m, 0);
             }
+          }
+          continue;
         }
-    }
-  });
+        for (int64_t p = 0; p < k.np; ++p)
+          for (int64_t q = 0; q < g.Wp; ++q) {
+            const acc_t* win = v + (window_start(k.p0 + p, g.psh) - k.r0) * g.Wc + window_start(q, g.psw);
+            acc_t m = -std::numeric_limits<acc_t>::infinity();
+            int64_t at = 0;
+            for (int64_t dy = 0; dy < g.pkh; ++dy)
+              for (int64_t dx = 0; dx < g.pkw; ++dx)
+                max_update<acc_t>(win[dy * g.Wc + dx] + bias, dy * g.pkw + dx, m, at);
+            out[o + p * g.Wp + q] = static_cast<T>(pooled_value(m));
+            code[o + p * g.Wp + q] = pooled_code(m, at);
+          }
+      }
+    });
+  }
 }
 
-// gy: N x Co x Hp x Wp (strides gs); code: contiguous. Writes dx (N x Ci x H x W contiguous, when
-// need_x), dw (Co x K, acc), db (Co, acc).
+// gy: N x Co x Hp x Wp (strides gs); code: contiguous. Accumulates into dxa (N x Ci x H x W
+// contiguous, acc, zeroed; when need_x), dw (Co x K, acc, zeroed) and db (Co, acc, zeroed).
 template <typename T, typename acc_t>
 void conv_relu_maxpool_backward_kernel_impl(const T* gy, c10::IntArrayRef gs, const uint8_t* code,
                                             const T* x, c10::IntArrayRef xs, const acc_t* w,
-                                            const Geometry& g, bool need_x, bool need_w, T* dx,
+                                            const Geometry& g, bool need_x, bool need_w, acc_t* dxa,
                                             acc_t* dw, acc_t* db) {
   const Plan pl = make_plan(g, sizeof(acc_t));
   const int64_t K = g.K(), ld = pl.ld(), img = g.Ci * g.H * g.W;
-  const int nt = at::get_num_threads();
-  // Per-thread partial sums of the weight and bias gradients, added up in thread order at the end.
-  std::vector<acc_t> dw_t(need_w ? nt * g.Co * K : 0), db_t(nt * g.Co, acc_t(0));
   const at::Tensor wt = wrap(const_cast<acc_t*>(w), g.Co, K, K);
-  // A group of images belongs to one thread, which alone writes their input gradient.
-  at::parallel_for(0, pl.ng, 1, [&](int64_t begin, int64_t end) {
-    const int tid = at::get_thread_num();
-    std::vector<acc_t> cols(K * ld), dyc(g.Co * ld), dxa(need_x ? pl.G * img : 0);
-    acc_t* dbp = db_t.data() + tid * g.Co;
-    at::Tensor dwt = need_w ? wrap(dw_t.data() + tid * g.Co * K, g.Co, K, K) : at::Tensor();
-    for (int64_t grp = begin; grp < end; ++grp) {
-      const int64_t n0 = grp * pl.G, G = std::min(pl.G, g.N - n0);
-      std::fill(dxa.begin(), dxa.end(), acc_t(0));
-      for (int64_t p0 = 0; p0 < g.Hp; p0 += pl.B) {
-        const int64_t np = std::min(pl.B, g.Hp - p0);
-        const int64_t r0 = band_first_row(p0, g.psh), R = band_rows(np, g.pkh, g.psh), M = R * g.Wc;
-        // Un-pool: the conv-output gradient of this band, through the codes (argmax and ReLU mask).
-        std::fill(dyc.begin(), dyc.end(), acc_t(0));
-        bool any = false;
-        for (int64_t i = 0; i < G; ++i)
-          for (int64_t co = 0; co < g.Co; ++co) {
-            acc_t* d = dyc.data() + co * ld + i * M;
-            const int64_t o = (((n0 + i) * g.Co + co) * g.Hp + p0) * g.Wp;
-            const T* gyc = gy + (n0 + i) * gs[0] + co * gs[1] + p0 * gs[2];
-            for (int64_t p = 0; p < np; ++p)
-              for (int64_t q = 0; q < g.Wp; ++q) {
-                const uint8_t c = code[o + p * g.Wp + q];
-                if (c == kNoGrad) continue;
-                const acc_t v = static_cast<acc_t>(gyc[p * gs[2] + q * gs[3]]);
-                d[(window_start(p0 + p, g.psh) - r0 + code_dy(c, g.pkw)) * g.Wc + window_start(q, g.psw) +
-                  code_dx(c, g.pkw)] += v;
-                dbp[co] += v;
-                any = true;
-              }
-          }
-        if (!any) continue;
-        at::Tensor dyt = wrap(dyc.data(), g.Co, G * M, ld);
-        if (need_w) {
-          for (int64_t i = 0; i < G; ++i)
-            im2col_rows(x + (n0 + i) * xs[0], xs[1], xs[2], xs[3], g, r0, R, cols.data() + i * M, ld);
-          gemm(dyt, wrap(cols.data(), K, G * M, ld).t(), dwt, true);
-        }
-        if (need_x) {
-          at::Tensor dct = wrap(cols.data(), K, G * M, ld);
-          gemm(wt.t(), dyt, dct, false);
-          for (int64_t i = 0; i < G; ++i)
-            col2im_rows(cols.data() + i * M, g, r0, R, dxa.data() + i * img, ld);
+  at::Tensor dwt = need_w ? wrap(dw, g.Co, K, K) : at::Tensor();
+  std::vector<acc_t> cols(K * ld), dyc(g.Co * ld);
+  for (int64_t c = 0, nc = chunks(g, pl); c < nc; ++c) {
+    const Chunk k = chunk_at(g, pl, c);
+    // Un-pool: the conv-output gradient of the chunk, through the codes (argmax and ReLU mask). One
+    // output channel per task, so db[co] has one writer.
+    std::atomic<bool> any{false};
+    at::parallel_for(0, g.Co, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t co = begin; co < end; ++co) {
+        for (int64_t i = 0; i < k.G; ++i) {
+          acc_t* d = dyc.data() + co * ld + i * k.M;
+          std::fill(d, d + k.M, acc_t(0));
+          const int64_t o = (((k.n0 + i) * g.Co + co) * g.Hp + k.p0) * g.Wp;
+          const T* gyc = gy + (k.n0 + i) * gs[0] + co * gs[1] + k.p0 * gs[2];
+          for (int64_t p = 0; p < k.np; ++p)
+            for (int64_t q = 0; q < g.Wp; ++q) {
+              const uint8_t cd = code[o + p * g.Wp + q];
+              if (cd == kNoGrad) continue;
+              const acc_t v = static_cast<acc_t>(gyc[p * gs[2] + q * gs[3]]);
+              d[(window_start(k.p0 + p, g.psh) - k.r0 + code_dy(cd, g.pkw)) * g.Wc + window_start(q, g.psw) +
+                code_dx(cd, g.pkw)] += v;
+              db[co] += v;
+              any.store(true, std::memory_order_relaxed);
+            }
         }
       }
-      if (need_x) {
-        T* d = dx + n0 * img;
-        for (int64_t i = 0; i < G * img; ++i) d[i] = static_cast<T>(dxa[i]);
-      }
+    });
+    if (!any.load()) continue;
+    const at::Tensor dyt = wrap(dyc.data(), g.Co, k.G * k.M, ld);
+    if (need_w) {
+      at::parallel_for(0, k.G * g.Ci, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t i = u / g.Ci, ci = u % g.Ci;
+          im2col_rows(x + (k.n0 + i) * xs[0], xs[1], xs[2], xs[3], g, k.r0, k.R, cols.data() + i * k.M,
+                      ld, ci, ci + 1);
+        }
+      });
+      gemm(dyt, wrap(cols.data(), K, k.G * k.M, ld).t(), dwt, true);
     }
-  });
-  for (int t = 0; t < nt; ++t) {
-    for (int64_t co = 0; co < g.Co; ++co) db[co] += db_t[t * g.Co + co];
-    if (need_w)
-      for (int64_t i = 0; i < g.Co * K; ++i) dw[i] += dw_t[t * g.Co * K + i];
+    if (need_x) {
+      at::Tensor dct = wrap(cols.data(), K, k.G * k.M, ld);
+      gemm(wt.t(), dyt, dct, false);
+      // One (image, input channel) plane per task: each plane of dx has one writer.
+      at::parallel_for(0, k.G * g.Ci, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t i = u / g.Ci, ci = u % g.Ci;
+          col2im_rows(cols.data() + i * k.M, g, k.r0, k.R, dxa + (k.n0 + i) * img, ld, ci, ci + 1);
+        }
+      });
+    }
   }
 }
 
@@ -331,14 +353,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cpu(
     using acc_t = acc_of<scalar_t>;
     const auto acc = c10::CppTypeToScalarType<acc_t>::value;
     const at::Tensor w = weight.to(acc).contiguous();
+    // float/double accumulate into dx itself; float16/bfloat16 into a float32 copy, cast at the end.
+    at::Tensor dxa = !need_x ? at::Tensor()
+                     : std::is_same_v<scalar_t, acc_t> ? dx.zero_() : at::zeros(dx.sizes(), x.options().dtype(acc));
     at::Tensor dwa = at::zeros({need_w ? g.Co * g.K() : 0}, x.options().dtype(acc));
     at::Tensor dba = at::zeros({g.Co}, x.options().dtype(acc));
     if (g.N > 0)
       conv_relu_maxpool_backward_kernel_impl<scalar_t, acc_t>(
           gy.const_data_ptr<scalar_t>(), gy.strides(), cc.const_data_ptr<uint8_t>(),
           x.const_data_ptr<scalar_t>(), x.strides(), w.const_data_ptr<acc_t>(), g, need_x, need_w,
-          need_x ? dx.data_ptr<scalar_t>() : nullptr, need_w ? dwa.data_ptr<acc_t>() : nullptr,
+          need_x ? dxa.data_ptr<acc_t>() : nullptr, need_w ? dwa.data_ptr<acc_t>() : nullptr,
           dba.data_ptr<acc_t>());
+    if (need_x && !std::is_same_v<scalar_t, acc_t>) dx.copy_(dxa);
     if (need_w) dw.copy_(dwa.view(dw.sizes()));
     if (need_b) db.copy_(dba);
   });
