@@ -90,10 +90,9 @@ __device__ __forceinline__ void accumulate(MaxSum<acc_t>& ms, acc_t& a, acc_t& w
   }
 }
 
-// Reduces (ms, a, ws) over the G threads of a row group; the result is valid in lane 0 of the group.
-// G == 32: warp shuffles only. G > 32: the group is the whole block (one row per block).
-template <int G, typename acc_t>
-__device__ __forceinline__ void group_reduce(MaxSum<acc_t>& ms, acc_t& a, acc_t& ws) {
+// Reduces (ms, a, ws) over the 32 lanes of a warp (butterfly: every lane gets the result).
+template <typename acc_t>
+__device__ __forceinline__ void warp_reduce(MaxSum<acc_t>& ms, acc_t& a, acc_t& ws) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     MaxSum<acc_t> other{__shfl_xor_sync(0xffffffffu, ms.m, o), __shfl_xor_sync(0xffffffffu, ms.s, o)};
@@ -101,6 +100,13 @@ __device__ __forceinline__ void group_reduce(MaxSum<acc_t>& ms, acc_t& a, acc_t&
     a += __shfl_xor_sync(0xffffffffu, a, o);
     ws += __shfl_xor_sync(0xffffffffu, ws, o);
   }
+}
+
+// Reduces (ms, a, ws) over the G threads of a row group; the result is valid in lane 0 of the group.
+// G == 32: warp shuffles only. G > 32: the group is the whole block (one row per block).
+template <int G, typename acc_t>
+__device__ __forceinline__ void group_reduce(MaxSum<acc_t>& ms, acc_t& a, acc_t& ws) {
+  warp_reduce(ms, a, ws);
   if constexpr (G > 32) {
     constexpr int W = G / 32;
     __shared__ acc_t sm[W], ss[W], sa[W], sw[W];
@@ -111,13 +117,7 @@ __device__ __forceinline__ void group_reduce(MaxSum<acc_t>& ms, acc_t& a, acc_t&
       ms = lane < W ? MaxSum<acc_t>{sm[lane], ss[lane]} : MaxSum<acc_t>{-INFINITY, acc_t(0)};
       a = lane < W ? sa[lane] : acc_t(0);
       ws = lane < W ? sw[lane] : acc_t(0);
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        MaxSum<acc_t> other{__shfl_xor_sync(0xffffffffu, ms.m, o), __shfl_xor_sync(0xffffffffu, ms.s, o)};
-        ms = merge(ms, other);
-        a += __shfl_xor_sync(0xffffffffu, a, o);
-        ws += __shfl_xor_sync(0xffffffffu, ws, o);
-      }
+      warp_reduce(ms, a, ws);
     }
   }
 }
