@@ -21,6 +21,7 @@ struct Geometry {
   int64_t Hc, Wc;             // conv output (never stored whole)
   int64_t Hp, Wp;             // pooled output
   int64_t K() const { return Ci * kh * kw; }
+  int64_t Wcode() const { return code_width(Wp, pkh, pkw); }  // bytes of codes per pooled row
 };
 
 inline void check_pair(c10::IntArrayRef v, const char* name, int64_t min) {

@@ -21,7 +21,7 @@ TORCH_LIBRARY(pyalexnet, m) {
       "Tensor lse, Tensor wstats, int ignore_index, str reduction, float label_smoothing) -> Tensor");
   // out: max_pool2d(relu(conv2d(x, weight, bias, stride, padding)), pool_kernel, pool_stride), floor
   // mode; argmax: uint8, per pooled output the offset of its window's maximum, or 255 where no
-  // gradient flows. Backward returns empty tensors for the gradients output_mask does not ask for.
+  // gradient flows; for a 1x1 pool window, the ReLU mask's bits, N x Co x Hp x ceil(Wp / 8). Backward returns empty tensors for the gradients output_mask does not ask for.
   m.def(
       "conv_relu_maxpool_forward(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
       "int[2] pool_kernel, int[2] pool_stride) -> (Tensor out, Tensor argmax)");

@@ -176,7 +176,10 @@ def _crm_sizes(x, weight, stride, padding, pool_kernel, pool_stride):
 def _conv_relu_maxpool_forward_fake(x, weight, bias, stride, padding, pool_kernel, pool_stride):
     _crm_check_devices(x, weight=weight, bias=bias)
     shape = _crm_sizes(x, weight, stride, padding, pool_kernel, pool_stride)
-    return x.new_empty(shape), x.new_empty(shape, dtype=torch.uint8)
+    n, co, hp, wp = shape
+    # a 1x1 pool window keeps only the ReLU mask, 8 outputs of a row to a byte
+    code_shape = (n, co, hp, (wp + 7) // 8) if tuple(pool_kernel) == (1, 1) else shape
+    return x.new_empty(shape), x.new_empty(code_shape, dtype=torch.uint8)
 
 
 @torch.library.register_fake("pyalexnet::conv_relu_maxpool_backward")

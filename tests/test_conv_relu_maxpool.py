@@ -598,7 +598,24 @@ def torch_codes(v: Tensor, pk, ps) -> tuple[Tensor, Tensor]:
     return m, (r - p * ps[0]) * pk[1] + (col - q * ps[1])
 
 
+def unpacked_codes(code: Tensor, out: Tensor, pool_kernel) -> Tensor:
+    """The saved codes as one byte per pooled output. A 1x1 pool window saves only the ReLU mask,
+    packed 8 outputs of a row to a byte (bit q % 8 of byte q // 8): unpacked to offset 0 where the
+    bit is set and NO_GRAD where not. Checks the saved layout on the way."""
+    assert code.dtype == torch.uint8
+    if tuple(pool_kernel) != (1, 1):
+        assert code.shape == out.shape
+        return code
+    wp = out.shape[-1]
+    assert code.shape == (*out.shape[:-1], (wp + 7) // 8)
+    bits = (code.long().unsqueeze(-1) >> torch.arange(8)) & 1  # ... x bytes x 8
+    bits = bits.flatten(-2)
+    assert (bits[..., wp:] == 0).all(), "padding bits of the last byte are set"
+    return torch.where(bits[..., :wp] == 1, 0, NO_GRAD).to(torch.uint8)
+
+
 @pytest.mark.parametrize("pool", (((2, 2), (2, 2)), ((3, 3), (2, 2)), ((3, 2), (1, 3)), ((1, 1), (1, 1)),
+                                  ((1, 1), (2, 3)),
                                   ((15, 17), (4, 5))), ids=str)
 @pytest.mark.parametrize("source", ("identity_conv", "integer_conv"))
 def test_argmax_codes_and_ties(source, pool):
@@ -620,7 +637,7 @@ def test_argmax_codes_and_ties(source, pool):
         b = torch.randint(-1, 2, (c.Co,)).double()
         b[0] = -9  # channel 0: |sum| <= 8, so every window's maximum is negative
     out, code = FWD(x, w, b, *[list(a) for a in c.args()])
-    assert code.dtype == torch.uint8 and code.shape == out.shape
+    code = unpacked_codes(code, out, pk)
     m, expected = torch_codes(conv_values(c, x, w, b), pk, ps)
     assert torch.equal(out, m)
     positive = m > 0

@@ -9,7 +9,10 @@
 // The saved index ("code") of a pooled output is one byte: the offset dy * pkw + dx inside its window
 // of the first maximum in row-major scan order (PyTorch's tie-breaking), or kNoGrad when the window's
 // maximum is not positive (ReLU is flat there, so no gradient flows) or NaN. Windows therefore have at
-// most 255 positions.
+// most 255 positions. With a pool window of one position (pool 1/1: conv + ReLU alone) the only thing
+// to keep is whether ReLU passes the gradient: one bit per output, bit q % 8 of byte q / 8 of the
+// output's row, so the codes are N x Co x Hp x ceil(Wp / 8) bytes (1/32 of a float32 ReLU output,
+// 1/16 of a bfloat16 one) instead of N x Co x Hp x Wp.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +36,13 @@ PYA_HD bool inside(int64_t i, int64_t n) { return i >= 0 && i < n; }
 
 // First conv row/column that pooled output row/column o covers.
 PYA_HD int64_t window_start(int64_t o, int64_t ps) { return o * ps; }
+
+PYA_HD bool is_bitmask(int64_t pkh, int64_t pkw) { return pkh == 1 && pkw == 1; }
+// Bytes of codes per row of pooled outputs.
+PYA_HD int64_t code_width(int64_t Wp, int64_t pkh, int64_t pkw) {
+  return is_bitmask(pkh, pkw) ? (Wp + 7) / 8 : Wp;
+}
+PYA_HD bool mask_bit(const uint8_t* row, int64_t q) { return (row[q >> 3] >> (q & 7)) & 1; }
 
 PYA_HD uint8_t encode(int64_t dy, int64_t dx, int64_t pkw) { return static_cast<uint8_t>(dy * pkw + dx); }
 PYA_HD int64_t code_dy(uint8_t code, int64_t pkw) { return code / pkw; }

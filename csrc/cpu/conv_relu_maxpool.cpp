@@ -213,15 +213,17 @@ void conv_relu_maxpool_forward_kernel_impl(const T* x, c10::IntArrayRef xs, cons
         const acc_t* v = conv.data() + co * ld + i * k.M;
         const acc_t bias = b ? b[co] : acc_t(0);
         const int64_t o = (((k.n0 + i) * g.Co + co) * g.Hp + k.p0) * g.Wp;
-        if (g.pkh == 1 && g.pkw == 1) {  // no pooling window: bias + ReLU, vectorised
+        if (is_bitmask(g.pkh, g.pkw)) {  // no pooling window: bias + ReLU, and the ReLU mask's bits
+          const int64_t cw = g.Wcode();
           for (int64_t p = 0; p < k.np; ++p) {
             const acc_t* vr = v + (window_start(k.p0 + p, g.psh) - k.r0) * g.Wc;
             T* orow = out + o + p * g.Wp;
-            uint8_t* crow = code + o + p * g.Wp;
+            uint8_t* crow = code + (((k.n0 + i) * g.Co + co) * g.Hp + k.p0 + p) * cw;
+            std::fill(crow, crow + cw, uint8_t(0));
             for (int64_t q = 0; q < g.Wp; ++q) {
               const acc_t m = vr[q * g.psw] + bias;
               orow[q] = static_cast<T>(pooled_value(m));
-              crow[q] = pooled_code(m, 0);
+              crow[q >> 3] |= static_cast<uint8_t>((m > acc_t(0)) << (q & 7));
             }
           }
           continue;
@@ -264,11 +266,13 @@ void conv_relu_maxpool_backward_kernel_impl(const T* gy, c10::IntArrayRef gs, co
         for (int64_t i = 0; i < k.G; ++i) {
           acc_t* d = dyc.data() + co * ld + i * k.M;
           std::fill(d, d + k.M, acc_t(0));
-          const int64_t o = (((k.n0 + i) * g.Co + co) * g.Hp + k.p0) * g.Wp;
+          const uint8_t* crows = code + (((k.n0 + i) * g.Co + co) * g.Hp + k.p0) * g.Wcode();
           const T* gyc = gy + (k.n0 + i) * gs[0] + co * gs[1] + k.p0 * gs[2];
+          const bool bits = is_bitmask(g.pkh, g.pkw);
           for (int64_t p = 0; p < k.np; ++p)
             for (int64_t q = 0; q < g.Wp; ++q) {
-              const uint8_t cd = code[o + p * g.Wp + q];
+              const uint8_t* crow = crows + p * g.Wcode();
+              const uint8_t cd = bits ? (mask_bit(crow, q) ? uint8_t(0) : kNoGrad) : crow[q];
               if (cd == kNoGrad) continue;
               const acc_t v = static_cast<acc_t>(gyc[p * gs[2] + q * gs[3]]);
               d[(window_start(k.p0 + p, g.psh) - k.r0 + code_dy(cd, g.pkw)) * g.Wc + window_start(q, g.psw) +
@@ -313,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cpu(
     c10::IntArrayRef pool_stride) {
   const Geometry g = check_inputs(x, weight, bias, stride, padding, pool_kernel, pool_stride);
   at::Tensor out = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options());
-  at::Tensor code = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options().dtype(at::kByte));
+  at::Tensor code = at::empty({g.N, g.Co, g.Hp, g.Wcode()}, x.options().dtype(at::kByte));
   if (out.numel() == 0) return {out, code};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_relu_maxpool_forward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
@@ -337,8 +341,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cpu(
   const std::vector<int64_t> oshape{g.N, g.Co, g.Hp, g.Wp};
   TORCH_CHECK(grad_out.sizes() == c10::IntArrayRef(oshape), op, "grad_out must have shape ",
               c10::IntArrayRef(oshape), ", got ", grad_out.sizes());
-  TORCH_CHECK(code.sizes() == c10::IntArrayRef(oshape) && code.scalar_type() == at::kByte, op,
-              "argmax must be the uint8 tensor of shape ", c10::IntArrayRef(oshape), " that forward returned");
+  const std::vector<int64_t> cshape{g.N, g.Co, g.Hp, g.Wcode()};
+  TORCH_CHECK(code.sizes() == c10::IntArrayRef(cshape) && code.scalar_type() == at::kByte, op,
+              "argmax must be the uint8 tensor of shape ", c10::IntArrayRef(cshape), " that forward returned");
   TORCH_CHECK(grad_out.device() == x.device() && code.device() == x.device(), op,
               "grad_out and argmax must be on ", x.device());
   const bool need_x = output_mask[0], need_w = output_mask[1], need_b = output_mask[2];
