@@ -247,6 +247,23 @@ def check_against_reference(logits: Tensor, target: Tensor, weight: Optional[Ten
     return loss, grad
 
 
+def check_tail_rows(x: Tensor, t: Tensor, go: Tensor, k: int) -> None:
+    """softmax_cross_entropy(x, t, reduction='none') forward and backward on a large x, then the
+    last k rows' loss and gradient against the float64 reference and PyTorch's same-dtype result
+    (the rows whose offsets a 32-bit index would get wrong). The big gradient is freed first."""
+    xr = x.requires_grad_()
+    loss = softmax_cross_entropy(xr, t, reduction="none")
+    (grad,) = torch.autograd.grad(loss, xr, go)
+    assert loss.isfinite().all()
+    tail_loss, tail_grad = loss[-k:].clone(), grad[-k:].clone()
+    del loss, grad, xr
+    tail = x[-k:].detach().clone()
+    ref_loss, ref_grad = reference(tail, t[-k:], None, go[-k:], reduction="none")
+    base_loss, base_grad = torch_same_dtype(tail, t[-k:], None, go[-k:], reduction="none")
+    assert_matches(tail_loss, ref_loss, base_loss, "loss")
+    assert_matches(tail_grad, ref_grad, base_grad, "grad")
+
+
 def mem_available_gib() -> float:
     """MemAvailable of /proc/meminfo in GiB (0 where there is none)."""
     try:
