@@ -247,6 +247,22 @@ def check_against_reference(logits: Tensor, target: Tensor, weight: Optional[Ten
     return loss, grad
 
 
+def assert_backends_agree(a: Tensor, b: Tensor, what: str) -> None:
+    """Two backends' results for the same inputs (CUDA or emulated CUDA against the CPU kernels):
+    float32-or-better within this file's tolerances; float16/bfloat16 within 2 units in the last place
+    (each is its float32 result rounded once, and those differ in their last bits: __expf on the GPU,
+    a polynomial on the CPU)."""
+    a = a.cpu()
+    if b.dtype in REDUCED:
+        eps = torch.finfo(b.dtype).eps
+        scale = b.double().abs().max().item() if b.numel() else 0.0
+        torch.testing.assert_close(a, b, rtol=2 * eps, atol=2 * eps * scale, equal_nan=True,
+                                   msg=lambda m: f"{what}: {m}")
+    else:
+        tol = {torch.float64: 1e-10, torch.float32: 1e-5}[b.dtype]
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
 def check_tail_rows(x: Tensor, t: Tensor, go: Tensor, k: int) -> None:
     """softmax_cross_entropy(x, t, reduction='none') forward and backward on a large x, then the
     last k rows' loss and gradient against the float64 reference and PyTorch's same-dtype result

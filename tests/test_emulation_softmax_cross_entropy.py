@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (REDUCED, REDUCTIONS, assert_matches, grad_scale, random_logits, random_target,
+from conftest import (REDUCED, REDUCTIONS, assert_backends_agree, assert_matches, grad_scale, random_logits, random_target,
                       random_weight, reference, torch_same_dtype, upstream_grad)
 from emulation import harness
 
@@ -121,18 +121,6 @@ def emulate(c: Case, tmp: Path):
     return (x, t, w, g), res, launches
 
 
-def _agree(a: torch.Tensor, b: torch.Tensor, what: str):
-    """Emulated CUDA kernel vs CPU kernel on the same inputs: float32-or-better within conftest's
-    tolerances, float16/bfloat16 within 2 units in the last place (each rounds its float32 result)."""
-    if b.dtype in REDUCED:
-        eps = torch.finfo(b.dtype).eps
-        scale = b.double().abs().max().item() if b.numel() else 0.0
-        torch.testing.assert_close(a, b, rtol=2 * eps, atol=2 * eps * scale, equal_nan=True,
-                                   msg=lambda m: f"{what}: {m}")
-    else:
-        tol = {torch.float64: 1e-10, torch.float32: 1e-5}[b.dtype]
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol, equal_nan=True, msg=lambda m: f"{what}: {m}")
-
 
 def check_case(c: Case, tmp: Path) -> list[str]:
     """The emulated kernels' loss and gradient against the float64 reference (conftest's rule per
@@ -146,11 +134,11 @@ def check_case(c: Case, tmp: Path) -> list[str]:
     assert_matches(res["loss"], ref_loss, base_loss, "loss")
     assert_matches(res["grad"], ref_grad, base_grad, "grad", scale=grad_scale(t, w, g, **opts))
     cpu_loss, cpu_lse, cpu_ws = FWD(x, t, w, c.ignore_index, c.reduction, c.smoothing)
-    _agree(res["loss"], cpu_loss, "loss vs CPU kernel")
-    _agree(res["lse"], cpu_lse, "lse vs CPU kernel")
-    _agree(res["wstats"], cpu_ws, "wstats vs CPU kernel")
+    assert_backends_agree(res["loss"], cpu_loss, "loss vs CPU kernel")
+    assert_backends_agree(res["lse"], cpu_lse, "lse vs CPU kernel")
+    assert_backends_agree(res["wstats"], cpu_ws, "wstats vs CPU kernel")
     cpu_grad = BWD(g.to(_acc(c.dtype)), x, t, w, cpu_lse, cpu_ws, c.ignore_index, c.reduction, c.smoothing)
-    _agree(res["grad"], cpu_grad, "grad vs CPU kernel")
+    assert_backends_agree(res["grad"], cpu_grad, "grad vs CPU kernel")
     return launches
 
 

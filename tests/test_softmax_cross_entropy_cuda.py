@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import pyalexnet
-from conftest import (DTYPES, LAYOUTS, REDUCED, REDUCTIONS, assert_matches, check_against_reference,
-                      check_tail_rows,
-                      forward_op_samples, make_layout, random_logits, random_target, random_weight,
-                      reference, torch_same_dtype)
+from conftest import (DTYPES, LAYOUTS, REDUCTIONS, assert_backends_agree, assert_matches,
+                      check_against_reference, check_tail_rows, forward_op_samples, make_layout,
+                      random_logits, random_target, random_weight, reference, torch_same_dtype)
 from pyalexnet.ops import softmax_cross_entropy
 
 
@@ -37,6 +36,8 @@ def _need_gpu_gib(gib: float):
     free = torch.cuda.mem_get_info()[0] / 2**30
     if free < gib:
         pytest.skip(f"needs {gib} GiB of free GPU memory, {free:.1f} GiB free")
+
+
 FWD = torch.ops.pyalexnet.softmax_cross_entropy_forward.default
 BWD = torch.ops.pyalexnet.softmax_cross_entropy_backward.default
 IGNORE_CASES = {"absent": None, "hit_default": -100, "hit_class": 2}
@@ -61,21 +62,6 @@ def test_matches_reference(C, reduction, weighted, ignore, label_smoothing, dtyp
     check_against_reference(x, t, w, reduction=reduction, label_smoothing=label_smoothing, **opts)
 
 
-def _assert_agree(cuda: torch.Tensor, cpu: torch.Tensor, what: str):
-    """CUDA and CPU results of the same inputs: the float32-or-better tolerances of conftest; in
-    float16/bfloat16 within 2 units in the last place (each is its float32 result rounded once, and the
-    two float32 results differ in their last bits: __expf on the GPU, a polynomial on the CPU)."""
-    a, b = cuda.cpu(), cpu
-    if cpu.dtype in REDUCED:
-        eps = torch.finfo(cpu.dtype).eps
-        scale = b.double().abs().max().item() if b.numel() else 0.0
-        torch.testing.assert_close(a, b, rtol=2 * eps, atol=2 * eps * scale, equal_nan=True,
-                                   msg=lambda m: f"{what}: {m}")
-    else:
-        tol = {torch.float64: 1e-10, torch.float32: 1e-5}[cpu.dtype]
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol, equal_nan=True,
-                                   msg=lambda m: f"{what}: {m}")
-
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("options", ({}, {"weight": True, "ignore_index": 2, "label_smoothing": 0.25}),
@@ -96,8 +82,8 @@ def test_agrees_with_cpu(N, C, reduction, options, dtype):
         loss = softmax_cross_entropy(xx, t.to(device), ww, reduction=reduction, **opts)
         (grad,) = torch.autograd.grad(loss, xx, go.to(device))
         results[device] = (loss.detach(), grad)
-    _assert_agree(results[DEV][0], results["cpu"][0], "loss")
-    _assert_agree(results[DEV][1], results["cpu"][1], "grad")
+    assert_backends_agree(results[DEV][0], results["cpu"][0], "loss")
+    assert_backends_agree(results[DEV][1], results["cpu"][1], "grad")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
