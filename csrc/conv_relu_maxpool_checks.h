@@ -3,10 +3,12 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <vector>
 
 #include "common/conv_relu_maxpool_index.h"
 
@@ -70,6 +72,37 @@ inline Geometry check_inputs(const at::Tensor& x, const at::Tensor& w, const std
   TORCH_CHECK(g.Hc >= g.pkh && g.Wc >= g.pkw, op, "the convolution output is ", g.Hc, "x", g.Wc,
               ", smaller than the pool window ", pool_kernel, ": the output would be empty");
   g.Hp = pool_out_size(g.Hc, g.pkh, g.psh), g.Wp = pool_out_size(g.Wc, g.pkw, g.psw);
+  return g;
+}
+
+// The layout of the op's outputs (out, argmax, grad_x): channels-last for a channels-last input
+// (the layout the CUDA kernels compute in, so a channels-last network stays channels-last end to
+// end), else contiguous NCHW. pyalexnet/ops.py's fake kernels make the same choice.
+inline at::MemoryFormat output_format(const at::Tensor& x) {
+  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast) ? at::MemoryFormat::ChannelsLast
+                                                                               : at::MemoryFormat::Contiguous;
+}
+
+// t in memory format mf (a copy only when needed; an empty t is remade with mf's strides, which
+// contiguous() would not do).
+inline at::Tensor in_format(const at::Tensor& t, at::MemoryFormat mf) {
+  return t.numel() ? t.contiguous(mf) : at::empty(t.sizes(), t.options().memory_format(mf));
+}
+
+// The backward op's checks beyond check_inputs: grad_out and argmax must be what forward made.
+inline Geometry check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                      const at::Tensor& code, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                      c10::IntArrayRef pool_kernel, c10::IntArrayRef pool_stride) {
+  const Geometry g = check_inputs(x, weight, std::nullopt, stride, padding, pool_kernel, pool_stride);
+  const char* op = "conv_relu_maxpool_backward: ";
+  const std::vector<int64_t> oshape{g.N, g.Co, g.Hp, g.Wp};
+  TORCH_CHECK(grad_out.sizes() == c10::IntArrayRef(oshape), op, "grad_out must have shape ",
+              c10::IntArrayRef(oshape), ", got ", grad_out.sizes());
+  const std::vector<int64_t> cshape{g.N, g.Co, g.Hp, g.Wcode()};
+  TORCH_CHECK(code.sizes() == c10::IntArrayRef(cshape) && code.scalar_type() == at::kByte, op,
+              "argmax must be the uint8 tensor of shape ", c10::IntArrayRef(cshape), " that forward returned");
+  TORCH_CHECK(grad_out.device() == x.device() && code.device() == x.device(), op,
+              "grad_out and argmax must be on ", x.device());
   return g;
 }
 

@@ -172,6 +172,14 @@ def _crm_sizes(x, weight, stride, padding, pool_kernel, pool_stride):
             (wc - pool_kernel[1]) // pool_stride[1] + 1)
 
 
+def _crm_format(x: Tensor) -> torch.memory_format:
+    """The layout of the op's outputs (out, argmax, grad_x), as csrc/conv_relu_maxpool_checks.h's
+    output_format: channels_last for a channels_last input, else contiguous."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 @torch.library.register_fake("pyalexnet::conv_relu_maxpool_forward")
 def _conv_relu_maxpool_forward_fake(x, weight, bias, stride, padding, pool_kernel, pool_stride):
     _crm_check_devices(x, weight=weight, bias=bias)
@@ -179,7 +187,9 @@ def _conv_relu_maxpool_forward_fake(x, weight, bias, stride, padding, pool_kerne
     n, co, hp, wp = shape
     # a 1x1 pool window keeps only the ReLU mask, 8 outputs of a row to a byte
     code_shape = (n, co, hp, (wp + 7) // 8) if tuple(pool_kernel) == (1, 1) else shape
-    return x.new_empty(shape), x.new_empty(code_shape, dtype=torch.uint8)
+    mf = _crm_format(x)
+    return (torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=mf),
+            torch.empty(code_shape, dtype=torch.uint8, device=x.device, memory_format=mf))
 
 
 @torch.library.register_fake("pyalexnet::conv_relu_maxpool_backward")
@@ -188,7 +198,8 @@ def _conv_relu_maxpool_backward_fake(grad_out, x, weight, argmax, stride, paddin
     _crm_check_devices(x, grad_out=grad_out, weight=weight, argmax=argmax)
     n, ci, h, w = x.shape
     co, _, kh, kw = weight.shape
-    return (x.new_empty((n if output_mask[0] else 0, ci, h, w)),
+    return (torch.empty((n if output_mask[0] else 0, ci, h, w), dtype=x.dtype, device=x.device,
+                        memory_format=_crm_format(x)),
             weight.new_empty((co if output_mask[1] else 0, ci, kh, kw)),
             weight.new_empty((co if output_mask[2] else 0,)))
 

@@ -551,6 +551,21 @@ def test_layouts(kind, dtype):
     assert_matches(got[0], ref[0], run(eager, x, w, b, g, *c.args())[0] if dtype in REDUCED else None, "out")
 
 
+@pytest.mark.parametrize("pool", ((3, 2), (1, 1)))
+def test_channels_last_in_channels_last_out(pool):
+    """A channels_last input gives channels_last out, argmax and grad_x (the layout the CUDA kernels
+    compute in, so that a channels_last network stays so); a contiguous one contiguous results."""
+    c = Cfg(2, 4, 11, 9, 5, (3, 3), padding=(1, 1), pool_kernel=(pool[0],) * 2, pool_stride=(pool[1],) * 2)
+    x, w, b = gaussian_inputs(c)
+    for xv, fmt in ((x, torch.contiguous_format), (x.to(memory_format=torch.channels_last), torch.channels_last)):
+        out, code = FWD(xv, w, b, *[list(a) for a in c.args()])
+        assert out.is_contiguous(memory_format=fmt) and code.is_contiguous(memory_format=fmt)
+        gx, gw, gb = BWD(torch.ones_like(out), xv, w, code, *[list(a) for a in c.args()], [True, True, True])
+        assert gx.is_contiguous(memory_format=fmt) and gw.is_contiguous()
+    ref = FWD(x, w, b, *[list(a) for a in c.args()])
+    assert torch.equal(out, ref[0]) and torch.equal(code, ref[1])
+
+
 def test_broadcast_grad_out():
     """out.sum() backward: an incoming gradient with stride 0 everywhere."""
     c = SPECIAL["rect_everything"]

@@ -18,12 +18,23 @@ TESTS_DIR = harness.REPO_ROOT / "tests"
 
 # Every __global__ kernel of csrc/cuda/*.cu -> the emulated tests that launch it ("file::test").
 _XENT = "test_emulation_softmax_cross_entropy.py"
+_CRM = "test_emulation_conv_relu_maxpool.py"
 EMULATED_TESTS = {
     "softmax_cross_entropy_forward_kernel_impl": [f"{_XENT}::test_matches_reference", f"{_XENT}::test_options",
                                                   f"{_XENT}::test_bad_target"],
     "softmax_cross_entropy_finalize_kernel_impl": [f"{_XENT}::test_matches_reference", f"{_XENT}::test_empty_batch"],
     "softmax_cross_entropy_backward_kernel_impl": [f"{_XENT}::test_matches_reference", f"{_XENT}::test_options",
                                                    f"{_XENT}::test_bad_target"],
+    "conv_relu_maxpool_forward_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
+                                              f"{_CRM}::test_gaussian_inputs_match_the_reference"],
+    "conv_relu_maxpool_dgrad_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
+                                            f"{_CRM}::test_only_the_asked_gradients"],
+    "conv_relu_maxpool_wgrad_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
+                                            f"{_CRM}::test_many_splits_of_the_weight_gradient"],
+    "conv_relu_maxpool_bias_grad_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
+                                                f"{_CRM}::test_only_the_asked_gradients"],
+    "conv_relu_maxpool_reduce_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
+                                             f"{_CRM}::test_many_splits_of_the_weight_gradient"],
 }
 
 

@@ -69,5 +69,75 @@ PYA_HD uint8_t pooled_code(acc_t m, int64_t at) { return m > acc_t(0) ? static_c
 PYA_HD int64_t band_first_row(int64_t p0, int64_t ps) { return p0 * ps; }
 PYA_HD int64_t band_rows(int64_t np, int64_t pk, int64_t ps) { return (np - 1) * ps + pk; }
 
+// Pooled rows (or columns) whose windows contain conv row r: [lo, hi], empty when lo > hi. The
+// CUDA backward gathers each conv output's gradient from these windows instead of scattering.
+PYA_HD void covering_windows(int64_t r, int64_t pk, int64_t ps, int64_t n_pooled, int64_t& lo, int64_t& hi) {
+  lo = r < pk ? 0 : (r - pk) / ps + 1;  // first p with p*ps + pk - 1 >= r
+  hi = r / ps;                          // last p with p*ps <= r
+  if (hi > n_pooled - 1) hi = n_pooled - 1;
+}
+
+// The conv-output gradient at (r, c) of one image and channel: the sum of the pooled gradients
+// whose window's saved maximum sits at (r, c). gy(p, q) and code(p, q) read the pooled gradient and
+// the code byte (for a 1x1 window: the byte holding bit q % 8 of the ReLU mask).
+template <typename acc_t, typename GyAt, typename CodeAt>
+PYA_HD acc_t unpooled_gradient(int64_t r, int64_t c, int64_t pkh, int64_t pkw, int64_t psh, int64_t psw,
+                               int64_t Hp, int64_t Wp, const GyAt& gy, const CodeAt& code) {
+  acc_t s = acc_t(0);
+  if (is_bitmask(pkh, pkw)) {
+    if (r % psh != 0 || c % psw != 0) return s;
+    const int64_t p = r / psh, q = c / psw;
+    if (p < Hp && q < Wp && ((code(p, q) >> (q & 7)) & 1)) s = acc_t(gy(p, q));
+    return s;
+  }
+  int64_t p0, p1, q0, q1;
+  covering_windows(r, pkh, psh, Hp, p0, p1);
+  covering_windows(c, pkw, psw, Wp, q0, q1);
+  for (int64_t p = p0; p <= p1; ++p)
+    for (int64_t q = q0; q <= q1; ++q)
+      if (code(p, q) == encode(r - window_start(p, psh), c - window_start(q, psw), pkw)) s += acc_t(gy(p, q));
+  return s;
+}
+
+// The CUDA forward tile: G whole images, or a PH x PW patch of one image's pooled outputs, whose
+// conv patch (CH x CW conv outputs per image) fits the rows of one GEMM tile (rows); chosen to need
+// the fewest 32-row slabs of GEMM work over the batch. The patch of a pooled patch is
+// (PH-1) psh + pkh by (PW-1) psw + pkw conv outputs; with a 1x1 window (pool = subsampling) only the
+// sampled conv outputs, PH x PW (conv row r0 + i psh), and PW is a multiple of 8 or the whole row,
+// so that a tile writes whole bytes of the ReLU mask. A window larger than the tile
+// (pkh pkw > rows) is computed in `passes` GEMMs of `rows` window positions each, keeping a running
+// maximum (then G = PH = PW = 1).
+struct ForwardTile {
+  int64_t G, PH, PW, CH, CW, passes;
+  int64_t tiles_h, tiles_w, groups;  // tiles along pooled rows, columns; image groups
+  int64_t count() const { return tiles_h * tiles_w * groups; }
+};
+
+PYA_HD int64_t tile_conv_rows(int64_t P, int64_t pk, int64_t ps, bool bits) { return bits ? P : (P - 1) * ps + pk; }
+
+inline ForwardTile plan_forward_tile(int64_t N, int64_t Hp, int64_t Wp, int64_t pkh, int64_t pkw, int64_t psh,
+                                     int64_t psw, int64_t rows) {
+  if (pkh * pkw > rows)  // one window per tile, in several passes
+    return ForwardTile{1, 1, 1, pkh, pkw, (pkh * pkw + rows - 1) / rows, Hp, Wp, N};
+  const bool bits = is_bitmask(pkh, pkw);
+  ForwardTile best{};
+  int64_t best_cost = -1;
+  for (int64_t PH = 1; PH <= Hp && tile_conv_rows(PH, pkh, psh, bits) <= rows; ++PH)
+    for (int64_t PW = 1; PW <= Wp; ++PW) {
+      const int64_t CH = tile_conv_rows(PH, pkh, psh, bits), CW = tile_conv_rows(PW, pkw, psw, bits);
+      if (CH * CW > rows) break;
+      if (bits && PW % 8 != 0 && PW != Wp) continue;
+      const bool whole = PH == Hp && PW == Wp;
+      const int64_t G = whole ? (rows / (CH * CW) < N ? rows / (CH * CW) : N) : 1;
+      const int64_t th = (Hp + PH - 1) / PH, tw = (Wp + PW - 1) / PW, groups = (N + G - 1) / G;
+      const int64_t cost = th * tw * groups * ((G * CH * CW + 31) / 32);
+      if (best_cost < 0 || cost < best_cost || (cost == best_cost && PW > best.PW)) {
+        best_cost = cost;
+        best = ForwardTile{G, PH, PW, CH, CW, 1, th, tw, groups};
+      }
+    }
+  return best;  // PH = 1 with PW = min(8, Wp) (1x1 window) or PW = 1 always fits: never empty
+}
+
 }  // namespace crm
 }  // namespace pyalexnet

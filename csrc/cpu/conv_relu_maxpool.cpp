@@ -316,9 +316,11 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cpu(
     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef pool_kernel,
     c10::IntArrayRef pool_stride) {
   const Geometry g = check_inputs(x, weight, bias, stride, padding, pool_kernel, pool_stride);
+  const at::MemoryFormat mf = output_format(x);
+  // The kernel writes NCHW; a channels-last input gets channels-last results (one copy).
   at::Tensor out = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options());
   at::Tensor code = at::empty({g.N, g.Co, g.Hp, g.Wcode()}, x.options().dtype(at::kByte));
-  if (out.numel() == 0) return {out, code};
+  if (g.N == 0) return {in_format(out, mf), in_format(code, mf)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_relu_maxpool_forward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const auto acc = c10::CppTypeToScalarType<acc_t>::value;
@@ -329,29 +331,21 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cpu(
         b.defined() ? b.const_data_ptr<acc_t>() : nullptr, g, out.data_ptr<scalar_t>(),
         code.data_ptr<uint8_t>());
   });
-  return {out, code};
+  return {in_format(out, mf), in_format(code, mf)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& code,
     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef pool_kernel,
     c10::IntArrayRef pool_stride, std::array<bool, 3> output_mask) {
-  const Geometry g = check_inputs(x, weight, std::nullopt, stride, padding, pool_kernel, pool_stride);
-  const char* op = "conv_relu_maxpool_backward: ";
-  const std::vector<int64_t> oshape{g.N, g.Co, g.Hp, g.Wp};
-  TORCH_CHECK(grad_out.sizes() == c10::IntArrayRef(oshape), op, "grad_out must have shape ",
-              c10::IntArrayRef(oshape), ", got ", grad_out.sizes());
-  const std::vector<int64_t> cshape{g.N, g.Co, g.Hp, g.Wcode()};
-  TORCH_CHECK(code.sizes() == c10::IntArrayRef(cshape) && code.scalar_type() == at::kByte, op,
-              "argmax must be the uint8 tensor of shape ", c10::IntArrayRef(cshape), " that forward returned");
-  TORCH_CHECK(grad_out.device() == x.device() && code.device() == x.device(), op,
-              "grad_out and argmax must be on ", x.device());
+  const Geometry g = check_backward_inputs(grad_out, x, weight, code, stride, padding, pool_kernel, pool_stride);
   const bool need_x = output_mask[0], need_w = output_mask[1], need_b = output_mask[2];
   // Gradients not asked for come back as empty tensors (the Python wrapper turns them into None).
+  const at::MemoryFormat mf = output_format(x);
   at::Tensor dx = at::empty({need_x ? g.N : 0, g.Ci, g.H, g.W}, x.options());
   at::Tensor dw = at::empty({need_w ? g.Co : 0, g.Ci, g.kh, g.kw}, weight.options());
   at::Tensor db = at::empty({need_b ? g.Co : 0}, weight.options());
-  if (!need_x && !need_w && !need_b) return {dx, dw, db};
+  if (!need_x && !need_w && !need_b) return {in_format(dx, mf), dw, db};
   const at::Tensor gy = grad_out.to(x.scalar_type());
   const at::Tensor cc = code.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_relu_maxpool_backward_cpu", [&] {
@@ -373,7 +367,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cpu(
     if (need_w) dw.copy_(dwa.view(dw.sizes()));
     if (need_b) db.copy_(dba);
   });
-  return {dx, dw, db};
+  return {in_format(dx, mf), dw, db};
 }
 
 }  // namespace crm

@@ -3,6 +3,7 @@
 // on), writes the inputs as raw arrays into a directory, runs it, and reads the raw outputs back.
 //
 //   driver xent DIR key=value...      softmax cross-entropy: forward (+ finalize) then backward
+//   driver crm DIR key=value...       conv + ReLU + max-pool: forward, then backward from its codes
 //   driver selftest NAME DIR schedule=asc|desc    a self-test of the emulation (selftest_kernels.cu)
 //
 // xent keys: dtype=f32|f16|bf16|f64 tgt=i32|i64 N C row_stride offset (elements the logits and the
@@ -11,8 +12,15 @@
 // elements), target.bin, weight.bin (acc), grad.bin (acc: N for reduction none, else 1), and for
 // phase=backward lse.bin, wstats.bin. Outputs: DIR/<schedule>_{loss,lse,wstats,grad}.bin and
 // <schedule>_launches.txt. Exit status 3 with the message on stderr when a kernel fails.
+//
+// crm keys: dtype=f32|f16|bf16|f64 tf32=0|1 N Ci H W Co kh kw sh sw ph pw pkh pkw psh psw bias=0|1
+// need=<3 chars of 0|1: dx, dw, db> sm_count schedule. Inputs in DIR (NHWC, as the CUDA wrapper
+// makes them): x.bin, w.bin (Co x Kp, compute type), bias.bin (acc), wt.bin (Ci x Kdp, compute
+// type), gy.bin. Outputs: DIR/<schedule>_{out,code,dx,dw,db}.bin.
 #include "cuda/emulation.h"
 #include "cuda/softmax_cross_entropy_kernels.h"
+#include "cuda/conv_relu_maxpool_kernels.h"
+#include "common/conv_relu_maxpool_index.h"
 
 #include <cstdio>
 #include <fstream>
@@ -121,6 +129,53 @@ int run_xent(const std::string& dir, std::map<std::string, std::string>& kv) {
   return 0;
 }
 
+int run_crm(const std::string& dir, std::map<std::string, std::string>& kv) {
+  namespace crm = pyalexnet::crm;
+  auto i64 = [&](const char* k) { return std::stoll(kv.at(k)); };
+  const std::string dt = kv.at("dtype");
+  const crm::DType dtype = dt == "f32" ? crm::DType::kFloat : dt == "f16" ? crm::DType::kHalf
+                           : dt == "bf16" ? crm::DType::kBFloat16 : crm::DType::kDouble;
+  const size_t es = dt == "f32" ? 4 : dt == "f64" ? 8 : 2, as = dt == "f64" ? 8 : 4;
+  const size_t cs = dt == "f16" || dt == "bf16" ? 2 : as;  // compute type
+  const std::string sched = kv.at("schedule");
+  pya_emu::set_schedule(sched == "desc" ? pya_emu::Schedule::kDescending : pya_emu::Schedule::kAscending);
+  crm::Shape g{};
+  g.N = i64("N"), g.Ci = i64("Ci"), g.H = i64("H"), g.W = i64("W"), g.Co = i64("Co"), g.kh = i64("kh"), g.kw = i64("kw");
+  g.sh = i64("sh"), g.sw = i64("sw"), g.ph = i64("ph"), g.pw = i64("pw");
+  g.pkh = i64("pkh"), g.pkw = i64("pkw"), g.psh = i64("psh"), g.psw = i64("psw");
+  g.Hc = crm::conv_out_size(g.H, g.kh, g.sh, g.ph), g.Wc = crm::conv_out_size(g.W, g.kw, g.sw, g.pw);
+  g.Hp = crm::pool_out_size(g.Hc, g.pkh, g.psh), g.Wp = crm::pool_out_size(g.Wc, g.pkw, g.psw);
+  const int64_t wcode = crm::code_width(g.Wp, g.pkh, g.pkw);
+  const bool tf32 = i64("tf32") != 0, has_bias = i64("bias") != 0;
+  const std::string need = kv.at("need");
+  const std::string x_in = read_file(dir + "/x.bin"), w_in = read_file(dir + "/w.bin"), wt_in = read_file(dir + "/wt.bin");
+  const std::string b_in = has_bias ? read_file(dir + "/bias.bin") : std::string(), gy_in = read_file(dir + "/gy.bin");
+  Buffer x(x_in.size(), 0, &x_in), w(w_in.size(), 0, &w_in), wt(wt_in.size(), 0, &wt_in), gy(gy_in.size(), 0, &gy_in);
+  Buffer bias(b_in.size(), 0, has_bias ? &b_in : nullptr);
+  const size_t nout = size_t(g.N * g.Hp * g.Wp * g.Co), ncode = size_t(g.N * g.Hp * wcode * g.Co);
+  Buffer out(nout * es, 0), code(ncode, 0);
+  crm::ForwardArgs f{};
+  f.dtype = dtype, f.tf32 = tf32, f.g = g, f.x = x.p, f.w = w.p, f.Kp = int64_t(w_in.size() / cs) / g.Co;
+  f.bias = has_bias ? bias.p : nullptr, f.out = out.p, f.code = code.p;
+  if (crm::launch_conv_relu_maxpool_forward(f, nullptr) != cudaSuccess) return 4;
+  Buffer dx(need[0] == '1' ? x_in.size() : 0, 0), dw(need[1] == '1' ? size_t(g.Co * g.Ci * g.kh * g.kw) * es : 0, 0);
+  Buffer db(need[2] == '1' ? size_t(g.Co) * es : 0, 0);
+  crm::BackwardArgs b{};
+  b.dtype = dtype, b.tf32 = tf32, b.g = g, b.sm_count = int(i64("sm_count"));
+  b.gy = gy.p, b.code = code.p, b.x = x.p, b.wt = wt.p, b.Kdp = int64_t(wt_in.size() / cs) / g.Ci;
+  b.dx = need[0] == '1' ? dx.p : nullptr, b.dw = need[1] == '1' ? dw.p : nullptr, b.db = need[2] == '1' ? db.p : nullptr;
+  Buffer ws(size_t(crm::conv_relu_maxpool_backward_workspace_bytes(b)), 0);
+  b.workspace = ws.p;
+  if (crm::launch_conv_relu_maxpool_backward(b, nullptr) != cudaSuccess) return 4;
+  const std::string pre = dir + "/" + sched + "_";
+  write_file(pre + "out.bin", out.p, out.bytes);
+  write_file(pre + "code.bin", code.p, code.bytes);
+  write_file(pre + "dx.bin", dx.p, dx.bytes);
+  write_file(pre + "dw.bin", dw.p, dw.bytes);
+  write_file(pre + "db.bin", db.p, db.bytes);
+  return 0;
+}
+
 int run_selftest(const std::string& name, const std::string& dir, std::map<std::string, std::string>& kv) {
   const std::string sched = kv.count("schedule") ? kv.at("schedule") : "asc";
   pya_emu::set_schedule(sched == "desc" ? pya_emu::Schedule::kDescending : pya_emu::Schedule::kAscending);
@@ -143,7 +198,7 @@ int run_selftest(const std::string& name, const std::string& dir, std::map<std::
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: driver xent DIR key=value... | driver selftest NAME DIR key=value...\n");
+    std::fprintf(stderr, "usage: driver xent|crm DIR key=value... | driver selftest NAME DIR key=value...\n");
     return 2;
   }
   const std::string cmd = argv[1];
@@ -161,7 +216,8 @@ int main(int argc, char** argv) {
   const std::string dir = cmd == "selftest" ? argv[3] : argv[2];
   int rc = 2;
   try {
-    rc = cmd == "xent" ? run_xent(dir, kv) : cmd == "selftest" ? run_selftest(argv[2], dir, kv) : 2;
+    rc = cmd == "xent" ? run_xent(dir, kv) : cmd == "crm" ? run_crm(dir, kv)
+         : cmd == "selftest" ? run_selftest(argv[2], dir, kv) : 2;
   } catch (const pya_emu::KernelError& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "KernelError: %s\n", e.what());

@@ -1,0 +1,715 @@
+// Fused conv2d + ReLU + max-pool, CUDA kernels: implicit GEMM on the tensor cores, channels-last.
+//
+// Forward (conv_relu_maxpool_forward_kernel_impl): one block computes a tile of the convolution for
+// 64 output channels: the conv outputs that a patch of pooled outputs needs (plus the halo of the
+// overlapping windows, recomputed by the neighbouring tile), or G whole small images, as a
+// 128-row x 64-column GEMM tile over K = kh kw Ci. The input patches are gathered straight from the
+// NHWC input into shared memory (16-byte loads when Ci is a multiple of the K step; element gathers
+// otherwise, e.g. conv1's 3 channels, which then waste no K padding); the weights stream in as
+// 16-byte rows. bias + ReLU + max-pool run in the epilogue from the tile in shared memory. Written:
+// only the pooled output and one code byte per pooled output (or one bit: 1x1 windows). Never
+// written: the conv or ReLU output.
+// Backward, with the pooled gradient un-pooled on the fly (unpooled_gradient: each conv output
+// gathers the pooled gradients whose saved maximum sits on it), so that no full-resolution gradient
+// is ever stored:
+//   dgrad: dx (N H W x Ci) = unpooled (N H W x kh kw Co, gathered) . W (kh kw Co x Ci); one block per
+//          128 input pixels x 64 input channels, the whole reduction in the block, dx written once;
+//   wgrad: dw (Co x kh kw Ci) = unpooled^T . patches, split over conv positions into partial sums
+//          (workspace), summed by a reduce kernel in a fixed order: deterministic, no atomics;
+//   bias:  db = the sum of the pooled gradients that passed (same split + reduce).
+// Arithmetic: bfloat16/float16 on the tensor cores (WMMA 16x16x16) with float accumulation; float32
+// as TF32 on the tensor cores (16x16x8) when allowed (torch.backends.cudnn.allow_tf32), else exact
+// FP32 FMA; float64 FMA. The tile loops are the same for all: only the 32x32 warp tile's inner
+// product (Accum) differs.
+// Roofline, per layer: forward 2 N Hc Wc Co K flops (the halo adds (CH CW) / (PH PW psh psw) - 1 of
+// it, ~20% for 3/2 pooling), minimal bytes = input + weights + pooled output + codes; backward
+// twice the flops, reading gy, the codes, x and the weights and writing dx and dw.
+// ptxas and SASS: see the note at the end of this file.
+// Compiled without nvcc (tests/emulation), the same source runs in the CPU emulation of CUDA.
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "cuda/cuda_or_emulation.h"
+#if defined(__CUDACC__)
+#include <mma.h>
+#endif
+
+#include "common/conv_relu_maxpool_index.h"
+#include "cuda/conv_relu_maxpool_kernels.h"
+
+namespace pyalexnet {
+namespace crm {
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+constexpr int kThreads = 256;  // 8 warps
+constexpr int kBM = 128;       // rows of a GEMM tile
+
+__device__ __forceinline__ float tf32_round(float v) {
+#if defined(__CUDACC__)
+  return wmma::__float_to_tf32(v);
+#else
+  return __float_to_tf32(v);
+#endif
+}
+
+// The arithmetic of each dtype: Tc is what shared memory and the inner product hold, acc the
+// accumulator; BN columns per tile, BK the K step (64 bytes of Tc: four 16-byte vectors per row).
+template <typename T, bool kTF32> struct Cfg;
+template <> struct Cfg<__nv_bfloat16, false> {
+  using Tc = __nv_bfloat16; using acc = float; using frag = __nv_bfloat16;
+  static constexpr bool kMma = true, kTf32 = false;
+  static constexpr int BN = 64, BK = 32, PADK = 8, WK = 16;
+};
+template <> struct Cfg<__half, false> {
+  using Tc = __half; using acc = float; using frag = __half;
+  static constexpr bool kMma = true, kTf32 = false;
+  static constexpr int BN = 64, BK = 32, PADK = 8, WK = 16;
+};
+template <> struct Cfg<float, true> {
+  using Tc = float; using acc = float; using frag = wmma::precision::tf32;
+  static constexpr bool kMma = true, kTf32 = true;
+  static constexpr int BN = 64, BK = 16, PADK = 4, WK = 8;
+};
+template <> struct Cfg<float, false> {
+  using Tc = float; using acc = float; using frag = float;
+  static constexpr bool kMma = false, kTf32 = false;
+  static constexpr int BN = 64, BK = 16, PADK = 4, WK = 0;
+};
+template <> struct Cfg<double, false> {
+  using Tc = double; using acc = double; using frag = double;
+  static constexpr bool kMma = false, kTf32 = false;
+  static constexpr int BN = 32, BK = 8, PADK = 2, WK = 0;
+};
+
+// Shared memory of a GEMM tile: A (kBM x BK, row-major), B (BN x BK: B's columns, k contiguous),
+// and afterwards the result C (kBM x BN, acc) in the same bytes. Row pitches keep every WMMA
+// pointer 32-byte aligned and every 16-byte store aligned; the padding spreads rows over banks.
+template <class C>
+struct Lay {
+  using Tc = typename C::Tc;
+  using acc = typename C::acc;
+  static constexpr int LDA = C::BK + C::PADK, LDB = LDA, LDC = C::BN + (C::kMma ? 4 : 1);
+  static constexpr int kAB = (kBM * LDA + C::BN * LDB) * int(sizeof(Tc));
+  static constexpr int kC = kBM * LDC * int(sizeof(acc));
+  static constexpr int kBytes = kAB > kC ? kAB : kC;
+};
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_acc(float v);
+template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <typename T> __device__ __forceinline__ T from_acc(double v) { return v; }
+
+__device__ __forceinline__ float fma_(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double fma_(double a, double b, double c) { return fma(a, b, c); }
+
+// An accumulator value as the tile's compute type (TF32: rounded to nearest, ties away).
+template <class C> __device__ __forceinline__ typename C::Tc to_c(typename C::acc v) {
+  if constexpr (C::kTf32) return tf32_round(v);
+  else return from_acc<typename C::Tc>(v);
+}
+
+// 16 bytes into shared memory; TF32 rounds each float on the way.
+template <class C> __device__ __forceinline__ void put16(typename C::Tc* dst, uint4 v) {
+  if constexpr (C::kTf32) {
+    const float4 f = *reinterpret_cast<const float4*>(&v);
+    *reinterpret_cast<float4*>(dst) = float4{tf32_round(f.x), tf32_round(f.y), tf32_round(f.z), tf32_round(f.w)};
+  } else {
+    *reinterpret_cast<uint4*>(dst) = v;
+  }
+}
+
+// The block's 128 x BN result. Tensor cores: warp w owns the 32 x 32 sub-tile at rows 32 (w % 4),
+// columns 32 (w / 4), as 2 x 2 WMMA fragments; a warp whose rows all lie past the tile's valid rows
+// skips its products. FMA: thread t owns rows t / NT + MT i and columns t % NT + NT j.
+template <class C, bool kMma = C::kMma> struct Accum;
+
+template <class C> struct Accum<C, true> {
+  using Tc = typename C::Tc;
+  using L = Lay<C>;
+  using FA = wmma::fragment<wmma::matrix_a, 16, 16, C::WK, typename C::frag, wmma::row_major>;
+  using FB = wmma::fragment<wmma::matrix_b, 16, 16, C::WK, typename C::frag, wmma::col_major>;
+  using FC = wmma::fragment<wmma::accumulator, 16, 16, C::WK, float>;
+  FC f[2][2];
+  int wm, wn;
+  __device__ void init() {
+    const int warp = threadIdx.x / 32;
+    wm = warp % 4, wn = warp / 4;
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 2; ++j) wmma::fill_fragment(f[i][j], 0.0f);
+  }
+  __device__ void step(const Tc* sA, const Tc* sB, int mvalid) {
+    if (wm * 32 >= mvalid) return;  // warp-uniform
+#pragma unroll
+    for (int kk = 0; kk < C::BK; kk += C::WK) {
+      FA a[2];
+      FB b[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], sA + (wm * 32 + i * 16) * L::LDA + kk, L::LDA);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], sB + (wn * 32 + j * 16) * L::LDB + kk, L::LDB);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(f[i][j], a[i], b[j], f[i][j]);
+    }
+  }
+  __device__ void store(float* sC) const {
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 2; ++j)
+        wmma::store_matrix_sync(sC + (wm * 32 + i * 16) * L::LDC + wn * 32 + j * 16, f[i][j], L::LDC,
+                                wmma::mem_row_major);
+  }
+};
+
+template <class C> struct Accum<C, false> {
+  using Tc = typename C::Tc;
+  using acc_t = typename C::acc;
+  using L = Lay<C>;
+  static constexpr int NT = C::BN / 4, MT = kThreads / NT, TM = kBM / MT;
+  acc_t v[TM][4];
+  int tm, tn;
+  __device__ void init() {
+    tn = threadIdx.x % NT, tm = threadIdx.x / NT;
+    for (int i = 0; i < TM; ++i)
+      for (int j = 0; j < 4; ++j) v[i][j] = acc_t(0);
+  }
+  __device__ void step(const Tc* sA, const Tc* sB, int) {
+#pragma unroll 4
+    for (int k = 0; k < C::BK; ++k) {
+      acc_t a[TM], b[4];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = sA[(tm + i * MT) * L::LDA + k];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = sB[(tn + j * NT) * L::LDB + k];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[i][j] = fma_(a[i], b[j], v[i][j]);
+    }
+  }
+  __device__ void store(acc_t* sC) const {
+    for (int i = 0; i < TM; ++i)
+      for (int j = 0; j < 4; ++j) sC[(tm + i * MT) * L::LDC + tn + j * NT] = v[i][j];
+  }
+};
+
+// C += A[:, kbeg:kend] B[kbeg:kend, :], one K step at a time: the loaders fill the step's A and B
+// tiles (zeros outside the operands), then the warps multiply.
+template <class C, class LoadA, class LoadB>
+__device__ void block_gemm(Accum<C>& acc, typename C::Tc* sA, typename C::Tc* sB, int64_t kbeg, int64_t kend,
+                           int mvalid, const LoadA& load_a, const LoadB& load_b) {
+  for (int64_t k0 = kbeg; k0 < kend; k0 += C::BK) {
+    load_a(sA, k0);
+    load_b(sB, k0);
+    __syncthreads();
+    acc.step(sA, sB, mvalid);
+    __syncthreads();
+  }
+}
+
+// B tile from rows [row0, row0 + BN) of a packed row-major matrix (row pitch ld, a multiple of BK):
+// 16-byte loads, zero rows past nrows.
+template <class C>
+__device__ void load_rows(typename C::Tc* s, const typename C::Tc* __restrict__ src, int64_t ld, int64_t row0,
+                          int64_t nrows, int64_t k0) {
+  using Tc = typename C::Tc;
+  constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V;
+  for (int e = threadIdx.x; e < C::BN * NV; e += kThreads) {
+    const int n = e / NV, v = e % NV;
+    uint4 val = {0u, 0u, 0u, 0u};
+    if (row0 + n < nrows) val = __ldg(reinterpret_cast<const uint4*>(src + (row0 + n) * ld + k0 + v * V));
+    put16<C>(s + n * Lay<C>::LDB + v * V, val);
+  }
+}
+
+// Input element (ih, iw, ci) of an image at base, zero in the padding.
+template <typename T>
+__device__ __forceinline__ bool patch_inside(const Shape& g, int ih, int iw) {
+  return inside(ih, g.H) && inside(iw, g.W);
+}
+
+// The code byte of pooled output (p, q) (for a 1x1 window: the byte holding its mask bit) and the
+// pooled gradient there, for one image n and channel co, in NHWC.
+struct PooledAt {
+  const uint8_t* code;
+  int64_t n, co;
+  const Shape* g;
+  int64_t wcode;
+  bool bits;
+  __device__ uint8_t operator()(int64_t p, int64_t q) const {
+    return code[((n * g->Hp + p) * wcode + (bits ? q >> 3 : q)) * g->Co + co];
+  }
+};
+template <typename T>
+struct GradAt {
+  const T* gy;
+  int64_t n, co;
+  const Shape* g;
+  __device__ auto operator()(int64_t p, int64_t q) const { return to_acc(gy[((n * g->Hp + p) * g->Wp + q) * g->Co + co]); }
+};
+
+template <typename acc_t, typename T>
+__device__ __forceinline__ acc_t unpooled_at(const Shape& g, const T* gy, const uint8_t* code, int64_t n, int64_t r,
+                                              int64_t c, int64_t co) {
+  const bool bits = is_bitmask(g.pkh, g.pkw);
+  const PooledAt ca{code, n, co, &g, code_width(g.Wp, g.pkh, g.pkw), bits};
+  const GradAt<T> ga{gy, n, co, &g};
+  return unpooled_gradient<acc_t>(r, c, g.pkh, g.pkw, g.psh, g.psw, g.Hp, g.Wp, ga, ca);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+// Forward
+// ------------------------------------------------------------------------------------------------
+// x: N x H x W x Ci; w: Co x Kp (Tc); bias: Co (acc) or nullptr; out: N x Hp x Wp x Co;
+// code: N x Hp x Wcode x Co. Block (tile, channel tile): tile = (image group, pooled row tile,
+// pooled column tile) of plan_forward_tile; kVec: Ci is a multiple of BK (16-byte gathers).
+template <typename T, bool kTF32, bool kVec>
+__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_forward_kernel_impl(
+    const T* __restrict__ x, const typename Cfg<T, kTF32>::Tc* __restrict__ w, int64_t Kp,
+    const typename Cfg<T, kTF32>::acc* __restrict__ bias, T* __restrict__ out, uint8_t* __restrict__ code,
+    Shape g, ForwardTile t) {
+  using C = Cfg<T, kTF32>;
+  using Tc = typename C::Tc;
+  using acc_t = typename C::acc;
+  using L = Lay<C>;
+  __align__(128) __shared__ unsigned char smem[L::kBytes];
+  __shared__ int64_t rbase[kBM];  // per tile row: offset of its image in x, -1 outside the output
+  __shared__ int rih[kBM], riw[kBM];  // first input row/column its conv output reads
+  Tc* sA = reinterpret_cast<Tc*>(smem);
+  Tc* sB = sA + kBM * L::LDA;
+  acc_t* sC = reinterpret_cast<acc_t*>(smem);
+  const int tid = threadIdx.x;
+
+  int64_t b = blockIdx.x;
+  const int64_t tq = b % t.tiles_w;
+  b /= t.tiles_w;
+  const int64_t tp = b % t.tiles_h, gi = b / t.tiles_h;
+  const int64_t co0 = int64_t(blockIdx.y) * C::BN;
+  const bool bits = is_bitmask(g.pkh, g.pkw);
+  const int64_t step_h = bits ? g.psh : 1, step_w = bits ? g.psw : 1;  // conv rows/cols between tile rows
+  const int64_t r0 = tp * t.PH * g.psh, c0 = tq * t.PW * g.psw;       // the tile's first conv row/col
+  const int64_t per = t.CH * t.CW, Mt = t.G * per;
+  const int64_t K = g.kh * g.kw * g.Ci, img = g.H * g.W * g.Ci, wcode = code_width(g.Wp, g.pkh, g.pkw);
+  acc_t run_m = -std::numeric_limits<acc_t>::infinity();  // the running maximum of a multi-pass window
+  int64_t run_at = 0;
+
+  for (int64_t pass = 0; pass < t.passes; ++pass) {
+    const int64_t m0 = pass * kBM;
+    const int mvalid = int(Mt - m0 < kBM ? Mt - m0 : kBM);
+    if (tid < kBM) {
+      int64_t base = -1;
+      int ih = 0, iw = 0;
+      if (tid < mvalid) {
+        const int64_t m = m0 + tid, gg = m / per, rem = m % per;
+        const int64_t r = r0 + (rem / t.CW) * step_h, c = c0 + (rem % t.CW) * step_w, n = gi * t.G + gg;
+        if (n < g.N && r < g.Hc && c < g.Wc)
+          base = n * img, ih = int(input_start(r, g.sh, g.ph)), iw = int(input_start(c, g.sw, g.pw));
+      }
+      rbase[tid] = base, rih[tid] = ih, riw[tid] = iw;
+    }
+    __syncthreads();
+
+    auto load_a = [&](Tc* s, int64_t k0) {
+      if constexpr (kVec) {  // one (ky, kx) and BK consecutive channels: four 16-byte loads a row
+        constexpr int V = 16 / int(sizeof(T)), NV = C::BK / V;
+        const int64_t kk = k0 / g.Ci;
+        const int ci0 = int(k0 - kk * g.Ci), ky = int(kk / g.kw), kx = int(kk % g.kw);
+        for (int e = tid; e < kBM * NV; e += kThreads) {
+          const int m = e / NV, v = e % NV;
+          const int ih = rih[m] + ky, iw = riw[m] + kx;
+          uint4 val = {0u, 0u, 0u, 0u};
+          if (rbase[m] >= 0 && patch_inside<T>(g, ih, iw))
+            val = __ldg(reinterpret_cast<const uint4*>(x + rbase[m] + (int64_t(ih) * g.W + iw) * g.Ci + ci0 + v * V));
+          put16<C>(s + m * L::LDA + v * V, val);
+        }
+      } else {  // element gathers; each thread keeps one column k of the step (BK divides kThreads)
+        const int kk = tid % C::BK;
+        const int64_t k = k0 + kk;
+        int ky = 0, kx = 0, ci = 0;
+        if (k < K) {
+          const int64_t q = k / g.Ci;
+          ci = int(k - q * g.Ci), ky = int(q / g.kw), kx = int(q % g.kw);
+        }
+        for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
+          const int ih = rih[m] + ky, iw = riw[m] + kx;
+          acc_t v = acc_t(0);
+          if (k < K && rbase[m] >= 0 && patch_inside<T>(g, ih, iw))
+            v = to_acc(x[rbase[m] + (int64_t(ih) * g.W + iw) * g.Ci + ci]);
+          s[m * L::LDA + kk] = to_c<C>(v);
+        }
+      }
+    };
+    auto load_b = [&](Tc* s, int64_t k0) { load_rows<C>(s, w, Kp, co0, g.Co, k0); };
+    Accum<C> acc;
+    acc.init();
+    block_gemm<C>(acc, sA, sB, 0, Kp, mvalid, load_a, load_b);
+    acc.store(sC);
+    __syncthreads();
+
+    if (t.passes > 1) {  // one pooled output per tile: fold this pass's window positions in, in order
+      if (tid < C::BN && co0 + tid < g.Co) {
+        const acc_t bv = bias ? bias[co0 + tid] : acc_t(0);
+        for (int i = 0; i < mvalid; ++i) max_update<acc_t>(sC[i * L::LDC + tid] + bv, m0 + i, run_m, run_at);
+      }
+    } else if (bits) {  // 1x1 windows: bias + ReLU, and 8 mask bits to a byte
+      const int64_t bytes = (t.PW + 7) / 8, P8 = t.G * t.PH * bytes;
+      for (int64_t e = tid; e < P8 * C::BN; e += kThreads) {
+        const int j = int(e % C::BN);
+        const int64_t pi = e / C::BN, gg = pi / (t.PH * bytes), rem = pi % (t.PH * bytes);
+        const int64_t pp = rem / bytes, bq = rem % bytes;
+        const int64_t co = co0 + j, n = gi * t.G + gg, p = tp * t.PH + pp, q0 = tq * t.PW + 8 * bq;
+        if (co >= g.Co || n >= g.N || p >= g.Hp || q0 >= g.Wp) continue;
+        const acc_t bv = bias ? bias[co] : acc_t(0);
+        uint8_t byte = 0;
+        for (int i = 0; i < 8 && 8 * bq + i < t.PW && q0 + i < g.Wp; ++i) {
+          const acc_t v = sC[(gg * per + pp * t.CW + 8 * bq + i) * L::LDC + j] + bv;
+          out[((n * g.Hp + p) * g.Wp + q0 + i) * g.Co + co] = from_acc<T>(pooled_value(v));
+          byte |= uint8_t((v > acc_t(0)) << i);
+        }
+        code[((n * g.Hp + p) * wcode + q0 / 8) * g.Co + co] = byte;
+      }
+    } else {  // bias + ReLU + max-pool of each window, channel fastest: coalesced NHWC writes
+      const int64_t P = t.G * t.PH * t.PW;
+      for (int64_t e = tid; e < P * C::BN; e += kThreads) {
+        const int j = int(e % C::BN);
+        const int64_t pi = e / C::BN, gg = pi / (t.PH * t.PW), rem = pi % (t.PH * t.PW);
+        const int64_t pp = rem / t.PW, pq = rem % t.PW;
+        const int64_t co = co0 + j, n = gi * t.G + gg, p = tp * t.PH + pp, q = tq * t.PW + pq;
+        if (co >= g.Co || n >= g.N || p >= g.Hp || q >= g.Wp) continue;
+        const acc_t bv = bias ? bias[co] : acc_t(0);
+        const acc_t* win = sC + (gg * per + pp * g.psh * t.CW + pq * g.psw) * L::LDC + j;
+        acc_t mx = -std::numeric_limits<acc_t>::infinity();
+        int64_t at = 0;
+        for (int64_t dy = 0; dy < g.pkh; ++dy)
+          for (int64_t dx = 0; dx < g.pkw; ++dx)
+            max_update<acc_t>(win[(dy * t.CW + dx) * L::LDC] + bv, dy * g.pkw + dx, mx, at);
+        const int64_t o = ((n * g.Hp + p) * g.Wp + q) * g.Co + co;
+        out[o] = from_acc<T>(pooled_value(mx));
+        code[o] = pooled_code(mx, at);
+      }
+    }
+    __syncthreads();  // the next pass reuses the shared memory
+  }
+  if (t.passes > 1 && tid < C::BN && co0 + tid < g.Co) {
+    const int64_t o = ((gi * g.Hp + tp) * g.Wp + tq) * g.Co + co0 + tid;
+    out[o] = from_acc<T>(pooled_value(run_m));
+    code[o] = pooled_code(run_m, run_at);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward
+// ------------------------------------------------------------------------------------------------
+// dx (N x H x W x Ci) = unpooled gradient (rows: input pixels; K = (ky, kx, co)) . wt^T.
+// gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co; wt: Ci x Kdp (Tc). Block: 128 consecutive input
+// pixels x BN input channels.
+template <typename T, bool kTF32>
+__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_dgrad_kernel_impl(
+    const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ wt,
+    int64_t Kdp, T* __restrict__ dx, Shape g) {
+  using C = Cfg<T, kTF32>;
+  using Tc = typename C::Tc;
+  using acc_t = typename C::acc;
+  using L = Lay<C>;
+  __align__(128) __shared__ unsigned char smem[L::kBytes];
+  __shared__ int64_t rn[kBM];         // per tile row: image, -1 past the batch
+  __shared__ int rih[kBM], riw[kBM];  // input row/column + padding: conv row = (rih - ky) / sh
+  Tc* sA = reinterpret_cast<Tc*>(smem);
+  Tc* sB = sA + kBM * L::LDA;
+  acc_t* sC = reinterpret_cast<acc_t*>(smem);
+  const int tid = threadIdx.x;
+  const int64_t pix0 = int64_t(blockIdx.x) * kBM, ci0 = int64_t(blockIdx.y) * C::BN, HW = g.H * g.W;
+  const int64_t total = g.N * HW, K = g.kh * g.kw * g.Co;
+  if (tid < kBM) {
+    const int64_t pix = pix0 + tid;
+    rn[tid] = pix < total ? pix / HW : -1;
+    rih[tid] = int((pix % HW) / g.W + g.ph), riw[tid] = int(pix % g.W + g.pw);
+  }
+  __syncthreads();
+  auto load_a = [&](Tc* s, int64_t k0) {
+    const int kk = tid % C::BK;
+    const int64_t k = k0 + kk;
+    int ky = 0, kx = 0;
+    int64_t co = 0;
+    if (k < K) {
+      const int64_t q = k / g.Co;
+      co = k - q * g.Co, ky = int(q / g.kw), kx = int(q % g.kw);
+    }
+    for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
+      acc_t v = acc_t(0);
+      const int rr = rih[m] - ky, cc = riw[m] - kx;
+      if (k < K && rn[m] >= 0 && rr >= 0 && cc >= 0 && rr % g.sh == 0 && cc % g.sw == 0 && rr / g.sh < g.Hc &&
+          cc / g.sw < g.Wc)
+        v = unpooled_at<acc_t>(g, gy, code, rn[m], rr / g.sh, cc / g.sw, co);
+      s[m * L::LDA + kk] = to_c<C>(v);
+    }
+  };
+  auto load_b = [&](Tc* s, int64_t k0) { load_rows<C>(s, wt, Kdp, ci0, g.Ci, k0); };
+  Accum<C> acc;
+  acc.init();
+  const int64_t left = total - pix0;
+  block_gemm<C>(acc, sA, sB, 0, Kdp, int(left < kBM ? left : kBM), load_a, load_b);
+  acc.store(sC);
+  __syncthreads();
+  for (int e = tid; e < kBM * C::BN; e += kThreads) {
+    const int j = e % C::BN, m = e / C::BN;
+    if (pix0 + m < total && ci0 + j < g.Ci) dx[(pix0 + m) * g.Ci + ci0 + j] = from_acc<T>(sC[m * L::LDC + j]);
+  }
+}
+
+// Partial weight gradients: part[s] (Co x K, k = (ky kw + kx) Ci + ci) = sum over conv positions
+// [s p_chunk, (s + 1) p_chunk) of unpooled gradient (Co) x input patch (K). Block: 128 output
+// channels x BN columns of K x one split.
+template <typename T, bool kTF32>
+__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_wgrad_kernel_impl(
+    const T* __restrict__ gy, const uint8_t* __restrict__ code, const T* __restrict__ x,
+    typename Cfg<T, kTF32>::acc* __restrict__ part, Shape g, int64_t p_chunk) {
+  using C = Cfg<T, kTF32>;
+  using Tc = typename C::Tc;
+  using acc_t = typename C::acc;
+  using L = Lay<C>;
+  __align__(128) __shared__ unsigned char smem[L::kBytes];
+  __shared__ int cky[C::BN], ckx[C::BN], cci[C::BN];  // per tile column k: (ky, kx, ci), ci -1 past K
+  Tc* sA = reinterpret_cast<Tc*>(smem);
+  Tc* sB = sA + kBM * L::LDA;
+  acc_t* sC = reinterpret_cast<acc_t*>(smem);
+  const int tid = threadIdx.x;
+  const int64_t K = g.kh * g.kw * g.Ci, HWc = g.Hc * g.Wc, P = g.N * HWc;
+  const int64_t k0c = int64_t(blockIdx.x) * C::BN, co0 = int64_t(blockIdx.y) * kBM;
+  const int64_t pbeg = int64_t(blockIdx.z) * p_chunk, pend = pbeg + p_chunk < P ? pbeg + p_chunk : P;
+  if (tid < C::BN) {
+    const int64_t k = k0c + tid, q = k / g.Ci;
+    cci[tid] = k < K ? int(k - q * g.Ci) : -1, cky[tid] = int(q / g.kw), ckx[tid] = int(q % g.kw);
+  }
+  __syncthreads();
+  // Both loaders give thread tid the same position column kk = tid % BK of each step.
+  auto position = [&](int64_t k0, int64_t& n, int64_t& r, int64_t& c) {
+    const int64_t p = k0 + tid % C::BK;
+    if (p >= pend) return false;
+    n = p / HWc, r = (p % HWc) / g.Wc, c = p % g.Wc;
+    return true;
+  };
+  auto load_a = [&](Tc* s, int64_t k0) {  // A[co][p]: the unpooled gradient
+    int64_t n = 0, r = 0, c = 0;
+    const bool ok = position(k0, n, r, c);
+    const int kk = tid % C::BK;
+    for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
+      acc_t v = acc_t(0);
+      if (ok && co0 + m < g.Co) v = unpooled_at<acc_t>(g, gy, code, n, r, c, co0 + m);
+      s[m * L::LDA + kk] = to_c<C>(v);
+    }
+  };
+  auto load_b = [&](Tc* s, int64_t k0) {  // B[k][p]: the input patch of position p
+    int64_t n = 0, r = 0, c = 0;
+    const bool ok = position(k0, n, r, c);
+    const int kk = tid % C::BK;
+    const int ih0 = int(input_start(r, g.sh, g.ph)), iw0 = int(input_start(c, g.sw, g.pw));
+    for (int j = tid / C::BK; j < C::BN; j += kThreads / C::BK) {
+      acc_t v = acc_t(0);
+      const int ih = ih0 + cky[j], iw = iw0 + ckx[j];
+      if (ok && cci[j] >= 0 && patch_inside<T>(g, ih, iw))
+        v = to_acc(x[((n * g.H + ih) * g.W + iw) * g.Ci + cci[j]]);
+      s[j * L::LDB + kk] = to_c<C>(v);
+    }
+  };
+  Accum<C> acc;
+  acc.init();
+  const int64_t left = g.Co - co0;
+  block_gemm<C>(acc, sA, sB, pbeg, pend, int(left < kBM ? left : kBM), load_a, load_b);
+  acc.store(sC);
+  __syncthreads();
+  acc_t* dst = part + int64_t(blockIdx.z) * g.Co * K;
+  for (int e = tid; e < kBM * C::BN; e += kThreads) {
+    const int j = e % C::BN, m = e / C::BN;
+    if (co0 + m < g.Co && k0c + j < K) dst[(co0 + m) * K + k0c + j] = sC[m * L::LDC + j];
+  }
+}
+
+// Partial bias gradients: part[s] (Co) = sum of the pooled gradients that pass (code) over pooled
+// outputs [s rows, (s + 1) rows). Block: 64 channels x one split; 4 row groups summed in order.
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_bias_grad_kernel_impl(
+    const T* __restrict__ gy, const uint8_t* __restrict__ code, acc_t* __restrict__ part, Shape g, int64_t rows) {
+  __shared__ acc_t red[4][64];
+  const int j = threadIdx.x % 64, grp = threadIdx.x / 64;
+  const int64_t co = int64_t(blockIdx.x) * 64 + j, R = g.N * g.Hp * g.Wp;
+  const int64_t beg = int64_t(blockIdx.y) * rows, end = beg + rows < R ? beg + rows : R;
+  const bool bits = is_bitmask(g.pkh, g.pkw);
+  const int64_t wcode = code_width(g.Wp, g.pkh, g.pkw);
+  acc_t s = acc_t(0);
+  if (co < g.Co)
+    for (int64_t i = beg + grp; i < end; i += 4) {
+      const int64_t q = i % g.Wp, np = i / g.Wp;
+      const bool pass = bits ? (code[(np * wcode + q / 8) * g.Co + co] >> (q & 7)) & 1
+                             : code[i * g.Co + co] != kNoGrad;
+      if (pass) s += to_acc(gy[i * g.Co + co]);
+    }
+  red[grp][j] = s;
+  __syncthreads();
+  if (grp == 0 && co < g.Co) part[int64_t(blockIdx.y) * g.Co + co] = red[0][j] + red[1][j] + red[2][j] + red[3][j];
+}
+
+// out[i] = sum over s of part[s][src(i)], s ascending. weight_layout: i runs over Co x Ci x kh x kw
+// and src(i) is its column (ky kw + kx) Ci + ci of the Co x K partials; else src(i) = i.
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_reduce_kernel_impl(
+    const acc_t* __restrict__ part, int64_t splits, int64_t count, T* __restrict__ out, Shape g, bool weight_layout) {
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= count) return;
+  int64_t src = i;
+  if (weight_layout) {
+    const int64_t kx = i % g.kw, ky = (i / g.kw) % g.kh, ci = (i / (g.kw * g.kh)) % g.Ci, co = i / (g.kw * g.kh * g.Ci);
+    src = co * (g.kh * g.kw * g.Ci) + (ky * g.kw + kx) * g.Ci + ci;
+  }
+  acc_t s = acc_t(0);
+  for (int64_t sp = 0; sp < splits; ++sp) s += part[sp * count + src];
+  out[i] = from_acc<T>(s);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Host side
+// ------------------------------------------------------------------------------------------------
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// How the backward splits its reductions over blocks (a pure function of the arguments, so that
+// the workspace size and the launches agree).
+struct Splits {
+  int64_t w_chunk, w_splits;  // weight gradient: conv positions per split, splits
+  int64_t b_rows, b_splits;   // bias gradient: pooled outputs per split, splits
+};
+
+template <class C>
+Splits backward_splits(const BackwardArgs& a) {
+  const Shape& g = a.g;
+  const int64_t target = 2 * int64_t(a.sm_count > 0 ? a.sm_count : 1);
+  Splits s{};
+  const int64_t K = g.kh * g.kw * g.Ci, P = g.N * g.Hc * g.Wc, steps = ceil_div(P, C::BK);
+  const int64_t tiles = ceil_div(K, C::BN) * ceil_div(g.Co, kBM);
+  const int64_t cap = (int64_t(256) << 20) / (g.Co * K * int64_t(sizeof(typename C::acc)));  // <= 256 MiB
+  int64_t n = ceil_div(target, tiles);
+  n = n < steps ? n : steps;
+  n = n < cap ? n : cap;
+  n = n > 1 ? n : 1;
+  s.w_chunk = ceil_div(steps, n) * C::BK;
+  s.w_splits = ceil_div(P, s.w_chunk);
+  const int64_t R = g.N * g.Hp * g.Wp, ct = ceil_div(g.Co, 64);
+  int64_t nb = ceil_div(target, ct);
+  nb = nb < ceil_div(R, 64) ? nb : ceil_div(R, 64);
+  nb = nb > 1 ? nb : 1;
+  s.b_rows = ceil_div(R, nb);
+  s.b_splits = ceil_div(R, s.b_rows);
+  return s;
+}
+
+template <class C>
+int64_t workspace_bytes(const BackwardArgs& a, const Splits& s) {
+  const int64_t K = a.g.kh * a.g.kw * a.g.Ci, acc = sizeof(typename C::acc);
+  const int64_t w = a.dw ? s.w_splits * a.g.Co * K * acc : 0, b = a.db ? s.b_splits * a.g.Co * acc : 0;
+  return ceil_div(w, 16) * 16 + b;
+}
+
+dim3 grid_of(int64_t x, int64_t y, int64_t z = 1) { return dim3(unsigned(x), unsigned(y), unsigned(z)); }
+
+template <typename T, bool kTF32>
+cudaError_t forward(const ForwardArgs& a, cudaStream_t stream) {
+  using C = Cfg<T, kTF32>;
+  const Shape& g = a.g;
+  const ForwardTile t = plan_forward_tile(g.N, g.Hp, g.Wp, g.pkh, g.pkw, g.psh, g.psw, kBM);
+  const dim3 grid = grid_of(t.count(), ceil_div(g.Co, C::BN));
+  const auto* x = static_cast<const T*>(a.x);
+  const auto* w = static_cast<const typename C::Tc*>(a.w);
+  const auto* bias = static_cast<const typename C::acc*>(a.bias);
+  auto* out = static_cast<T*>(a.out);
+  auto* code = static_cast<uint8_t*>(a.code);
+  if (g.Ci % C::BK == 0)
+    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, true>)(x, w, a.Kp, bias, out, code, g, t);
+  else
+    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, false>)(x, w, a.Kp, bias, out, code, g, t);
+  return cudaGetLastError();
+}
+
+template <typename T, bool kTF32>
+cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
+  using C = Cfg<T, kTF32>;
+  using acc_t = typename C::acc;
+  const Shape& g = a.g;
+  const Splits s = backward_splits<C>(a);
+  const auto* gy = static_cast<const T*>(a.gy);
+  const auto* code = static_cast<const uint8_t*>(a.code);
+  const int64_t K = g.kh * g.kw * g.Ci;
+  auto* ws = static_cast<unsigned char*>(a.workspace);
+  auto* wpart = reinterpret_cast<acc_t*>(ws);
+  auto* bpart = reinterpret_cast<acc_t*>(ws + (a.dw ? ceil_div(s.w_splits * g.Co * K * int64_t(sizeof(acc_t)), 16) * 16 : 0));
+  if (a.db) {
+    PYA_LAUNCH(grid_of(ceil_div(g.Co, 64), s.b_splits), kThreads, 0, stream,
+               conv_relu_maxpool_bias_grad_kernel_impl<T, acc_t>)(gy, code, bpart, g, s.b_rows);
+    PYA_LAUNCH(grid_of(ceil_div(g.Co, kThreads), 1), kThreads, 0, stream, conv_relu_maxpool_reduce_kernel_impl<T, acc_t>)(
+        bpart, s.b_splits, g.Co, static_cast<T*>(a.db), g, false);
+  }
+  if (a.dw) {
+    PYA_LAUNCH(grid_of(ceil_div(K, C::BN), ceil_div(g.Co, kBM), s.w_splits), kThreads, 0, stream,
+               conv_relu_maxpool_wgrad_kernel_impl<T, kTF32>)(gy, code, static_cast<const T*>(a.x), wpart, g, s.w_chunk);
+    PYA_LAUNCH(grid_of(ceil_div(g.Co * K, kThreads), 1), kThreads, 0, stream, conv_relu_maxpool_reduce_kernel_impl<T, acc_t>)(
+        wpart, s.w_splits, g.Co * K, static_cast<T*>(a.dw), g, true);
+  }
+  if (a.dx)
+    PYA_LAUNCH(grid_of(ceil_div(g.N * g.H * g.W, kBM), ceil_div(g.Ci, C::BN)), kThreads, 0, stream,
+               conv_relu_maxpool_dgrad_kernel_impl<T, kTF32>)(gy, code, static_cast<const typename C::Tc*>(a.wt), a.Kdp,
+                                                             static_cast<T*>(a.dx), g);
+  return cudaGetLastError();
+}
+
+template <class F>
+auto dispatch(DType dtype, bool tf32, F&& f) {
+  switch (dtype) {
+    case DType::kHalf: return f(Cfg<__half, false>{}, static_cast<__half*>(nullptr));
+    case DType::kBFloat16: return f(Cfg<__nv_bfloat16, false>{}, static_cast<__nv_bfloat16*>(nullptr));
+    case DType::kDouble: return f(Cfg<double, false>{}, static_cast<double*>(nullptr));
+    case DType::kFloat:
+    default:
+      return tf32 ? f(Cfg<float, true>{}, static_cast<float*>(nullptr)) : f(Cfg<float, false>{}, static_cast<float*>(nullptr));
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_conv_relu_maxpool_forward(const ForwardArgs& a, cudaStream_t stream) {
+  return dispatch(a.dtype, a.tf32, [&](auto c, auto* tp) {
+    using T = std::remove_pointer_t<decltype(tp)>;
+    return forward<T, decltype(c)::kTf32>(a, stream);
+  });
+}
+
+cudaError_t launch_conv_relu_maxpool_backward(const BackwardArgs& a, cudaStream_t stream) {
+  return dispatch(a.dtype, a.tf32, [&](auto c, auto* tp) {
+    using T = std::remove_pointer_t<decltype(tp)>;
+    return backward<T, decltype(c)::kTf32>(a, stream);
+  });
+}
+
+int64_t conv_relu_maxpool_backward_workspace_bytes(const BackwardArgs& a) {
+  return dispatch(a.dtype, a.tf32, [&](auto c, auto*) {
+    using C = decltype(c);
+    return workspace_bytes<C>(a, backward_splits<C>(a));
+  });
+}
+
+int64_t conv_relu_maxpool_k_multiple(DType dtype, bool tf32) {
+  return dispatch(dtype, tf32, [&](auto c, auto*) { return int64_t(decltype(c)::BK); });
+}
+
+}  // namespace crm
+}  // namespace pyalexnet

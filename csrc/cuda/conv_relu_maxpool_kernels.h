@@ -1,0 +1,63 @@
+// Launch interface of the fused conv2d + ReLU + max-pool CUDA kernels: raw pointers and a stream,
+// no ATen, so that the .cu file compiles in seconds and runs unchanged in the CPU emulation of CUDA.
+// Every tensor is channels-last (NHWC) and contiguous; the Tensor wrapper converts at the edge.
+#pragma once
+
+#if defined(PYA_CUDA_EMULATION)
+#include "cuda/emulation.h"  // the tests' CPU emulation of CUDA (tests/emulation)
+#else
+#include <cuda_runtime_api.h>
+#endif
+
+#include <cstdint>
+
+namespace pyalexnet {
+namespace crm {
+
+enum class DType : int { kFloat, kHalf, kBFloat16, kDouble };
+
+// Sizes as in conv_relu_maxpool_index.h: input N x Ci x H x W, weight Co x Ci x kh x kw, conv output
+// Hc x Wc, pooled output Hp x Wp.
+struct Shape {
+  int64_t N, Ci, H, W, Co, kh, kw, sh, sw, ph, pw, pkh, pkw, psh, psw, Hc, Wc, Hp, Wp;
+};
+
+// "compute type" below: float for float32 (rounded to TF32 in the kernel when `tf32`), double for
+// float64, the input's own type for float16/bfloat16; "acc": double for float64, else float.
+struct ForwardArgs {
+  DType dtype;
+  bool tf32;          // float32 on the tensor cores (TF32 inputs, float accumulation)
+  Shape g;
+  const void* x;      // N x H x W x Ci, dtype
+  const void* w;      // Co x Kp, compute type; column k = (ky kw + kx) Ci + ci, zero past K = kh kw Ci
+  int64_t Kp;         // K rounded up to a multiple of 64 bytes of the compute type
+  const void* bias;   // Co (acc) or nullptr
+  void* out;          // N x Hp x Wp x Co, dtype
+  void* code;         // N x Hp x Wcode x Co, uint8 (conv_relu_maxpool_index.h)
+};
+
+struct BackwardArgs {
+  DType dtype;
+  bool tf32;
+  Shape g;
+  int sm_count;        // multiprocessors: sizes the weight gradient's split over positions
+  const void* gy;      // N x Hp x Wp x Co, dtype
+  const void* code;    // N x Hp x Wcode x Co, uint8
+  const void* x;       // N x H x W x Ci, dtype
+  const void* wt;      // Ci x Kdp, compute type; column k = (ky kw + kx) Co + co, zero past kh kw Co
+  int64_t Kdp;
+  void* dx;            // N x H x W x Ci, dtype; nullptr: not asked
+  void* dw;            // Co x Ci x kh x kw, dtype; nullptr: not asked
+  void* db;            // Co, dtype; nullptr: not asked
+  void* workspace;     // workspace_bytes(*this) bytes, 16-byte aligned
+};
+
+cudaError_t launch_conv_relu_maxpool_forward(const ForwardArgs& a, cudaStream_t stream);
+cudaError_t launch_conv_relu_maxpool_backward(const BackwardArgs& a, cudaStream_t stream);
+// Bytes of workspace the backward needs (the weight and bias gradients' partial sums).
+int64_t conv_relu_maxpool_backward_workspace_bytes(const BackwardArgs& a);
+// Rounding of K for the packed weights: a multiple of this many elements of the compute type.
+int64_t conv_relu_maxpool_k_multiple(DType dtype, bool tf32);
+
+}  // namespace crm
+}  // namespace pyalexnet

@@ -1,0 +1,188 @@
+"""The fused conv + ReLU + max-pool CUDA kernels (csrc/cuda/conv_relu_maxpool_kernels.cu), run on the CPU
+in the emulation of CUDA (csrc/cuda/emulation.h) with AddressSanitizer and UBSan: forward (16-byte and
+element gathers, image groups, patches with halos, 1x1 windows with their mask bits, windows larger
+than a tile in several passes), the data, weight and bias gradients and their reductions, for every
+dtype and math mode (WMMA bf16/f16, TF32 WMMA, FP32 and FP64 FMA), under two thread schedules that
+must agree bit for bit. No GPU needed.
+
+- Exact inputs (small integers scaled by powers of 2, as in test_conv_relu_maxpool.py): every product
+  and sum is exact in every arithmetic, so the kernels must give the CPU kernels' results bit for bit,
+  codes included.
+- Gaussian inputs in float64 and float32 (FMA) against the float64 reference, and in bfloat16 with
+  flash-attention's rule, on fixed and randomly drawn configurations.
+
+Its kernels are listed in tests/test_emulation.py's EMULATED_TESTS (the coverage check).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REDUCED, assert_matches
+from emulation import harness
+from test_conv_relu_maxpool import (CONV_TOL, SPECIAL, Cfg, assert_close_scaled, draw_cfg, exact_inputs, eager,
+                                    gaussian_inputs, nonzero_ints, reference, run)
+from pyalexnet.ops import conv_relu_maxpool
+
+FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
+CODE = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
+# Elements of the compute type per K step (64 bytes): the packed weights' rows are padded to it.
+K_MULTIPLE = {torch.float32: 16, torch.float16: 32, torch.bfloat16: 32, torch.float64: 8}
+# (dtype, tf32): every arithmetic of the kernels
+MODES = [(torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, False),
+         (torch.float64, False)]
+MODE_IDS = ["f32", "tf32", "f16", "bf16", "f64"]
+
+CASES = {
+    # conv1: 3 channels (element gathers), stride 4, halo patches
+    "conv1_like": Cfg(2, 3, 35, 35, 16, (11, 11), (4, 4), (2, 2)),
+    # 32 channels: 16-byte gathers in every dtype; a conv patch larger than one tile (3x3 pooled)
+    "conv2_like": Cfg(2, 32, 13, 13, 24, (5, 5), padding=(2, 2)),
+    # 1x1 windows: two images per tile, two channel tiles, the ReLU mask's bits
+    "conv3_like_groups": Cfg(3, 16, 7, 7, 70, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    # 1x1 windows subsampling (stride 1x2) with 20 outputs a row: tiles of whole mask bytes
+    "mask_bytes": Cfg(1, 5, 12, 40, 6, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 2), bias=False),
+    # a 255-position window: two passes with a running maximum
+    "window_in_passes": Cfg(1, 4, 20, 21, 5, (2, 2), pool_kernel=(15, 17), pool_stride=(4, 5)),
+    # 40 channels: the vector path only where 40 is a multiple of the K step (float64)
+    "k_tail": Cfg(2, 40, 6, 7, 9, (3, 2), padding=(1, 0), pool_kernel=(2, 2), pool_stride=(2, 1)),
+    "rect_everything": SPECIAL["rect_everything"],
+    "padding_beyond_row": SPECIAL["padding_beyond_row"],
+}
+
+
+def _raw(t: torch.Tensor) -> bytes:
+    t = t.contiguous()
+    if t.element_size() == 2:
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def _from_raw(data: bytes, dtype) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.empty(0, dtype=dtype)
+
+
+def _pack(m: torch.Tensor, rows: int, dtype) -> torch.Tensor:
+    """rows x cols, columns zero-padded to a multiple of the K step (as the CUDA wrapper packs)."""
+    m = m.reshape(rows, -1)
+    km = K_MULTIPLE[dtype]
+    pad = (-m.shape[1]) % km
+    return torch.nn.functional.pad(m, (0, pad)).to(dtype)
+
+
+def emulate(c: Cfg, x, w, b, gy, tmp: Path, tf32: bool = False, need: str = "111", sm_count: int = 3) -> dict:
+    """The kernels' out, code, dx, dw, db (NCHW, as the op returns them) for both schedules, after
+    checking that the schedules agree bit for bit."""
+    dtype = x.dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    (tmp / "x.bin").write_bytes(_raw(x.permute(0, 2, 3, 1)))
+    (tmp / "w.bin").write_bytes(_raw(_pack(w.permute(0, 2, 3, 1), c.Co, dtype)))
+    (tmp / "wt.bin").write_bytes(_raw(_pack(w.permute(1, 2, 3, 0), c.Ci, dtype)))
+    (tmp / "gy.bin").write_bytes(_raw(gy.permute(0, 2, 3, 1)))
+    if b is not None:
+        (tmp / "bias.bin").write_bytes(_raw(b.to(acc)))
+    args = ["crm", str(tmp), f"dtype={CODE[dtype]}", f"tf32={int(tf32)}", f"N={c.N}", f"Ci={c.Ci}", f"H={c.H}",
+            f"W={c.W}", f"Co={c.Co}", f"kh={c.k[0]}", f"kw={c.k[1]}", f"sh={c.stride[0]}", f"sw={c.stride[1]}",
+            f"ph={c.padding[0]}", f"pw={c.padding[1]}", f"pkh={c.pool_kernel[0]}", f"pkw={c.pool_kernel[1]}",
+            f"psh={c.pool_stride[0]}", f"psw={c.pool_stride[1]}", f"bias={int(b is not None)}", f"need={need}",
+            f"sm_count={sm_count}"]
+    outs = {}
+    for s in harness.SCHEDULES:
+        r = harness.run(args + [f"schedule={s}"], timeout=600)
+        harness.check_ok(r, f"{c} ({s})")
+        outs[s] = {k: (tmp / f"{s}_{k}.bin").read_bytes() for k in ("out", "code", "dx", "dw", "db")}
+    for k in outs["asc"]:
+        assert outs["asc"][k] == outs["desc"][k], f"{c}: {k} differs between the two thread schedules (a race)"
+    o = outs["asc"]
+    hp, wp = c.out_size()
+    wcode = (wp + 7) // 8 if tuple(c.pool_kernel) == (1, 1) else wp
+    res = {"out": _from_raw(o["out"], dtype).view(c.N, hp, wp, c.Co).permute(0, 3, 1, 2),
+           "code": _from_raw(o["code"], torch.uint8).view(c.N, hp, wcode, c.Co).permute(0, 3, 1, 2)}
+    res["dx"] = _from_raw(o["dx"], dtype).view(c.N, c.H, c.W, c.Ci).permute(0, 3, 1, 2) if need[0] == "1" else None
+    res["dw"] = _from_raw(o["dw"], dtype).view(c.Co, c.Ci, *c.k) if need[1] == "1" else None
+    res["db"] = _from_raw(o["db"], dtype) if need[2] == "1" else None
+    return res
+
+
+def _cpu(c: Cfg, x, w, b, gy):
+    out, code = FWD(x, w, b, *[list(a) for a in c.args()])
+    _, dx, dw, db = run(conv_relu_maxpool, x, w, b, gy, *c.args())
+    return {"out": out, "code": code, "dx": dx, "dw": dw, "db": db}
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_exact_inputs_match_the_cpu_kernels(tmp_path, name, mode):
+    """Exact inputs: outputs, codes and all three gradients equal the CPU kernels' bit for bit."""
+    dtype, tf32 = mode
+    c = CASES[name]
+    x, w, b = exact_inputs(c, dtype)
+    gy = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype)
+    got, want = emulate(c, x, w, b, gy, tmp_path, tf32=tf32), _cpu(c, x, w, b, gy)
+    for k in ("out", "code", "dx", "dw", "db"):
+        if want[k] is None:
+            continue
+        a, e = got[k], want[k]
+        assert a.shape == e.shape, f"{k}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+        assert torch.equal(a, e), f"{name} {k}: {(a.double() - e.double()).abs().max().item()} max diff"
+
+
+def _check_gaussian(c: Cfg, dtype, tmp: Path, what: str):
+    x, w, b = gaussian_inputs(c, dtype)
+    gy = torch.randn(c.N, c.Co, *c.out_size(), dtype=torch.float64).to(dtype)
+    got = emulate(c, x, w, b, gy, tmp)
+    ref = reference(x, w, b, gy, *c.args())
+    base = run(eager, x, w, b, gy, *c.args()) if dtype in REDUCED else (None,) * 4
+    for k, r, bl in zip(("out", "dx", "dw", "db"), ref, base):
+        if r is None:
+            continue
+        if dtype in REDUCED:
+            assert_matches(got[k], r, bl, f"{what} {k}")
+        else:
+            assert_close_scaled(got[k], r, CONV_TOL[dtype], f"{what} {k}")
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("name", ("conv1_like", "conv2_like", "conv3_like_groups", "window_in_passes"))
+def test_gaussian_inputs_match_the_reference(tmp_path, name, dtype):
+    _check_gaussian(CASES[name], dtype, tmp_path, name)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16), ids=str)
+def test_random_configurations(tmp_path, fresh_seed, dtype):
+    """Configurations drawn at random (kernels 1..11, strides 1..4, padding, pools, channels)."""
+    rng = random.Random(fresh_seed)
+    for i in range(2):
+        c = draw_cfg(rng, max_macs=4e5)
+        d = tmp_path / str(i)
+        d.mkdir()
+        _check_gaussian(c, dtype, d, str(c))
+
+
+@pytest.mark.parametrize("need", ("100", "010", "001", "011"))
+def test_only_the_asked_gradients(tmp_path, need):
+    """Each gradient on its own (its own kernels only): the same values as all three together."""
+    c = CASES["conv2_like"]
+    x, w, b = exact_inputs(c, torch.bfloat16)
+    gy = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, torch.bfloat16)
+    want = _cpu(c, x, w, b, gy)
+    got = emulate(c, x, w, b, gy, tmp_path, need=need)
+    for k, flag in zip(("dx", "dw", "db"), need):
+        if flag == "1":
+            assert torch.equal(got[k], want[k]), k
+        else:
+            assert got[k] is None
+
+
+def test_many_splits_of_the_weight_gradient(tmp_path):
+    """A large multiprocessor count cuts the weight gradient's positions into many partial sums."""
+    c = CASES["conv1_like"]
+    x, w, b = exact_inputs(c, torch.float32)
+    gy = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, torch.float32)
+    got = emulate(c, x, w, b, gy, tmp_path, sm_count=64)
+    want = _cpu(c, x, w, b, gy)
+    for k in ("dw", "db", "dx"):
+        assert torch.equal(got[k], want[k]), k
