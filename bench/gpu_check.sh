@@ -28,7 +28,17 @@ run cuda_tests python -m pytest -P -q -m cuda -x --junitxml="$OUT/cuda_tests.xml
 if command -v compute-sanitizer > /dev/null; then
   run sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 \
     python -m pytest -P -q -m cuda -k "not bigmem and not trap" tests/test_softmax_cross_entropy_cuda.py
+  for tool in memcheck racecheck; do  # one small case of every conv kernel, every dtype
+    run "sanitizer_conv_$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
+      python -m pytest -P -q -m cuda -k small_case_every_kernel tests/test_conv_relu_maxpool_cuda.py
+  done
 fi
+for dt in bfloat16 float32; do
+  for v in cifar imagenet; do
+    run "bench_conv_${v}_$dt" python bench/conv_relu_maxpool.py --variant "$v" --dtype "$dt" --batch 128 \
+      --channels-last --rounds 1 --sets 2 --min-run-time 0.1 --json "$OUT/conv-$v-$dt.json"
+  done
+done
 for dt in float32 bfloat16; do
   run "bench_loss_$dt" python bench/softmax_cross_entropy.py --dtype "$dt" \
     --shapes 128x10,1024x10,4096x10,128x1000,1024x1000,4096x1000,16384x32768,16384x131072 \

@@ -24,7 +24,23 @@
 // Roofline, per layer: forward 2 N Hc Wc Co K flops (the halo adds (CH CW) / (PH PW psh psw) - 1 of
 // it, ~20% for 3/2 pooling), minimal bytes = input + weights + pooled output + codes; backward
 // twice the flops, reading gy, the codes, x and the weights and writing dx and dw.
-// ptxas and SASS: see the note at the end of this file.
+// ptxas -v (nvcc 13.0; `python bench/kernel_report.py --filter conv`): no spills and no local
+// memory in any kernel on sm_90 or sm_80. The three GEMM kernels carry __launch_bounds__(256, 2):
+// at most 128 registers, two blocks (16 warps) per SM; without the bound ptxas picked 80 registers
+// for some variants and spilled 8-56 bytes. sm_90 registers: forward 96-128, dgrad 102-128, wgrad
+// 114-128; 35-37 KB of static shared memory each. SASS: HMMA in every bf16/f16 (16 per K step) and
+// TF32 (32 per K step) variant, none in the FP32/FP64 FMA ones (128 FFMA / 64 DFMA per K step);
+// LDG.E.128 in the 16-byte gathers and weight rows.
+// Performance model (H100 SXM: ~990 TFLOP/s dense bf16, ~495 TF32, ~67 FP32, 3.35 TB/s HBM; not yet
+// measured: no GPU has run these kernels). ImageNet conv2 at batch 128 is 57 GFLOP forward, 58 us at
+// the bf16 peak; every AlexNet layer is compute-bound at batch 128 (>= 100 flops per minimal byte).
+// What limits this first version: global->shared staging by ordinary loads (no cp.async), one stage
+// of prefetch, WMMA fragments read with LDS (no ldmatrix), a 32x32 warp tile (4 MMAs per fragment
+// load), element gathers with integer divisions in conv1 and in the un-pooling, and ~20% halo
+// recomputation for 3/2 pooling. Expect 25-40% of the tensor-core peak: forward around cuDNN's
+// conv alone, i.e. short of the 1.3x bar against conv -> relu -> max_pool2d on the big layers; the
+// un-pooling gathers make dgrad/wgrad the slower half. Issue 9 measures this and takes it on
+// (cp.async multi-stage pipeline, ldmatrix + mma.sync, 64x64 warp tiles, vectorised un-pooling).
 // Compiled without nvcc (tests/emulation), the same source runs in the CPU emulation of CUDA.
 #include <cstdint>
 #include <limits>
@@ -84,15 +100,16 @@ template <> struct Cfg<double, false> {
   static constexpr int BN = 32, BK = 8, PADK = 2, WK = 0;
 };
 
-// Shared memory of a GEMM tile: A (kBM x BK, row-major), B (BN x BK: B's columns, k contiguous),
-// and afterwards the result C (kBM x BN, acc) in the same bytes. Row pitches keep every WMMA
+// Shared memory of a GEMM tile: two stages of A (kBM x BK, row-major) and B (BN x BK: B's columns,
+// k contiguous), and afterwards the result C (kBM x BN, acc) in the same bytes. Row pitches keep every WMMA
 // pointer 32-byte aligned and every 16-byte store aligned; the padding spreads rows over banks.
 template <class C>
 struct Lay {
   using Tc = typename C::Tc;
   using acc = typename C::acc;
   static constexpr int LDA = C::BK + C::PADK, LDB = LDA, LDC = C::BN + (C::kMma ? 4 : 1);
-  static constexpr int kAB = (kBM * LDA + C::BN * LDB) * int(sizeof(Tc));
+  static constexpr int kStage = kBM * LDA + C::BN * LDB;  // elements of one stage (A then B)
+  static constexpr int kAB = 2 * kStage * int(sizeof(Tc));
   static constexpr int kC = kBM * LDC * int(sizeof(acc));
   static constexpr int kBytes = kAB > kC ? kAB : kC;
 };
@@ -202,16 +219,26 @@ template <class C> struct Accum<C, false> {
   }
 };
 
-// C += A[:, kbeg:kend] B[kbeg:kend, :], one K step at a time: the loaders fill the step's A and B
-// tiles (zeros outside the operands), then the warps multiply.
+// C += A[:, kbeg:kend] B[kbeg:kend, :], one K step at a time, through two stages of shared memory:
+// the loaders fill step i + 1's A and B tiles (zeros outside the operands) while other warps still
+// multiply step i's, one barrier per step.
 template <class C, class LoadA, class LoadB>
-__device__ void block_gemm(Accum<C>& acc, typename C::Tc* sA, typename C::Tc* sB, int64_t kbeg, int64_t kend,
-                           int mvalid, const LoadA& load_a, const LoadB& load_b) {
-  for (int64_t k0 = kbeg; k0 < kend; k0 += C::BK) {
-    load_a(sA, k0);
-    load_b(sB, k0);
-    __syncthreads();
-    acc.step(sA, sB, mvalid);
+__device__ void block_gemm(Accum<C>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
+                           const LoadA& load_a, const LoadB& load_b) {
+  using L = Lay<C>;
+  auto a_of = [&](int st) { return stages + st * L::kStage; };
+  auto b_of = [&](int st) { return stages + st * L::kStage + kBM * L::LDA; };
+  if (kbeg >= kend) return;
+  load_a(a_of(0), kbeg);
+  load_b(b_of(0), kbeg);
+  __syncthreads();
+  int st = 0;
+  for (int64_t k0 = kbeg; k0 < kend; k0 += C::BK, st ^= 1) {
+    if (k0 + C::BK < kend) {
+      load_a(a_of(st ^ 1), k0 + C::BK);
+      load_b(b_of(st ^ 1), k0 + C::BK);
+    }
+    acc.step(a_of(st), b_of(st), mvalid);
     __syncthreads();
   }
 }
@@ -223,6 +250,7 @@ __device__ void load_rows(typename C::Tc* s, const typename C::Tc* __restrict__ 
                           int64_t nrows, int64_t k0) {
   using Tc = typename C::Tc;
   constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V;
+#pragma unroll 1
   for (int e = threadIdx.x; e < C::BN * NV; e += kThreads) {
     const int n = e / NV, v = e % NV;
     uint4 val = {0u, 0u, 0u, 0u};
@@ -275,7 +303,7 @@ __device__ __forceinline__ acc_t unpooled_at(const Shape& g, const T* gy, const 
 // code: N x Hp x Wcode x Co. Block (tile, channel tile): tile = (image group, pooled row tile,
 // pooled column tile) of plan_forward_tile; kVec: Ci is a multiple of BK (16-byte gathers).
 template <typename T, bool kTF32, bool kVec>
-__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_forward_kernel_impl(
+__global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_impl(
     const T* __restrict__ x, const typename Cfg<T, kTF32>::Tc* __restrict__ w, int64_t Kp,
     const typename Cfg<T, kTF32>::acc* __restrict__ bias, T* __restrict__ out, uint8_t* __restrict__ code,
     Shape g, ForwardTile t) {
@@ -286,8 +314,7 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_forward_kernel_imp
   __align__(128) __shared__ unsigned char smem[L::kBytes];
   __shared__ int64_t rbase[kBM];  // per tile row: offset of its image in x, -1 outside the output
   __shared__ int rih[kBM], riw[kBM];  // first input row/column its conv output reads
-  Tc* sA = reinterpret_cast<Tc*>(smem);
-  Tc* sB = sA + kBM * L::LDA;
+  Tc* stages = reinterpret_cast<Tc*>(smem);
   acc_t* sC = reinterpret_cast<acc_t*>(smem);
   const int tid = threadIdx.x;
 
@@ -325,6 +352,7 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_forward_kernel_imp
         constexpr int V = 16 / int(sizeof(T)), NV = C::BK / V;
         const int64_t kk = k0 / g.Ci;
         const int ci0 = int(k0 - kk * g.Ci), ky = int(kk / g.kw), kx = int(kk % g.kw);
+#pragma unroll 1
         for (int e = tid; e < kBM * NV; e += kThreads) {
           const int m = e / NV, v = e % NV;
           const int ih = rih[m] + ky, iw = riw[m] + kx;
@@ -353,7 +381,7 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_forward_kernel_imp
     auto load_b = [&](Tc* s, int64_t k0) { load_rows<C>(s, w, Kp, co0, g.Co, k0); };
     Accum<C> acc;
     acc.init();
-    block_gemm<C>(acc, sA, sB, 0, Kp, mvalid, load_a, load_b);
+    block_gemm<C>(acc, stages, 0, Kp, mvalid, load_a, load_b);
     acc.store(sC);
     __syncthreads();
 
@@ -415,7 +443,7 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_forward_kernel_imp
 // gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co; wt: Ci x Kdp (Tc). Block: 128 consecutive input
 // pixels x BN input channels.
 template <typename T, bool kTF32>
-__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_dgrad_kernel_impl(
+__global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_impl(
     const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ wt,
     int64_t Kdp, T* __restrict__ dx, Shape g) {
   using C = Cfg<T, kTF32>;
@@ -425,8 +453,7 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_dgrad_kernel_impl(
   __align__(128) __shared__ unsigned char smem[L::kBytes];
   __shared__ int64_t rn[kBM];         // per tile row: image, -1 past the batch
   __shared__ int rih[kBM], riw[kBM];  // input row/column + padding: conv row = (rih - ky) / sh
-  Tc* sA = reinterpret_cast<Tc*>(smem);
-  Tc* sB = sA + kBM * L::LDA;
+  Tc* stages = reinterpret_cast<Tc*>(smem);
   acc_t* sC = reinterpret_cast<acc_t*>(smem);
   const int tid = threadIdx.x;
   const int64_t pix0 = int64_t(blockIdx.x) * kBM, ci0 = int64_t(blockIdx.y) * C::BN, HW = g.H * g.W;
@@ -459,7 +486,7 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_dgrad_kernel_impl(
   Accum<C> acc;
   acc.init();
   const int64_t left = total - pix0;
-  block_gemm<C>(acc, sA, sB, 0, Kdp, int(left < kBM ? left : kBM), load_a, load_b);
+  block_gemm<C>(acc, stages, 0, Kdp, int(left < kBM ? left : kBM), load_a, load_b);
   acc.store(sC);
   __syncthreads();
   for (int e = tid; e < kBM * C::BN; e += kThreads) {
@@ -472,7 +499,7 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_dgrad_kernel_impl(
 // [s p_chunk, (s + 1) p_chunk) of unpooled gradient (Co) x input patch (K). Block: 128 output
 // channels x BN columns of K x one split.
 template <typename T, bool kTF32>
-__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_wgrad_kernel_impl(
+__global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_impl(
     const T* __restrict__ gy, const uint8_t* __restrict__ code, const T* __restrict__ x,
     typename Cfg<T, kTF32>::acc* __restrict__ part, Shape g, int64_t p_chunk) {
   using C = Cfg<T, kTF32>;
@@ -481,8 +508,7 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_wgrad_kernel_impl(
   using L = Lay<C>;
   __align__(128) __shared__ unsigned char smem[L::kBytes];
   __shared__ int cky[C::BN], ckx[C::BN], cci[C::BN];  // per tile column k: (ky, kx, ci), ci -1 past K
-  Tc* sA = reinterpret_cast<Tc*>(smem);
-  Tc* sB = sA + kBM * L::LDA;
+  Tc* stages = reinterpret_cast<Tc*>(smem);
   acc_t* sC = reinterpret_cast<acc_t*>(smem);
   const int tid = threadIdx.x;
   const int64_t K = g.kh * g.kw * g.Ci, HWc = g.Hc * g.Wc, P = g.N * HWc;
@@ -493,40 +519,42 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_wgrad_kernel_impl(
     cci[tid] = k < K ? int(k - q * g.Ci) : -1, cky[tid] = int(q / g.kw), ckx[tid] = int(q % g.kw);
   }
   __syncthreads();
-  // Both loaders give thread tid the same position column kk = tid % BK of each step.
-  auto position = [&](int64_t k0, int64_t& n, int64_t& r, int64_t& c) {
+  // Both loaders give thread tid the same position column kk = tid % BK of each step: (image, conv
+  // row, conv column) of position k0 + kk, image -1 past the split.
+  struct Pos {
+    int64_t n;
+    int r, c;
+  };
+  auto position = [&](int64_t k0) {
     const int64_t p = k0 + tid % C::BK;
-    if (p >= pend) return false;
-    n = p / HWc, r = (p % HWc) / g.Wc, c = p % g.Wc;
-    return true;
+    if (p >= pend) return Pos{-1, 0, 0};
+    return Pos{p / HWc, int((p % HWc) / g.Wc), int(p % g.Wc)};
   };
   auto load_a = [&](Tc* s, int64_t k0) {  // A[co][p]: the unpooled gradient
-    int64_t n = 0, r = 0, c = 0;
-    const bool ok = position(k0, n, r, c);
+    const Pos ps = position(k0);
     const int kk = tid % C::BK;
     for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
       acc_t v = acc_t(0);
-      if (ok && co0 + m < g.Co) v = unpooled_at<acc_t>(g, gy, code, n, r, c, co0 + m);
+      if (ps.n >= 0 && co0 + m < g.Co) v = unpooled_at<acc_t>(g, gy, code, ps.n, ps.r, ps.c, co0 + m);
       s[m * L::LDA + kk] = to_c<C>(v);
     }
   };
   auto load_b = [&](Tc* s, int64_t k0) {  // B[k][p]: the input patch of position p
-    int64_t n = 0, r = 0, c = 0;
-    const bool ok = position(k0, n, r, c);
+    const Pos ps = position(k0);
     const int kk = tid % C::BK;
-    const int ih0 = int(input_start(r, g.sh, g.ph)), iw0 = int(input_start(c, g.sw, g.pw));
+    const int ih0 = int(input_start(ps.r, g.sh, g.ph)), iw0 = int(input_start(ps.c, g.sw, g.pw));
     for (int j = tid / C::BK; j < C::BN; j += kThreads / C::BK) {
       acc_t v = acc_t(0);
       const int ih = ih0 + cky[j], iw = iw0 + ckx[j];
-      if (ok && cci[j] >= 0 && patch_inside<T>(g, ih, iw))
-        v = to_acc(x[((n * g.H + ih) * g.W + iw) * g.Ci + cci[j]]);
+      if (ps.n >= 0 && cci[j] >= 0 && patch_inside<T>(g, ih, iw))
+        v = to_acc(x[((ps.n * g.H + ih) * g.W + iw) * g.Ci + cci[j]]);
       s[j * L::LDB + kk] = to_c<C>(v);
     }
   };
   Accum<C> acc;
   acc.init();
   const int64_t left = g.Co - co0;
-  block_gemm<C>(acc, sA, sB, pbeg, pend, int(left < kBM ? left : kBM), load_a, load_b);
+  block_gemm<C>(acc, stages, pbeg, pend, int(left < kBM ? left : kBM), load_a, load_b);
   acc.store(sC);
   __syncthreads();
   acc_t* dst = part + int64_t(blockIdx.z) * g.Co * K;

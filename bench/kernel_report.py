@@ -1,0 +1,113 @@
+"""Register, spill and instruction report of our CUDA kernels, without a GPU.
+
+Compiles each csrc/cuda/*.cu file with nvcc for one architecture (`-Xptxas -v`: registers, stack,
+spills, shared memory per kernel), disassembles the object with cuobjdump (shipped in the triton
+package that the CUDA build of torch installs) and counts, per kernel, the instructions that tell
+whether the code is what it is meant to be: tensor-core MMAs (HMMA), 16-byte global loads and
+stores, local-memory traffic (LDL/STL: spills), FMAs.
+
+    python bench/kernel_report.py                      # sm_90, every kernel file
+    python bench/kernel_report.py --arch 80 --filter conv_relu_maxpool
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COUNTS = {  # column -> SASS opcode pattern
+    "HMMA": r"\bHMMA\.",
+    "LDG.128": r"\bLDG\.E\.(?:CONSTANT\.)?128\b|\bLDG\.E\.128\.CONSTANT\b",
+    "STG.128": r"\bSTG\.E\.128\b",
+    "LDS": r"\bLDS(?:\.\w+)*\b",
+    "LDL": r"\bLDL\b",
+    "STL": r"\bSTL\b",
+    "FFMA": r"\bFFMA\b",
+    "DFMA": r"\bDFMA\b",
+}
+
+
+def cuobjdump() -> str:
+    try:
+        import triton
+        p = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        if p.exists():
+            return str(p)
+    except ImportError:
+        pass
+    found = shutil.which("cuobjdump")
+    if not found:
+        sys.exit("cuobjdump not found: install the CUDA build of torch (its triton package ships it)")
+    return found
+
+
+def short(mangled: str) -> str:
+    """The kernel's name with its template arguments, e.g. conv_relu_maxpool_forward_kernel_impl<bf16,0,1>."""
+    name = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip() or mangled
+    m = re.search(r"(\w+_kernel_impl)<(.*?)>\(", name)
+    if not m:
+        return name.split("(")[0].split("::")[-1]
+    args = re.sub(r"\([^)]*\)", "", m.group(2))  # (anonymous namespace) and casts
+    for long, short_ in (("__nv_bfloat16", "bf16"), ("__half", "f16"), ("float", "f32"), ("double", "f64"),
+                         ("false", "0"), ("true", "1"), ("pyalexnet::", ""), ("xent::", ""), ("crm::", ""),
+                         ("::", ""), (" ", "")):
+        args = args.replace(long, short_)
+    return f"{m.group(1)}<{args}>"
+
+
+def report(cu: Path, arch: str, nvcc: str, work: Path) -> list[dict]:
+    obj = work / (cu.stem + ".o")
+    cmd = [nvcc, "-std=c++20", "-gencode", f"arch=compute_{arch},code=sm_{arch}", "--use_fast_math",
+           "--expt-relaxed-constexpr", "-Xptxas", "-v", f"-I{ROOT / 'csrc'}", "-c", str(cu), "-o", str(obj)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"nvcc failed on {cu}:\n{r.stderr}")
+    rows, cur = {}, None
+    for line in r.stderr.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            cur = rows.setdefault(m.group(1), {"kernel": short(m.group(1)), "file": cu.name})
+        elif cur is not None and "spill stores" in line:
+            st, ss, sl = re.findall(r"(\d+) bytes", line)[:3]
+            cur.update(stack=int(st), spill=int(ss) + int(sl))
+        elif cur is not None and "Used" in line and "registers" in line:
+            cur["regs"] = int(re.search(r"Used (\d+) registers", line).group(1))
+            sm = re.search(r"(\d+) bytes smem", line)
+            cur["smem"] = int(sm.group(1)) if sm else 0
+    sass = subprocess.run([cuobjdump(), "--dump-sass", str(obj)], capture_output=True, text=True).stdout
+    for part in re.split(r"\n\s+Function : ", sass)[1:]:
+        name = part.split("\n", 1)[0].strip()
+        if name in rows:
+            for col, pat in COUNTS.items():
+                rows[name][col] = len(re.findall(pat, part))
+    return list(rows.values())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="90", help="compute capability without the dot (default 90)")
+    ap.add_argument("--filter", default="", help="only kernel files whose name contains this")
+    args = ap.parse_args()
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    if not os.path.exists(nvcc):
+        sys.exit("nvcc not found (PATH or /usr/local/cuda/bin)")
+    files = [f for f in sorted((ROOT / "csrc" / "cuda").glob("*.cu")) if args.filter in f.name]
+    with tempfile.TemporaryDirectory() as d:
+        rows = [r for f in files for r in report(f, args.arch, nvcc, Path(d))]
+    cols = ["regs", "stack", "spill", "smem", *COUNTS]
+    print(f"sm_{args.arch}, {subprocess.run([nvcc, '--version'], capture_output=True, text=True).stdout.strip().splitlines()[-1]}")
+    width = max([len(r["kernel"]) for r in rows] + [6])
+    print(f"{'kernel':{width}s} " + " ".join(f"{c:>7s}" for c in cols))
+    for r in sorted(rows, key=lambda r: r["kernel"]):
+        print(f"{r['kernel']:{width}s} " + " ".join(f"{r.get(c, 0):7d}" for c in cols))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Tests of the CUDA kernels of the fused conv2d + ReLU + max-pool op on a GPU: parity with the float64
+reference on random and special configurations, bit-for-bit agreement with the CPU kernels on exact
+inputs (every dtype, TF32 on and off), AlexNet's real layers, gradcheck, opcheck, layouts, streams,
+offsets past 2^31, and one small case of every kernel for compute-sanitizer. Every test carries the
+`cuda` marker and skips unless a GPU is present and pyalexnet was built with its CUDA kernels. Without
+a GPU the same kernels run in the CPU emulation of CUDA (test_emulation_conv_relu_maxpool.py)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import pyalexnet
+from conftest import REDUCED, assert_matches
+from test_conv_relu_maxpool import (CONV_TOL, GRADCHECK_CFGS, SPECIAL, Cfg, assert_close_scaled, draw_cfg, draw_separated, eager,
+                                    exact_inputs, gaussian_inputs, nonzero_ints, reference, run)
+from pyalexnet.ops import conv_relu_maxpool
+
+
+def _why_no_cuda() -> str:
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    if not pyalexnet.build_info()["cuda"]:
+        return "pyalexnet was built without its CUDA kernels (build_info()['cuda'] is False)"
+    return ""
+
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(bool(_why_no_cuda()), reason=_why_no_cuda() or "-")]
+
+DEV = "cuda"
+FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
+BWD = torch.ops.pyalexnet.conv_relu_maxpool_backward.default
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+# AlexNet's conv layers at their real sizes (torchvision's ImageNet layout and the CIFAR variant of
+# bench/conv_relu_maxpool.py), with a small batch.
+ALEXNET_REAL = {
+    "imagenet_conv1": Cfg(4, 3, 224, 224, 64, (11, 11), (4, 4), (2, 2)),
+    "imagenet_conv2": Cfg(4, 64, 27, 27, 192, (5, 5), padding=(2, 2)),
+    "imagenet_conv3": Cfg(4, 192, 13, 13, 384, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "imagenet_conv4": Cfg(4, 384, 13, 13, 256, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "imagenet_conv5": Cfg(4, 256, 13, 13, 256, (3, 3), padding=(1, 1)),
+    "cifar_conv1": Cfg(8, 3, 32, 32, 64, (3, 3), padding=(1, 1)),
+    "cifar_conv2": Cfg(8, 64, 15, 15, 192, (3, 3), padding=(1, 1)),
+    "cifar_conv5": Cfg(8, 256, 7, 7, 256, (3, 3), padding=(1, 1)),
+}
+
+
+@pytest.fixture(params=[False, True], ids=["tf32_off", "tf32_on"])
+def tf32(request, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", request.param)
+    return request.param
+
+
+def _cuda(*ts):
+    return [None if t is None else t.to(DEV) for t in ts]
+
+
+def _cpu(ts):
+    return [None if t is None else t.cpu() for t in ts]
+
+
+def check_cuda(c: Cfg, x, w, b, g, what: str, tf32: bool = False):
+    """Ours on the GPU against the float64 reference (on the CPU), with the dtype's tolerance; float16,
+    bfloat16 and TF32 float32 by flash-attention's rule against PyTorch's own GPU result."""
+    ours = _cpu(run(conv_relu_maxpool, *_cuda(x, w, b, g), *c.args()))
+    ref = reference(x, w, b, g, *c.args())
+    rule = x.dtype in REDUCED or (x.dtype == torch.float32 and tf32)
+    base = _cpu(run(eager, *_cuda(x, w, b, g), *c.args())) if rule else (None,) * 4
+    for name, a, r, bl in zip(("out", "grad_x", "grad_weight", "grad_bias"), ours, ref, base):
+        if r is None:
+            continue
+        assert a.dtype == x.dtype, f"{what} {name}: dtype {a.dtype}"
+        if rule:
+            assert_matches(a, r, bl, f"{what} {name}")
+        else:
+            assert_close_scaled(a, r, CONV_TOL[x.dtype], f"{what} {name}")
+
+
+@pytest.fixture
+def rng(fresh_seed) -> random.Random:
+    return random.Random(fresh_seed)
+
+
+@pytest.mark.parametrize("draw", range(40))
+def test_matches_reference_float64(rng, draw):
+    c = draw_cfg(rng, max_macs=3e7)
+    x, w, b = gaussian_inputs(c)
+    check_cuda(c, x, w, b, torch.randn(c.N, c.Co, *c.out_size(), dtype=torch.float64), str(c))
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
+@pytest.mark.parametrize("draw", range(10))
+def test_random_configs_every_dtype(rng, draw, dtype, tf32):
+    c = draw_cfg(rng, max_macs=3e7)
+    x, w, b = gaussian_inputs(c, dtype)
+    check_cuda(c, x, w, b, torch.randn(c.N, c.Co, *c.out_size()).to(dtype), str(c), tf32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(SPECIAL))
+def test_exact_inputs_match_the_cpu_kernels(name, dtype, tf32):
+    """Exact inputs: every arithmetic is exact, so outputs, codes and gradients equal the CPU's bitwise."""
+    c = SPECIAL[name]
+    x, w, b = exact_inputs(c, dtype)
+    g = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype)
+    cpu = FWD(x, w, b, *[list(a) for a in c.args()])
+    gpu = _cpu(FWD(*_cuda(x, w, b), *[list(a) for a in c.args()]))
+    assert torch.equal(gpu[0], cpu[0]) and torch.equal(gpu[1], cpu[1]), "out / argmax"
+    for name_, a, e in zip(("grad_x", "grad_weight", "grad_bias"), _cpu(run(conv_relu_maxpool, *_cuda(x, w, b, g), *c.args())[1:]),
+                           run(conv_relu_maxpool, x, w, b, g, *c.args())[1:]):
+        if e is not None:
+            assert torch.equal(a, e), f"{name_}: max diff {(a.double() - e.double()).abs().max().item()}"
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("name", sorted(ALEXNET_REAL))
+def test_alexnet_layers(name, dtype, tf32):
+    c = ALEXNET_REAL[name]
+    x, w, b = gaussian_inputs(c, dtype)
+    check_cuda(c, x, w, b, torch.randn(c.N, c.Co, *c.out_size()).to(dtype), name, tf32)
+
+
+@pytest.mark.parametrize("name", GRADCHECK_CFGS)
+def test_gradcheck(name):
+    c = GRADCHECK_CFGS[name]
+    x, w, b = draw_separated(c)
+    inputs = [t.to(DEV).requires_grad_() for t in (x, w, b) if t is not None]
+
+    def f(*t):
+        return conv_relu_maxpool(t[0], t[1], t[2] if c.bias else None, *c.args())
+
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64), ids=str)
+def test_opcheck(dtype, layout):
+    c = SPECIAL["conv2_5x5_p2_pool3s2"]
+    x, w, b = _cuda(*gaussian_inputs(c, dtype))
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    args = [list(a) for a in c.args()]
+    torch.library.opcheck(FWD, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *args))
+    out, code = FWD(x.detach(), w.detach(), b.detach(), *args)
+    g = torch.randn_like(out)
+    torch.library.opcheck(BWD, (g, x.detach(), w.detach(), code, *args, [True, True, True]))
+
+
+def test_layouts_and_formats():
+    """NCHW in -> NCHW out, channels_last in -> channels_last out; the same values either way, and a
+    non-contiguous incoming gradient."""
+    c = SPECIAL["conv5_3x3_p1_pool3s2"]
+    x, w, b = _cuda(*exact_inputs(c, torch.bfloat16))
+    g = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, torch.bfloat16).to(DEV)
+    base = run(conv_relu_maxpool, x, w, b, g, *c.args())
+    xc = x.to(memory_format=torch.channels_last)
+    got = run(conv_relu_maxpool, xc, w, b, g.transpose(2, 3).contiguous().transpose(2, 3), *c.args())
+    assert got[0].is_contiguous(memory_format=torch.channels_last) and base[0].is_contiguous()
+    for a, e in zip(got, base):
+        assert torch.equal(a, e)
+
+
+def test_side_stream_and_second_device():
+    """Launches go to the current stream (a side stream here) and the device guard picks x's device."""
+    c = SPECIAL["conv2_5x5_p2_pool3s2"]
+    x, w, b = exact_inputs(c, torch.float32)
+    want = FWD(x, w, b, *[list(a) for a in c.args()])
+    devs = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    for d in devs[-1:]:
+        s = torch.cuda.Stream(device=d)
+        with torch.cuda.stream(s):
+            got = FWD(x.to(d), w.to(d), b.to(d), *[list(a) for a in c.args()])
+        s.synchronize()
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+
+
+@pytest.mark.bigmem
+def test_offsets_past_2_31():
+    """An input and an input gradient of more than 2^31 elements: the last image's results are right."""
+    free = torch.cuda.mem_get_info()[0] / 2**30
+    if free < 24:
+        pytest.skip(f"needs 24 GiB of free GPU memory, {free:.1f} GiB free")
+    c = Cfg(130, 256, 256, 256, 8, (1, 1), pool_kernel=(2, 2), pool_stride=(2, 2))
+    assert c.N * c.Ci * c.H * c.W > 2**31
+    x = torch.randn(c.N, c.Ci, c.H, c.W, dtype=torch.bfloat16, device=DEV)
+    w, b = torch.randn(c.Co, c.Ci, 1, 1, dtype=torch.bfloat16, device=DEV) / 16, None
+    out, code = FWD(x, w, b, *[list(a) for a in c.args()])
+    g = torch.randn_like(out)
+    gx, gw, _ = BWD(g, x, w, code, *[list(a) for a in c.args()], [True, True, False])
+    last = Cfg(1, c.Ci, c.H, c.W, c.Co, c.k, pool_kernel=c.pool_kernel, pool_stride=c.pool_stride, bias=False)
+    ref = run(eager, x[-1:].double(), w.double(), None, g[-1:].double(), *last.args())
+    torch.testing.assert_close(out[-1:].double(), ref[0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gx[-1:].double(), ref[1], rtol=2e-2, atol=2e-2)
+    assert torch.isfinite(gw).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_small_case_every_kernel(dtype, tf32):
+    """One small case through every kernel (forward, bias, weight and data gradients, reductions),
+    both vector and element gathers, a 1x1 window and a multi-pass window: compute-sanitizer's target."""
+    for c in (Cfg(2, 3, 9, 9, 5, (3, 3), padding=(1, 1)), Cfg(2, 32, 6, 6, 70, (3, 3), padding=(1, 1),
+              pool_kernel=(1, 1), pool_stride=(1, 1)), Cfg(1, 2, 17, 19, 3, (1, 1), pool_kernel=(15, 17))):
+        x, w, b = exact_inputs(c, dtype)
+        g = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype)
+        got = _cpu(run(conv_relu_maxpool, *_cuda(x, w, b, g), *c.args()))
+        for a, e in zip(got, run(conv_relu_maxpool, x, w, b, g, *c.args())):
+            assert torch.equal(a, e)
