@@ -1,43 +1,84 @@
-"""Fused conv2d + ReLU + max-pool against conv2d -> relu -> max_pool2d, side by side in one run.
+"""compare.py section "conv": the fused conv2d + ReLU + max-pool against conv2d -> relu -> max_pool2d.
 
-    python bench/conv_relu_maxpool.py                          # CIFAR-size AlexNet layers, batch 128
-    python bench/conv_relu_maxpool.py --variant imagenet --batch 8 --json out.json
+At every conv layer of both AlexNet variants (LAYERS, the one table of them; tests/test_bench.py
+checks it against pyalexnet.models). Variants, each verified against eager NCHW before it is timed:
 
-On the CPU the baseline is PyTorch's oneDNN path; on a GPU, cuDNN. Each layer is first checked
-against the baseline (output and all three gradients); times are medians from torch.utils.benchmark
-over rotated input sets. Also reports the bytes each path saves for backward beyond input and weights.
+    ours      pyalexnet.ops.conv_relu_maxpool, input in the layout our kernels compute in on that
+              device (channels_last input and weights on a GPU, NCHW on the CPU)
+    nchw      F.conv2d -> F.relu -> F.max_pool2d, NCHW (cuDNN in benchmark mode / oneDNN)
+    nhwc      the same with channels_last input and weights
+    compile   torch.compile of the same sequence, in ours' layout (Inductor fuses ReLU and pooling)
+
+Passes: fwd (under no_grad), bwd (on a retained graph), fwd+bwd. The first layer's input needs no
+gradient, as in training. Also reported: the bytes each variant saves for backward beyond its
+inputs and weights. `python bench/conv_relu_maxpool.py ARGS` is `python bench/compare.py --sections conv ARGS`.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import platform
+from typing import NamedTuple
 
 import torch
+import torch._functorch.config
 import torch.nn.functional as F
-import torch.utils.benchmark as tb
 
-import pyalexnet
+from checks import assert_grads_close, attempt, forward_tol, grad_tol
+from rows import run_each, speed_row
+
 from pyalexnet.ops import conv_relu_maxpool
 
-# (name, in, out, kernel, stride, padding, pool kernel, pool stride, input size)
+
+class Layer(NamedTuple):
+    name: str
+    cin: int
+    cout: int
+    k: int
+    stride: int
+    pad: int
+    pool_k: int   # 1 with pool_s 1: no pooling
+    pool_s: int
+    hw: int       # input height = width
+
+    @property
+    def conv_hw(self) -> int:
+        return (self.hw + 2 * self.pad - self.k) // self.stride + 1
+
+    @property
+    def out_hw(self) -> int:
+        return self.conv_hw if self.pool_k == self.pool_s == 1 else (self.conv_hw - self.pool_k) // self.pool_s + 1
+
+    def flops(self, batch: int, pass_: str, input_grad: bool) -> int:
+        """Forward: 2 N Hc Wc Co Ci kh kw; backward: the weight gradient, plus as much again for the
+        input gradient when it is needed."""
+        f = 2 * batch * self.conv_hw**2 * self.cout * self.cin * self.k**2
+        b = f * (2 if input_grad else 1)
+        return {"fwd": f, "bwd": b, "fwd+bwd": f + b}[pass_]
+
+    def min_bytes(self, batch: int, pass_: str, input_grad: bool, elt: int) -> int:
+        """Bytes no implementation can avoid: forward reads x, w, b and writes the pooled output;
+        backward reads the output gradient, x and w and writes dw, db (and dx)."""
+        x, w, y = batch * self.cin * self.hw**2, self.cout * (self.cin * self.k**2 + 1), batch * self.cout * self.out_hw**2
+        f, b = x + w + y, y + x + 2 * w + (x if input_grad else 0)
+        return elt * {"fwd": f, "bwd": b, "fwd+bwd": f + b}[pass_]
+
+
+# The five conv layers of each variant of pyalexnet.models.alexnet, with their input sizes.
 LAYERS = {
     "cifar": [
-        ("conv1", 3, 64, 3, 1, 1, 3, 2, 32),
-        ("conv2", 64, 192, 3, 1, 1, 3, 2, 15),
-        ("conv3", 192, 384, 3, 1, 1, 1, 1, 7),
-        ("conv4", 384, 256, 3, 1, 1, 1, 1, 7),
-        ("conv5", 256, 256, 3, 1, 1, 3, 2, 7),
+        Layer("conv1", 3, 64, 3, 1, 1, 3, 2, 32),
+        Layer("conv2", 64, 128, 3, 1, 1, 3, 2, 15),
+        Layer("conv3", 128, 192, 3, 1, 1, 1, 1, 7),
+        Layer("conv4", 192, 192, 3, 1, 1, 1, 1, 7),
+        Layer("conv5", 192, 128, 3, 1, 1, 3, 2, 7),
     ],
     "imagenet": [
-        ("conv1", 3, 64, 11, 4, 2, 3, 2, 224),
-        ("conv2", 64, 192, 5, 1, 2, 3, 2, 27),
-        ("conv3", 192, 384, 3, 1, 1, 1, 1, 13),
-        ("conv4", 384, 256, 3, 1, 1, 1, 1, 13),
-        ("conv5", 256, 256, 3, 1, 1, 3, 2, 13),
+        Layer("conv1", 3, 64, 11, 4, 2, 3, 2, 224),
+        Layer("conv2", 64, 192, 5, 1, 2, 3, 2, 27),
+        Layer("conv3", 192, 384, 3, 1, 1, 1, 1, 13),
+        Layer("conv4", 384, 256, 3, 1, 1, 1, 1, 13),
+        Layer("conv5", 256, 256, 3, 1, 1, 3, 2, 13),
     ],
 }
+PASSES = ("fwd", "bwd", "fwd+bwd")
 
 
 def eager(x, w, b, s, p, pk, ps):
@@ -45,13 +86,31 @@ def eager(x, w, b, s, p, pk, ps):
     return F.max_pool2d(y, pk, ps) if pk > 1 or ps > 1 else y
 
 
-def saved_bytes(fn, x, w, b):
-    """Bytes of the tensors autograd saves for backward, other than the input and the parameters."""
-    keep = {t.data_ptr() for t in (x, w, b)}
+_compiled = None
+
+
+def compiled_eager():
+    """One torch.compile of `eager` for every layer: its cache must hold every shape it meets.
+    Donated buffers are off so that its backward can be timed on a retained graph (they let the
+    backward reuse saved tensors' memory; they save memory, not time)."""
+    global _compiled
+    if _compiled is None:
+        torch._functorch.config.donated_buffer = False
+        for knob in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), 1024))
+        _compiled = torch.compile(eager, dynamic=False)
+    return _compiled
+
+
+def saved_bytes(fn, keep) -> int:
+    """Bytes of the tensors autograd saves for backward while fn() runs, other than `keep`."""
+    skip = {t.data_ptr() for t in keep if t is not None}
     seen = {}
 
     def pack(t):
-        if t.data_ptr() not in keep:
+        if t.data_ptr() not in skip:
             seen[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
         return t
 
@@ -60,101 +119,112 @@ def saved_bytes(fn, x, w, b):
     return sum(seen.values())
 
 
-def verify(ours, base, x, w, b, dt):
-    """Forward in the timed dtype; gradients in float64 on a few images, where both paths must agree
-    exactly (in float32 a near-tie in a pooling window or a value near 0 at the ReLU can legitimately
-    send a gradient elsewhere)."""
-    tf32 = x.is_cuda and torch.backends.cudnn.allow_tf32  # both paths then round inputs to 10 bits
-    tol = dict(rtol=1e-3, atol=1e-3) if dt == torch.float32 and not tf32 else dict(rtol=5e-2, atol=5e-2)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x, w, b), base(x, w, b), **tol)
-    x64, w64, b64 = (t.detach()[:4].double().requires_grad_() if i == 0 else t.detach().double().requires_grad_()
-                     for i, t in enumerate((x, w, b)))
-    yo, yb = ours(x64, w64, b64), base(x64, w64, b64)
-    g = torch.randn_like(yb)
+def verify_float64(layer: Layer, x, w, b) -> None:
+    """Ours against eager in float64 on up to four images: output and every gradient, tightly."""
+    x64, w64, b64 = (t.detach()[:4] if i == 0 else t.detach() for i, t in enumerate((x, w, b)))
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x64, w64, b64))
+    a = layer_args(layer)
+    yo, yb = conv_relu_maxpool(x64, w64, b64, *a), eager(x64, w64, b64, *a)
     torch.testing.assert_close(yo, yb)
-    for a, c in zip(torch.autograd.grad(yo, (x64, w64, b64), g), torch.autograd.grad(yb, (x64, w64, b64), g)):
-        torch.testing.assert_close(a, c)
+    g = torch.randn_like(yb)
+    for got, want in zip(torch.autograd.grad(yo, (x64, w64, b64), g), torch.autograd.grad(yb, (x64, w64, b64), g)):
+        torch.testing.assert_close(got, want)
 
 
-def median_time(stmt, sets, min_run_time):
-    ts = [tb.Timer(stmt="f(*s)", globals={"f": stmt, "s": s}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time).median
-          for s in sets]
-    return sorted(ts)[len(ts) // 2]
+def layer_args(layer: Layer):
+    return layer.stride, layer.pad, layer.pool_k, layer.pool_s
 
 
-def paired_times(a, b, sets, min_run_time, rounds):
-    """Medians over `rounds` alternating timings of a and b, so that drift in the machine's speed
-    (a shared, noisy machine) hits both alike."""
-    ta, tb_ = [], []
-    for _ in range(rounds):
-        ta.append(median_time(a, sets, min_run_time))
-        tb_.append(median_time(b, sets, min_run_time))
-    return sorted(ta)[len(ta) // 2], sorted(tb_)[len(tb_) // 2]
+def run(cfg, timer, limits, table, failures) -> list[dict]:
+    def items():
+        for dtype in cfg.dtypes:
+            for batch in cfg.batches:
+                for variant in cfg.variants:
+                    for i, layer in enumerate(LAYERS[variant]):
+                        if not cfg.layers or layer.name in cfg.layers:
+                            key = dict(section="conv", variant=variant, layer=layer.name, batch=batch,
+                                       dtype=str(dtype).removeprefix("torch."))
+                            yield key, _label(key), lambda a=(layer, batch, dtype, i > 0, key): _one(
+                                cfg, timer, limits, *a, failures)
+    return run_each(items(), timer, table, failures)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", choices=sorted(LAYERS), default="cifar")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--sets", type=int, default=2, help="input sets to rotate through")
-    ap.add_argument("--min-run-time", type=float, default=0.2, help="seconds per timing")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours and baseline")
-    ap.add_argument("--channels-last", action="store_true", help="inputs in channels_last (NHWC) memory")
-    ap.add_argument("--json", help="write rows and the machine description here")
-    args = ap.parse_args(argv)
-    dev, dt = torch.device(args.device), getattr(torch, args.dtype)
-    torch.backends.cudnn.benchmark = True  # the baseline at its best: cuDNN picks its fastest algorithm
-    machine = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "pyalexnet": pyalexnet.__version__, "build": pyalexnet.build_info(),
-    }
-    print(f"# {machine['device']} | torch {machine['torch']} | CUDA {machine['cuda']} | {machine['threads']} "
-          f"threads | {args.variant} batch {args.batch} | {args.dtype}"
-          f"{' channels_last' if args.channels_last else ''} | {machine['date']}")
-    print(f"{'layer':>6} | {'fwd ours ms':>11} | {'fwd base ms':>11} | {'ratio':>5} | {'f+b ours ms':>11} | "
-          f"{'f+b base ms':>11} | {'ratio':>5} | {'saved ours/base':>15}")
-    rows = []
-    for name, ci, co, k, s, p, pk, ps, hw in LAYERS[args.variant]:
-        sets = []
-        for _ in range(args.sets):
-            x = torch.randn(args.batch, ci, hw, hw, device=dev, dtype=dt)
-            if args.channels_last:
-                x = x.to(memory_format=torch.channels_last)
-            x.requires_grad_()
-            w = (torch.randn(co, ci, k, k, device=dev) / (ci * k * k) ** 0.5).to(dt).requires_grad_()
-            b = (0.1 * torch.randn(co, device=dev)).to(dt).requires_grad_()
-            sets.append((x, w, b))
-        x, w, b = sets[0]
-        ours = lambda x, w, b: conv_relu_maxpool(x, w, b, s, p, pk, ps)  # noqa: E731
-        base = lambda x, w, b: eager(x, w, b, s, p, pk, ps)  # noqa: E731
-        verify(ours, base, x, w, b, dt)
-        g = torch.randn_like(base(x, w, b))
+def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
+    dev = cfg.device
+    cl = torch.channels_last
+    ours_layout = "nhwc" if dev.type == "cuda" else "nchw"
+    variants = {"ours": (lambda *s: conv_relu_maxpool(*s, *layer_args(layer)), ours_layout),
+                "nchw": (lambda *s: eager(*s, *layer_args(layer)), "nchw"),
+                "nhwc": (lambda *s: eager(*s, *layer_args(layer)), "nhwc")}
+    if cfg.compile_for(batch, dtype):
+        c = compiled_eager()
+        variants["compile"] = (lambda *s: c(*s, *layer_args(layer)), ours_layout)
+    sets = {"nchw": [], "nhwc": []}
+    for _ in range(cfg.sets_for((batch * layer.cin * layer.hw**2 + layer.cout * layer.cin * layer.k**2) * dtype.itemsize)):
+        x = torch.randn(batch, layer.cin, layer.hw, layer.hw, device=dev).to(dtype)
+        w = (torch.randn(layer.cout, layer.cin, layer.k, layer.k, device=dev) / (layer.cin * layer.k**2) ** 0.5)
+        w, b = w.to(dtype), (0.1 * torch.randn(layer.cout, device=dev)).to(dtype).requires_grad_()
+        sets["nchw"].append((x.clone().requires_grad_(input_grad), w.clone().requires_grad_(), b))
+        # weights too, as model.to(memory_format=torch.channels_last) leaves them
+        sets["nhwc"].append((x.to(memory_format=cl).requires_grad_(input_grad),
+                             w.to(memory_format=cl).requires_grad_(), b))
+    grads_of = (lambda s: s) if input_grad else (lambda s: s[1:])  # noqa: E731
+    g0 = torch.randn(batch, layer.cout, layer.out_hw, layer.out_hw, device=dev).to(dtype)
+    gs = {"nchw": g0, "nhwc": g0.contiguous(memory_format=cl)}
 
-        def fb(f):
-            def run(x, w, b):
-                torch.autograd.backward(f(x, w, b), g)
-            return run
+    # -- verify every variant against eager NCHW on the first input set --------------------------
+    ref_in = sets["nchw"][0]
+    ref_y = eager(*ref_in, *layer_args(layer))
+    ref_g = torch.autograd.grad(ref_y, grads_of(ref_in), gs["nchw"])
+    ok = {}
+    for name, (fn, lay) in variants.items():
+        def check(name=name, fn=fn, lay=lay):
+            s = sets[lay][0]
+            with torch.no_grad():
+                torch.testing.assert_close(fn(*s), ref_y.detach(), **forward_tol(dtype, dev))
+            y = fn(*s)
+            assert_grads_close(torch.autograd.grad(y, grads_of(s), gs[lay]), ref_g, grad_tol(dtype, dev),
+                               ["dx", "dw", "db"][3 - len(ref_g):])
+            if name == "ours":
+                verify_float64(layer, *s)
+        ok[name] = name == "nchw" or attempt(failures, f"{_label(key)} {name}", check)
+    live = {n: v for n, v in variants.items() if ok[n]}
 
-        with torch.no_grad():
-            tfo, tfb = paired_times(ours, base, sets, args.min_run_time, args.rounds)
-        tbo, tbb = paired_times(fb(ours), fb(base), sets, args.min_run_time, args.rounds)
-        so, sb = saved_bytes(lambda: ours(x, w, b), x, w, b), saved_bytes(lambda: base(x, w, b), x, w, b)
-        rows.append({"layer": name, "fwd_ours_s": tfo, "fwd_base_s": tfb, "fb_ours_s": tbo, "fb_base_s": tbb,
-                     "saved_ours_bytes": so, "saved_base_bytes": sb})
-        print(f"{name:>6} | {tfo * 1e3:11.2f} | {tfb * 1e3:11.2f} | {tfb / tfo:5.2f} | {tbo * 1e3:11.2f} | "
-              f"{tbb * 1e3:11.2f} | {tbb / tbo:5.2f} | {so / 2**20:6.1f}/{sb / 2**20:6.1f} MiB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "variant": args.variant, "batch": args.batch, "dtype": args.dtype,
-                       "channels_last": args.channels_last, "tf32": torch.backends.cudnn.allow_tf32,
-                       "rows": rows}, f, indent=1)
+    # -- time ---------------------------------------------------------------------------------------
+    times = {}
+    with torch.no_grad():
+        times["fwd"] = timer.compare({n: fn for n, (fn, _) in live.items()}, {n: sets[lay] for n, (_, lay) in live.items()})
+    graphs = {n: [(fn(*s), gs[lay], grads_of(s)) for s in sets[lay]] for n, (fn, lay) in live.items()}
+    times["bwd"] = timer.compare({n: _backward for n in live}, graphs)
+    del graphs
+    times["fwd+bwd"] = timer.compare({n: _fwd_bwd(fn, gs[lay], grads_of) for n, (fn, lay) in live.items()},
+                                     {n: sets[lay] for n, (_, lay) in live.items()})
+    saved = {n: saved_bytes(lambda: fn(*sets[lay][0]), sets[lay][0]) for n, (fn, lay) in live.items()}
+
+    failed = {n: failures[f"{_label(key)} {n}"] for n in variants if not ok[n]}
+    rows = [speed_row({**key, "ours_layout": ours_layout}, p, times[p], variants, limits,
+                      layer.flops(batch, p, input_grad), layer.min_bytes(batch, p, input_grad, dtype.itemsize),
+                      failed) for p in PASSES]
+    rows[-1]["saved_bytes"] = saved
     return rows
 
 
+def _backward(y, g, inputs):
+    return torch.autograd.grad(y, inputs, g, retain_graph=True)
+
+
+def _fwd_bwd(fn, g, grads_of):
+    def run(*s):
+        return torch.autograd.grad(fn(*s), grads_of(s), g)
+    return run
+
+
+def _label(key: dict) -> str:
+    return f"conv {key['variant']} {key['layer']} batch {key['batch']} {key['dtype']}"
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    import compare
+    sys.exit(compare.main(["--sections", "conv", *sys.argv[1:]]))

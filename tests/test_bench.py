@@ -1,0 +1,233 @@
+"""bench/compare.py and its pieces: the layer table, the FLOP and byte counts, the timer and its
+deadline, verify-before-time, the outputs (JSON, markdown, plot), and a tiny run of every section
+that takes seconds. CI also runs `compare.py --quick` itself (.ci/run)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+import checks  # noqa: E402
+import compare  # noqa: E402
+import conv_relu_maxpool as conv_bench  # noqa: E402
+import machine  # noqa: E402
+import report  # noqa: E402
+import rows as bench_rows  # noqa: E402
+import softmax_cross_entropy as loss_bench  # noqa: E402
+from conv_relu_maxpool import LAYERS, Layer  # noqa: E402
+from timing import OutOfTime, Timer  # noqa: E402
+
+TINY = ["--variants", "cifar", "--layers", "conv1,conv2", "--batches", "3", "--dtypes", "float32",
+        "--shapes", "64x10,33x1000", "--no-compile", "--train-batches", "cifar:2", "--min-run-time", "0.01",
+        "--sets", "2"]
+
+
+@pytest.fixture(autouse=True)
+def restore_backend_flags():
+    bench = torch.backends.cudnn.benchmark
+    yield
+    torch.backends.cudnn.benchmark = bench
+
+
+def test_layer_table_is_what_the_models_build():
+    """LAYERS is the one table of the conv layers: it must be what pyalexnet.models builds."""
+    models = pytest.importorskip("pyalexnet.models", reason="pyalexnet.models (issue 6) not installed")
+    for variant, (hw, classes) in (("cifar", (32, 10)), ("imagenet", (224, 1000))):
+        net = models.alexnet(classes, variant, backend="cudnn")
+        seen = []
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].shape[-1]))) for m in net.conv_blocks()]
+        with torch.no_grad():
+            net.eval()(torch.randn(1, 3, hw, hw))
+        for h in hooks:
+            h.remove()
+        built = [Layer(f"conv{i + 1}", m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0],
+                       m.pool_kernel_size[0], m.pool_stride[0], size) for i, (m, size) in enumerate(seen)]
+        assert LAYERS[variant] == built, f"bench/conv_relu_maxpool.py LAYERS[{variant!r}] differs from the model"
+
+
+def test_layer_geometry_flops_and_bytes():
+    c1 = LAYERS["imagenet"][0]
+    assert (c1.conv_hw, c1.out_hw) == (55, 27)
+    assert (LAYERS["cifar"][0].conv_hw, LAYERS["cifar"][0].out_hw) == (32, 15)
+    assert LAYERS["cifar"][2].out_hw == LAYERS["cifar"][2].conv_hw == 7  # pool 1/1: no pooling
+    c2 = LAYERS["imagenet"][1]  # 57 GFLOP forward at batch 128 (csrc/cuda/conv_relu_maxpool_kernels.cu)
+    assert c2.flops(128, "fwd", True) == 2 * 128 * 27 * 27 * 192 * 64 * 25
+    assert c2.flops(128, "bwd", True) == 2 * c2.flops(128, "fwd", True)
+    assert c2.flops(128, "bwd", False) == c2.flops(128, "fwd", True)
+    x, w, y = 128 * 64 * 27 * 27, 192 * (64 * 25 + 1), 128 * 192 * 13 * 13
+    assert c2.min_bytes(128, "fwd", True, 2) == 2 * (x + w + y)
+    assert c2.min_bytes(128, "fwd+bwd", True, 4) == 4 * ((x + w + y) + (y + 2 * x + 2 * w))
+    assert loss_bench.min_bytes(4, 10, "fwd+bwd", 4) == 2 * (4 * 10 * 4 + 4 * 8) + 4 * 10 * 4
+
+
+def test_timer_medians_rotation_and_deadline():
+    timer = Timer(torch.device("cpu"), min_run_time=0.02, rounds=3)
+    used = []
+    t = timer.time(lambda x: (used.append(x), time.sleep(0.002)), [(1,), (2,), (3,)])
+    assert 0.0015 < t < 0.05 and set(used) == {1, 2, 3}
+    order = []
+    out = timer.compare({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, {"a": [()], "b": [()]})
+    runs = [v for i, v in enumerate(order) if i == 0 or order[i - 1] != v]
+    assert set(out) == {"a", "b"} and runs == ["a", "b", "a", "b"]  # rounds a b | b a | a b
+    timer.check()
+    late = Timer(torch.device("cpu"), time_limit=0.0)
+    with pytest.raises(OutOfTime, match="time limit"):
+        late.check()
+
+
+def test_run_each_skips_after_the_deadline_and_records_errors():
+    class T:
+        def __init__(self):
+            self.rows, self.notes = [], []
+
+        def row(self, r):
+            self.rows.append(r)
+
+        def note(self, n):
+            self.notes.append(n)
+
+    def boom():
+        raise RuntimeError("kernel exploded")
+
+    failures, table = {}, T()
+    items = [({"k": 1}, "one", lambda: [{"k": 1, "ok": True}]), ({"k": 2}, "two", boom),
+             ({"k": 3}, "three", lambda: "too large")]
+    out = bench_rows.run_each(items, Timer(torch.device("cpu")), table, failures)
+    assert out == [{"k": 1, "ok": True}, {"k": 2, "error": "RuntimeError: kernel exploded"}, {"k": 3, "skipped": "too large"}]
+    assert failures == {"two": "RuntimeError: kernel exploded"}
+    out = bench_rows.run_each(items, Timer(torch.device("cpu"), time_limit=0.0), table, failures)
+    assert all("time limit" in r["skipped"] for r in out) and "3 configurations skipped" in table.notes[-1]
+
+
+def test_gradient_check_tolerates_one_misrouted_gradient_but_not_a_wrong_one():
+    b = torch.randn(10000)
+    a = b.clone()
+    a[17] += 1.0  # a pooling near-tie sent one gradient elsewhere
+    checks.assert_grads_close([a], [b], 3e-2)
+    with pytest.raises(AssertionError, match="dw: relative error"):
+        checks.assert_grads_close([1.1 * b], [b], 3e-2, ["dw"])
+    failures = {}
+    assert not checks.attempt(failures, "x", lambda: checks.assert_grads_close([2 * b], [b], 1e-3))
+    assert failures["x"].startswith("AssertionError: gradient 0: relative error")
+
+
+def test_speed_row_picks_the_fastest_verified_baseline():
+    limits = {"matmul_tflops": {"float32": 1.0}, "copy_gbs": 10.0}
+    r = bench_rows.speed_row({"dtype": "float32"}, "fwd", {"ours": 0.5, "nchw": 2.0, "nhwc": 1.0},
+                             ("ours", "nchw", "nhwc", "compile"), limits, 1e12, 1e9, {"compile": "AssertionError"})
+    assert r["best_baseline"] == "nhwc" and r["speedup"] == 2.0 and r["times_s"]["compile"] is None
+    assert r["tflops"] == 2.0 and r["pct_matmul"] == 200.0 and r["gbs"] == 2.0 and r["pct_copy"] == 20.0
+    assert r["failed"] == {"compile": "AssertionError"}
+
+
+def test_tiny_run_of_every_section(tmp_path, capsys):
+    """Like --quick, cut to seconds: every section runs, verifies, times and writes its outputs."""
+    out = tmp_path / "r.json"
+    rc = compare.main([*TINY, "--json", str(out), "--markdown", str(tmp_path / "r.md"), "--save", str(tmp_path / "res")])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    result = json.loads(out.read_text())
+    m = result["machine"]
+    for k in ("date", "card", "torch", "cuda", "pyalexnet", "build", "packages", "threads"):
+        assert k in m
+    assert set(result["limits"]["matmul_tflops"]) == {"float32"} and result["limits"]["copy_gbs"] > 0
+    rows = result["rows"]
+    conv = [r for r in rows if r["section"] == "conv"]
+    assert [(r["layer"], r["pass"]) for r in conv] == [(lay, p) for lay in ("conv1", "conv2") for p in conv_bench.PASSES]
+    for r in conv:
+        assert set(r["times_s"]) == {"ours", "nchw", "nhwc"} and r["speedup"] > 0 and r["tflops"] > 0
+    assert conv[2]["saved_bytes"]["ours"] < conv[2]["saved_bytes"]["nchw"]
+    assert len([r for r in rows if r["section"] == "loss"]) == 4
+    train = [r for r in rows if r["section"] == "train"]
+    if "skipped" not in train[0]:  # pyalexnet.models present
+        assert train[0]["images_per_s"]["custom"] > 0 and train[0]["peak_bytes"]["cudnn"] > 0
+    assert "1. conv + ReLU + max-pool" in text and "every timed variant verified" in text
+    md = (tmp_path / "r.md").read_text()
+    assert "| cifar | conv1 | 3 | float32 |" in md and "| 64 x 10 | float32 |" in md
+    saved = sorted(p.name for p in (tmp_path / "res").iterdir())
+    assert len(saved) == 2 and saved[0].endswith(".json") and saved[1].endswith(".md")
+
+
+def test_a_wrong_kernel_fails_verification_and_is_not_timed(monkeypatch, tmp_path, capsys):
+    real = conv_bench.conv_relu_maxpool
+    monkeypatch.setattr(conv_bench, "conv_relu_maxpool", lambda *a: 1.01 * real(*a))
+    out = tmp_path / "r.json"
+    rc = compare.main(["--sections", "conv", *TINY, "--layers", "conv2", "--json", str(out)])
+    assert rc == 1
+    rows = json.loads(out.read_text())["rows"]
+    assert all(r["times_s"]["ours"] is None and r["speedup"] is None and "ours" in r["failed"] for r in rows)
+    assert "ours FAILED verification" in capsys.readouterr().out
+
+
+def test_train_section_is_skipped_without_models(monkeypatch, tmp_path):
+    import train_step
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+    monkeypatch.setattr(train_step.importlib, "import_module", missing)
+    out = tmp_path / "r.json"
+    assert compare.main(["--sections", "train", *TINY, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows == [{"section": "train", "skipped": "pyalexnet.models unavailable "
+                                                    "(ModuleNotFoundError: No module named 'pyalexnet.models')"}]
+
+
+def test_presets_and_filters():
+    args, cfg = compare.parse(["--quick", "--device", "cpu"])
+    assert cfg.variants == ["cifar"] and cfg.batches == [32] and cfg.compile_for(32, torch.float32)
+    assert not cfg.compile_for((128, 10), torch.float32)  # quick: no compiled loss
+    args, cfg = compare.parse(["--gpu-check", "--device", "cpu", "--batches", "5", "--no-compile"])
+    assert cfg.batches == [5] and not cfg.compile_for(32, torch.float32)
+    args, cfg = compare.parse(["--device", "cpu"])
+    assert cfg.variants == ["cifar", "imagenet"] and not cfg.layers and cfg.compile_for(1, torch.float32)
+    assert (16384, 131072) in cfg.shapes and cfg.sets_for(2**30) == 1
+    llc = machine.last_level_cache_bytes()
+    assert cfg.sets is None and cfg.sets_for(llc // 4) == 8 and cfg.sets_for(llc) == 2 and cfg.sets_for(1) == 64
+    assert compare.parse(["--device", "cpu", "--sets", "3"])[1].sets_for(1) == 3
+    with pytest.raises(SystemExit):
+        compare.parse(["--sections", "conv,nope"])
+
+
+def _result():
+    conv = [{"section": "conv", "variant": "cifar", "layer": "conv1", "batch": 8, "dtype": "float32", "pass": p,
+             "times_s": {"ours": 1.0, "nchw": 2.0}, "speedup": 2.0, "best_baseline": "nchw", "pct_matmul": 10.0,
+             "saved_bytes": {"ours": 2**20, "nchw": 2**22}} for p in conv_bench.PASSES]
+    loss = [{"section": "loss", "N": 8, "C": 10, "dtype": "bfloat16", "pass": p, "times_s": {"ours": 1.0},
+             "speedup": 0.5, "gbs": 1.0, "pct_copy": 5.0} for p in loss_bench.PASSES]
+    train = [{"section": "train", "variant": "cifar", "batch": 4, "dtype": "float32", "times_s": {"ours": 1.0},
+              "speedup": 1.2, "images_per_s": {"custom": 4.0, "cudnn": 3.3},
+              "peak_bytes": {"custom": 2**21, "cudnn": 2**22}}]
+    machine = {"date": "2026-11-27T10:00:00+00:00", "card": "Test card", "torch": "2", "cuda": None,
+               "cudnn": None, "pyalexnet": "0"}
+    return {"machine": machine, "limits": {"matmul_tflops": {"float32": 1.0}, "copy_gbs": 10.0}, "mode": "quick",
+            "rows": conv + loss + train + [{"section": "loss", "N": 1, "C": 1, "dtype": "float32", "skipped": "x"}]}
+
+
+def test_markdown_summary():
+    md = report.markdown(_result())
+    assert md.startswith("# compare.py, 2026-11-27, Test card")
+    assert "| cifar | conv1 | 8 | float32 | 2.00 | 2.00 | 2.00 | 10 | 1.0 / 4.0 |" in md
+    assert "| 8 x 10 | bfloat16 | 0.50 | 0.50 | 1.0 (5%) |" in md
+    assert "| cifar | 4 | float32 | 4 | 3 | 1.20 | 2.0 / 4.0 |" in md
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    report.plot(_result(), str(tmp_path / "s.png"))
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.cuda
+def test_tiny_run_on_the_gpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    out = tmp_path / "r.json"
+    assert compare.main([*TINY, "--device", "cuda", "--dtypes", "bfloat16,float32", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert all("times_s" in r or "skipped" in r for r in rows)
