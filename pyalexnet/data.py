@@ -1,0 +1,232 @@
+"""Datasets of the trainer, read from local files only, and batches made on the device.
+
+- ``synthetic``: generated here (:mod:`pyalexnet.synthetic`), no files.
+- ``cifar10``: the "python version" layout (``data_batch_1`` .. ``data_batch_5``, ``test_batch``,
+  ``batches.meta``), read with an unpickler that builds numpy arrays and nothing else.
+- ``fashion-mnist``: the four idx ``.gz`` files of Debian's ``dataset-fashion-mnist``
+  (/usr/share/datasets/fashion-mnist); 28x28 grey images padded to 32x32.
+- ``imagefolder``: ``root/<class>/*.jpg|png`` (or ``root/train`` and ``root/val`` trees of them),
+  decoded and resized once; see :mod:`pyalexnet.imagefolder`.
+
+Every dataset is an :class:`ImageData` of uint8 N x C x H x W tensors, which :func:`batches` moves to
+the device once and cuts into shuffled batches there; :func:`augment` crops and flips a whole batch
+at once on the device, :func:`normalize` makes the float input.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import synthetic
+
+__all__ = ["ImageData", "DataError", "DATASETS", "load_dataset", "batches", "augment", "normalize",
+           "load_cifar10", "load_fashion_mnist", "RestrictedUnpickler"]
+
+DATASETS = ("synthetic", "cifar10", "fashion-mnist", "imagefolder")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                         "sneaker", "bag", "ankle boot")
+
+
+class DataError(ValueError):
+    """A dataset file is missing or not in the expected format; the message names the file."""
+
+
+@dataclass
+class ImageData:
+    """Train and test images (uint8, N x C x H x W) and labels (int64, N), with what they need."""
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    classes: tuple
+    crop_padding: int = 4     # pixels of zero padding before the random crop (0: no crop)
+    flip: bool = True         # random horizontal flips
+    test_name: str = "test"   # what the test split is ("validation: last 5000 training images", ...)
+
+    @property
+    def mean_std(self) -> tuple[Tensor, Tensor]:
+        """Per-channel mean and standard deviation of the training images, in [0, 1] units."""
+        x = self.train_x[:10000].float().div_(255)
+        return x.mean((0, 2, 3)), x.std((0, 2, 3)).clamp_min(1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Files
+# ------------------------------------------------------------------------------------------------
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10's dicts of numpy arrays, lists and strings, refusing any other global
+    (the way a crafted pickle runs code: os.system, builtins.eval, ...)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a CIFAR-10 batch holds only numpy arrays, lists "
+                "and strings")
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = RestrictedUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file (expected a CIFAR-10 python-format batch)") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: not a CIFAR-10 python-format pickle ({e})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: expected a pickled dict, got {type(d).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
+    d = _read_pickle(path)
+    data, labels = d.get("data"), d.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: expected 'data' as uint8 N x 3072 (R, G, B planes of 32x32), got {got}")
+    if labels is None or len(labels) != len(data):
+        raise DataError(f"{path}: expected 'labels', one per image ({len(data)}), got "
+                        f"{'none' if labels is None else len(labels)}")
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    if len(y) and (y.min() < 0 or y.max() > 9):
+        raise DataError(f"{path}: labels must lie in 0..9, got {y.min().item()}..{y.max().item()}")
+    return torch.from_numpy(data.copy()).view(-1, 3, 32, 32), y
+
+
+def load_cifar10(root, holdout: int = 5000) -> ImageData:
+    """CIFAR-10 from ``root``. holdout > 0: train on data_batch_1..5 less their last ``holdout``
+    images, test on those; holdout == 0: train on all five, test on ``test_batch``."""
+    root = Path(root)
+    parts = [_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
+    x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    meta = _read_pickle(root / "batches.meta")
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", []))
+    if len(names) != 10:
+        raise DataError(f"{root / 'batches.meta'}: expected 10 'label_names', got {len(names)}")
+    if holdout > 0:
+        if holdout >= len(x):
+            raise DataError(f"holdout {holdout} leaves no CIFAR-10 training images (there are {len(x)})")
+        return ImageData("cifar10", x[:-holdout], y[:-holdout], x[-holdout:], y[-holdout:], names,
+                         test_name=f"validation: last {holdout} training images")
+    tx, ty = _cifar_batch(root / "test_batch")
+    return ImageData("cifar10", x, y, tx, ty, names, test_name="test_batch")
+
+
+def _read_idx(path: Path, ndim: int) -> Tensor:
+    """An idx file (gzip'd): big-endian magic 0x00 0x00 0x08 ndim, ndim int32 sizes, uint8 data."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file (expected a gzip'd idx file of Fashion-MNIST)") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: not a gzip file ({e})") from None
+    if len(raw) < 4 + 4 * ndim or raw[:4] != bytes([0, 0, 8, ndim]):
+        raise DataError(f"{path}: expected an idx file of uint8 with {ndim} dimensions "
+                        f"(magic 00 00 08 {ndim:02x}), got header {raw[:4].hex(' ')}")
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = raw[4 + 4 * ndim:]
+    if len(body) != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims} = {int(np.prod(dims))} bytes, file has {len(body)}")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).view(*dims)
+
+
+def load_fashion_mnist(root=FASHION_MNIST_DIR) -> ImageData:
+    """Fashion-MNIST's 60,000 training and 10,000 test images, zero-padded to 1 x 32 x 32."""
+    root = Path(root)
+
+    def split(prefix: str) -> tuple[Tensor, Tensor]:
+        x = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz", 3)
+        y = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz", 1).long()
+        if len(x) != len(y):
+            raise DataError(f"{root}/{prefix}-*: {len(x)} images but {len(y)} labels")
+        return torch.nn.functional.pad(x.unsqueeze(1), (2, 2, 2, 2)), y
+
+    (x, y), (tx, ty) = split("train"), split("t10k")
+    return ImageData("fashion-mnist", x, y, tx, ty, FASHION_MNIST_CLASSES, crop_padding=2,
+                     test_name="t10k test set")
+
+
+def load_dataset(name: str, data_dir: Optional[str] = None, holdout: Optional[int] = None,
+                 synthetic_size: int = 5000, image_size: int = 64, seed: int = 0) -> ImageData:
+    """The named dataset (one of DATASETS). holdout: test on the last N training images
+    (default: 5000 for CIFAR-10, where the test batch is held back; else the dataset's test split)."""
+    if name == "synthetic":
+        n_test = max(synthetic_size // 5, 10)
+        x, y = synthetic.generate(synthetic_size + n_test, seed=1000 + seed)
+        return ImageData("synthetic", x[:-n_test], y[:-n_test], x[-n_test:], y[-n_test:],
+                         synthetic.CLASSES, test_name=f"{n_test} generated images")
+    if name == "cifar10":
+        return load_cifar10(data_dir or "../shared/datasets/cifar10", 5000 if holdout is None else holdout)
+    if name == "fashion-mnist":
+        return load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
+    if name == "imagefolder":
+        if not data_dir:
+            raise DataError("--dataset imagefolder needs --data-dir (a folder of class folders)")
+        from .imagefolder import load_imagefolder
+        return load_imagefolder(data_dir, image_size, holdout or 0)
+    raise DataError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Batches on the device
+# ------------------------------------------------------------------------------------------------
+def batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool, gen: Optional[torch.Generator] = None,
+            drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches of (x, y) (already on the device) in a random order from gen when shuffle."""
+    n = len(x)
+    order = torch.randperm(n, device=x.device, generator=gen) if shuffle else None
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for i in range(0, stop, batch_size):
+        if order is None:
+            yield x[i:i + batch_size], y[i:i + batch_size]
+        else:
+            idx = order[i:i + batch_size]
+            yield x[idx], y[idx]
+
+
+def augment(x: Tensor, padding: int, flip: bool, gen: Optional[torch.Generator] = None) -> Tensor:
+    """Random crops (after zero padding by ``padding``) and horizontal flips of a uint8 batch
+    N x C x H x W, each image its own, in one gather on x's device. Returns N x C x H x W
+    (channels_last strides)."""
+    n, c, h, w = x.shape
+    if padding == 0 and not flip:
+        return x
+    dev = x.device
+    if padding:
+        x = torch.nn.functional.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), device=dev, generator=gen)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), device=dev, generator=gen)
+    rows = dy + torch.arange(h, device=dev)                          # N x H
+    cols = dx + torch.arange(w, device=dev)                          # N x W
+    if flip:
+        flipped = torch.rand(n, 1, device=dev, generator=gen) < 0.5
+        cols = torch.where(flipped, cols.flip(1), cols)
+    out = x[torch.arange(n, device=dev).view(n, 1, 1), :, rows.view(n, h, 1), cols.view(n, 1, w)]
+    return out.permute(0, 3, 1, 2)                                   # N x H x W x C -> N x C x H x W
+
+
+def normalize(x: Tensor, mean: Tensor, std: Tensor, channels: int = 3) -> Tensor:
+    """uint8 N x c x H x W -> float32 N x channels x H x W, (x / 255 - mean) / std per channel
+    (a grey image is repeated to `channels`)."""
+    x = x.float().div_(255)
+    x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    if x.shape[1] == 1 and channels != 1:
+        x = x.expand(-1, channels, -1, -1)
+    return x
