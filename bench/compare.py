@@ -196,7 +196,8 @@ def main(argv=None) -> int:
         table.note(f"section {name}: {time.monotonic() - started:.0f} s")
     result = {"machine": machine, "limits": limits, "mode": args.mode, "argv": sys.argv[1:] if argv is None else argv,
               "config": {k: v for k, v in vars(args).items() if k not in ("json", "markdown", "save", "plot")},
-              "rows": rows, "failures": failures, "wall_s": round(time.monotonic() - t0, 1)}
+              "rows": rows, "failures": failures, "wall_s": round(time.monotonic() - t0, 1),
+              "load_average_end": os.getloadavg()[0]}
     write_outputs(args, result)
     print(f"\n# {len(rows)} rows in {result['wall_s']:.0f} s; "
           + (f"{len(failures)} FAILED: " + "; ".join(f"{k}: {v}" for k, v in failures.items()) if failures

@@ -46,7 +46,8 @@ def card(dev: torch.device) -> str:
     """The GPU's name, or the CPU's model and the threads torch uses: what a result is named by."""
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    return f"{cpu_model()}, {n} thread{'' if n == 1 else 's'}"
 
 
 def slug(text: str) -> str:
@@ -103,8 +104,8 @@ def measure_limits(dev: torch.device, dtypes, timer) -> dict:
 
     The matrix product runs in the precision the convolutions get: float32 as TF32 on a GPU when
     cuDNN may use TF32 (PyTorch's default), since our kernels and cuDNN then both do. Its size
-    doubles from 512 until one product takes 50 ms (or 8192): large enough to reach the machine's
-    rate, small enough to be quick on two CPU cores. The copy moves a buffer far larger than any
+    doubles from 512 until one product takes 10 ms (or 8192): large enough to reach the machine's
+    rate, short enough that on a shared machine many calls run without being preempted. The copy moves a buffer far larger than any
     cache (128 MiB on the CPU, 1 GiB on a GPU); its GB/s counts the bytes read plus those written.
     Both are the best time seen, not the median: a limit is what the machine can do at its best.
     """
@@ -121,7 +122,7 @@ def measure_limits(dev: torch.device, dtypes, timer) -> dict:
                 t0 = time.perf_counter()
                 torch.mm(a, b)
                 _sync(dev)
-                if time.perf_counter() - t0 > 0.05 or n >= 8192:
+                if time.perf_counter() - t0 > 0.01 or n >= 8192:
                     break
                 n *= 2
             name = str(dt).removeprefix("torch.")

@@ -38,13 +38,14 @@ class Timer:
 
     # -- one function ---------------------------------------------------------------------------
     def time(self, fn, sets, best: bool = False) -> float:
-        """Median seconds of one call of fn(*s), the calls cycling through `sets` (best: the least)."""
+        """Median seconds of one call of fn(*s), the calls cycling through `sets` (best: the least
+        over at least half a second of calls, for the machine's limits)."""
         if self.dev.type == "cuda":
             times = self._cuda(fn, sets)
         else:
             nxt = itertools.cycle(sets).__next__
             t = tb.Timer(stmt="f(*nxt())", globals={"f": fn, "nxt": nxt}, num_threads=torch.get_num_threads())
-            m = t.blocked_autorange(min_run_time=self.min_run_time)
+            m = t.blocked_autorange(min_run_time=max(self.min_run_time, 0.5) if best else self.min_run_time)
             times = m.times
         return min(times) if best else statistics.median(times)
 
