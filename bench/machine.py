@@ -100,40 +100,61 @@ def _driver():
 
 
 def measure_limits(dev: torch.device, dtypes, timer) -> dict:
-    """{'matmul_tflops': {dtype name: TFLOP/s}, 'copy_gbs': GB/s}, timed by `timer`.
+    """{'matmul_tflops': {dtype name: TFLOP/s}, 'copy_gbs': GB/s, ...}, timed by `timer`.
 
-    The matrix product runs in the precision the convolutions get: float32 as TF32 on a GPU when
-    cuDNN may use TF32 (PyTorch's default), since our kernels and cuDNN then both do. Its size
-    doubles from 512 until one product takes 10 ms (or 8192): large enough to reach the machine's
-    rate, short enough that on a shared machine many calls run without being preempted. The copy moves a buffer far larger than any
-    cache (128 MiB on the CPU, 1 GiB on a GPU); its GB/s counts the bytes read plus those written.
-    Both are the best time seen, not the median: a limit is what the machine can do at its best.
+    The matrix-product rate is that of the fastest library product of two n x n matrices: torch.mm
+    (cuBLAS on a GPU), and on the CPU also oneDNN's (mkldnn) linear, which our CPU kernels use: on
+    an AMD CPU the MKL sgemm behind torch.mm takes its AVX2 path, at half oneDNN's AVX-512 rate.
+    Products run in the precision the convolutions get: float32 as TF32 on a GPU when cuDNN may use
+    TF32 (PyTorch's default), since our kernels and cuDNN then both do. n doubles from 512 until one
+    product takes 10 ms (or 8192): large enough to reach the machine's rate, short enough that on
+    a shared machine many calls run without being preempted. The copy moves a buffer far larger
+    than any cache (128 MiB on the CPU, 1 GiB on a GPU); its GB/s counts the bytes read plus those
+    written. All are the best time seen, not the median: a limit is what the machine can do at its best.
     """
-    rates, sizes = {}, {}
+    products = {"torch.mm": torch.mm}
+    if dev.type == "cpu" and torch.backends.mkldnn.is_available():
+        products["onednn_linear"] = lambda a, b: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    out = {"matmul_tflops": {}, "matmul_by_library": {}, "matmul_n": {}}
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
     try:
-        for dt in dtypes:
-            n = 512
-            while True:
+        with torch.no_grad():
+            for dt in dtypes:
+                name = str(dt).removeprefix("torch.")
+                n = _matmul_size(dev, dt)
                 a, b = (torch.randn(n, n, device=dev).to(dt) for _ in range(2))
-                torch.mm(a, b)
-                _sync(dev)
-                t0 = time.perf_counter()
-                torch.mm(a, b)
-                _sync(dev)
-                if time.perf_counter() - t0 > 0.01 or n >= 8192:
-                    break
-                n *= 2
-            name = str(dt).removeprefix("torch.")
-            rates[name], sizes[name] = 2 * n**3 / timer.time(torch.mm, [(a, b)], best=True) / 1e12, n
-            del a, b
+                rates = {}
+                for lib, fn in products.items():
+                    try:
+                        rates[lib] = 2 * n**3 / timer.time(fn, [(a, b)], best=True) / 1e12
+                    except RuntimeError:  # a library without this dtype
+                        pass
+                out["matmul_by_library"][name], out["matmul_n"][name] = rates, n
+                out["matmul_tflops"][name] = max(rates.values())
+                del a, b
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
     numel = 2**25 if dev.type == "cpu" else 2**28
     src, dst = torch.randn(numel, device=dev), torch.empty(numel, device=dev)
     t = timer.time(lambda s, d: d.copy_(s), [(src, dst)], best=True)
-    return {"matmul_tflops": rates, "copy_gbs": 2 * numel * 4 / t / 1e9, "matmul_n": sizes, "copy_bytes": numel * 4}
+    out.update(copy_gbs=2 * numel * 4 / t / 1e9, copy_bytes=numel * 4)
+    return out
+
+
+def _matmul_size(dev: torch.device, dt: torch.dtype) -> int:
+    n = 512
+    while n < 8192:
+        a, b = (torch.randn(n, n, device=dev).to(dt) for _ in range(2))
+        torch.mm(a, b)
+        _sync(dev)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(dev)
+        if time.perf_counter() - t0 > 0.01:
+            break
+        n *= 2
+    return n
 
 
 def _sync(dev: torch.device) -> None:
