@@ -1,0 +1,199 @@
+"""The trainer `python -m pyalexnet.train`: short runs on a few hundred generated images (summary,
+report, metrics log, plots, checkpoints, resume, eval-only, transfer learning, errors); the
+accuracy bars are the `slow` tests at the end (`pytest -m slow`)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyalexnet import checkpoint, evaluate, synthetic, train
+from pyalexnet.models import alexnet
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CIFAR_DIR = REPO_ROOT.parent / "shared" / "datasets" / "cifar10"
+TINY = ["--synthetic-size", "200", "--batch-size", "50", "--no-progress"]
+
+
+def run(*args: str) -> dict:
+    return train.main(TINY + list(args))
+
+
+def test_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "pyalexnet.train", "--help"], capture_output=True,
+                         text=True, cwd="/", check=True).stdout
+    for f in ("--dataset", "--backend", "--variant", "--epochs", "--optimizer", "--schedule", "--bf16",
+              "--channels-last", "--compile", "--deterministic", "--checkpoint-dir", "--resume",
+              "--eval-only", "--log", "--plot", "--pretrained", "--freeze-features", "--label-smoothing"):
+        assert f in out, f
+    assert "python -m pyalexnet.train --dataset cifar10" in out  # the docstring's examples
+
+
+def test_short_run_prints_report_and_summary_and_writes_log_plots_checkpoints(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    s = run("--epochs", "2", "--log", str(tmp_path / "m.csv"), "--plot", str(tmp_path / "c.png"),
+            "--checkpoint-dir", str(ck))
+    out = capsys.readouterr().out
+    assert s["epochs"] == 2 and s["backend"] == "custom" and s["variant"] == "cifar" and s["device"] == "cpu"
+    assert 0.0 <= s["final_test_acc"] <= 1.0 and s["images_per_s"] > 0
+    assert s["confusion_matrix"].sum() == 40
+    for needle in ("precision  recall     f1  support", "checkerboard", "macro avg",
+                   "confusion matrix (rows: true class", "summary: dataset synthetic", "epoch   2/2"):
+        assert needle in out, needle
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,train_acc,test_loss,test_acc") and len(rows) == 3
+    for png in ("c.png", "c-confusion.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in ck.iterdir()) == ["best.pt", "last.pt"]  # no temporary files left
+    last = torch.load(ck / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and len(last["history"]) == 2 and last["classes"] == list(synthetic.CLASSES)
+
+    # resume the latest checkpoint for one more epoch: the first two epochs are kept, not redone
+    s3 = run("--epochs", "3", "--checkpoint-dir", str(ck), "--resume", "latest",
+             "--log", str(tmp_path / "m.jsonl"))
+    assert s3["epochs"] == 3
+    resumed = torch.load(ck / "last.pt", weights_only=True)
+    assert resumed["history"][:2] == last["history"] and resumed["step"] == 3 * 4
+    assert [json.loads(l)["epoch"] for l in (tmp_path / "m.jsonl").read_text().splitlines()] == [3]
+
+    # eval-only from that checkpoint: the same accuracy as the end of training
+    ev = run("--eval-only", "--resume", str(ck / "last.pt"))
+    assert ev["epochs"] == 3 and ev["final_test_acc"] == s3["final_test_acc"]
+
+
+def test_cudnn_backend_bf16_channels_last_adamw_cosine():
+    s = run("--epochs", "1", "--backend", "cudnn", "--bf16", "--channels-last", "--optimizer", "adamw",
+            "--lr", "1e-3", "--schedule", "cosine")
+    assert s["backend"] == "cudnn" and s["test_loss"] == s["test_loss"]  # finite, not NaN
+    s = run("--epochs", "1", "--bf16", "--channels-last")
+    assert s["backend"] == "custom" and s["test_loss"] == s["test_loss"]
+
+
+def test_lr_schedule():
+    f = [train.lr_factor(s, 100, 10, "onecycle") for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[10] == 1.0 and f[99] == pytest.approx(1 / 90)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert train.lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert train.lr_factor(99, 100, 10, "constant") == 1.0
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    checkpoint.save_checkpoint({"a": torch.ones(3)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_checkpoint({"a": torch.zeros(3)}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
+
+
+def test_pretrained_torchvision_state_dict_replaces_the_last_layer(tmp_path):
+    src = alexnet(1000)                      # the imagenet variant: torchvision's keys and shapes
+    torch.save(src.state_dict(), tmp_path / "tv.pth")
+    dst = alexnet(5)
+    lines = checkpoint.load_pretrained(dst, tmp_path / "tv.pth")
+    assert "replaced the last layer (classifier.6: (1000, 4096) -> (5, 4096))" in "\n".join(lines)
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, src.state_dict()[k]) == (not k.startswith("classifier.6.")), k
+    with pytest.raises(checkpoint.CheckpointError, match=r"tv.pth: weights do not fit this AlexNet variant"):
+        checkpoint.load_pretrained(alexnet(5, "cifar"), tmp_path / "tv.pth")
+
+
+def test_bad_files_give_errors_that_name_them(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(checkpoint.CheckpointError, match=r"junk.pt: not a checkpoint that torch.load"):
+        run("--eval-only", "--pretrained", str(tmp_path / "junk.pt"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"missing.pt: no such file"):
+        run("--resume", str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="--eval-only needs weights"):
+        run("--eval-only")
+    r = subprocess.run([sys.executable, "-m", "pyalexnet.train", "--dataset", "cifar10", "--data-dir",
+                        str(tmp_path)], capture_output=True, text=True, cwd="/")
+    assert r.returncode != 0 and f"error: {tmp_path}/data_batch_1: no such file" in r.stderr
+
+
+def _write_pairs_task(root: Path, n: int, seed: int) -> None:
+    """Another dataset for transfer learning: generated shapes as PNG files of five classes, each
+    two of the ten shape kinds (disk or square, ring or frame, ...), at other positions and colours."""
+    from PIL import Image
+
+    x, y = synthetic.generate(n, seed=seed)
+    for i, (img, label) in enumerate(zip(x, y)):
+        d = root / f"pair{label.item() // 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i}.png")
+
+
+def test_fine_tuning_beats_training_from_scratch(tmp_path):
+    pytest.importorskip("PIL")
+    train.main(["--synthetic-size", "1600", "--epochs", "3", "--batch-size", "64", "--no-progress",
+                "--checkpoint-dir", str(tmp_path / "pre")])
+    _write_pairs_task(tmp_path / "pairs", 500, seed=77)
+    common = ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "pairs"), "--variant", "cifar",
+              "--image-size", "32", "--holdout", "200", "--epochs", "2", "--batch-size", "50",
+              "--no-progress"]
+    scratch = train.main(common)
+    tuned = train.main(common + ["--pretrained", str(tmp_path / "pre" / "last.pt")])
+    frozen = train.main(common + ["--pretrained", str(tmp_path / "pre" / "last.pt"), "--freeze-features"])
+    print("scratch", scratch["final_test_acc"], "fine-tuned", tuned["final_test_acc"], "frozen",
+          frozen["final_test_acc"])
+    assert tuned["final_test_acc"] > scratch["final_test_acc"] + 0.1
+    assert frozen["final_test_acc"] > scratch["final_test_acc"] + 0.1
+
+
+def test_freeze_features_trains_only_the_classifier(tmp_path):
+    ck = tmp_path / "a"
+    run("--epochs", "1", "--checkpoint-dir", str(ck))
+    run("--epochs", "1", "--checkpoint-dir", str(tmp_path / "b"), "--pretrained", str(ck / "last.pt"),
+        "--freeze-features")
+    a = torch.load(ck / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]) == k.startswith("features."), k
+
+
+def test_confusion_report_numbers():
+    cm = evaluate.confusion_matrix(torch.tensor([0, 1, 1, 2, 2, 2]), torch.tensor([0, 1, 2, 2, 2, 0]), 3)
+    assert cm.tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 2]]
+    m = evaluate.per_class_metrics(cm)
+    assert m["precision"].tolist() == [1.0, 0.5, 2 / 3] and m["recall"].tolist() == [0.5, 1.0, 2 / 3]
+    assert m["f1"][0].item() == pytest.approx(2 / 3)
+    report = evaluate.classification_report(cm, ["a", "b", "c"])
+    assert "accuracy" in report and "0.667" in report
+    assert "2 c   0   1   2" in evaluate.format_confusion(cm, ["a", "b", "c"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Accuracy bars (slow: `pytest -m slow`)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_default_run_is_far_above_chance_in_two_minutes():
+    s = train.main([])
+    assert s["final_test_acc"] > 0.6 and s["wall_seconds"] < 120, s
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CIFAR_DIR / "data_batch_1").exists(), reason=f"CIFAR-10 not in {CIFAR_DIR}")
+@pytest.mark.parametrize("backend", ["custom", "cudnn"])
+def test_cifar10_ten_epochs_beat_the_article(backend):
+    s = train.main(["--dataset", "cifar10", "--data-dir", str(CIFAR_DIR), "--backend", backend,
+                    "--no-progress"])
+    assert s["final_test_acc"] > 0.80, s
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),
+                    reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_reaches_90_percent():
+    s = train.main(["--dataset", "fashion-mnist", "--epochs", "3", "--no-progress"])
+    assert s["final_test_acc"] >= 0.90, s
