@@ -1,4 +1,14 @@
-"""Verify-before-time: the checks every benchmarked variant passes against its baseline first.
+"""Verify-before-time: the check every benchmarked variant passes first.
+
+The rule is the one the tests use for reduced precision (flash-attention's): against a float64
+reference computed from the same inputs, a variant's relative error, ||got - ref|| / ||ref||, is
+at most twice that of PyTorch's own eager result in the same precision, or under a floor. The
+floors cover rounding and, for gradients, the odd ReLU or pooling decision that a last-bit
+difference flips (in float32 each flip moves one element's gradient: ~1e-3 of a layer's norm).
+Comparing two low-precision results with each other instead would blame one for the other's
+error: in bfloat16, eager max_pool2d backward routes the gradient of bf16-rounded ties to the
+first of them, 5-7% away from float64 on AlexNet's layers, where our kernels (which pool the
+float32 accumulator) stay at 0.2%.
 
 A variant that fails is not timed; its row says why, and compare.py exits non-zero at the end.
 """
@@ -6,41 +16,33 @@ from __future__ import annotations
 
 import torch
 
-# Forward tolerance (rtol, atol) per dtype the benchmark runs in. float32 on a GPU is TF32 in both
-# our kernels and cuDNN (10-bit mantissa inputs), so it gets the reduced-precision tolerance.
-FORWARD_TOL = {torch.float32: (1e-3, 1e-3), torch.bfloat16: (5e-2, 5e-2), torch.float16: (1e-2, 1e-2)}
-# Gradients are compared by relative error of the whole tensor, ||a - b|| / ||b||: in the timed
-# dtype a near-tie in a pooling window, or a value near 0 at the ReLU, may legitimately send one
-# element's gradient elsewhere, which elementwise checks would call a failure.
-GRAD_TOL = {torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+# (output floor, gradient floor) of relative error, per precision the computation runs in.
+FLOORS = {"float32": (1e-5, 5e-3), "tf32": (5e-3, 1e-2), "bfloat16": (1e-2, 2e-2), "float16": (5e-3, 1e-2)}
 
 
-def reduced(dtype: torch.dtype, dev: torch.device) -> bool:
-    """Whether the computation rounds to fewer than float32's bits (bf16/f16, or TF32 on a GPU)."""
-    tf32 = dev.type == "cuda" and torch.backends.cudnn.allow_tf32
-    return dtype != torch.float32 or tf32
-
-
-def forward_tol(dtype: torch.dtype, dev: torch.device) -> dict:
-    rtol, atol = FORWARD_TOL[torch.bfloat16 if dtype == torch.float32 and reduced(dtype, dev) else dtype]
-    return dict(rtol=rtol, atol=atol)
-
-
-def grad_tol(dtype: torch.dtype, dev: torch.device) -> float:
-    return GRAD_TOL[torch.bfloat16 if dtype == torch.float32 and reduced(dtype, dev) else dtype]
+def precision(dtype: torch.dtype, dev: torch.device) -> str:
+    """The arithmetic a dtype gets: float32 on a GPU is TF32 in cuDNN and in our kernels (10-bit
+    mantissa inputs) while torch.backends.cudnn.allow_tf32 is on, PyTorch's default."""
+    if dtype == torch.float32 and dev.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return str(dtype).removeprefix("torch.")
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def assert_grads_close(got, want, tol: float, names=None) -> None:
-    for i, (a, b) in enumerate(zip(got, want)):
-        name = names[i] if names else f"gradient {i}"
-        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)}, expected {tuple(b.shape)}"
-        err = relative_error(a, b)
-        assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+def assert_as_accurate(got, base, ref, names, prec: str, outputs: int = 1) -> None:
+    """got, base, ref: matching tensors (the first `outputs` of them outputs, the rest gradients)
+    of the variant, of PyTorch's eager baseline in the same precision, and of float64."""
+    for i, (g, b, r, name) in enumerate(zip(got, base, ref, names)):
+        assert g.shape == r.shape, f"{name}: shape {tuple(g.shape)}, expected {tuple(r.shape)}"
+        eg, eb = relative_error(g, r), relative_error(b, r)
+        floor = FLOORS[prec][0 if i < outputs else 1]
+        assert eg <= max(2 * eb, floor), (
+            f"{name}: relative error {eg:.2e} against float64, PyTorch's own {eb:.2e} "
+            f"(allowed: twice that, or {floor:.0e})")
 
 
 def attempt(failures: dict, key: str, fn) -> bool:

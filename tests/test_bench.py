@@ -105,16 +105,30 @@ def test_run_each_skips_after_the_deadline_and_records_errors():
     assert all("time limit" in r["skipped"] for r in out) and "3 configurations skipped" in table.notes[-1]
 
 
-def test_gradient_check_tolerates_one_misrouted_gradient_but_not_a_wrong_one():
-    b = torch.randn(10000)
-    a = b.clone()
-    a[17] += 1.0  # a pooling near-tie sent one gradient elsewhere
-    checks.assert_grads_close([a], [b], 3e-2)
-    with pytest.raises(AssertionError, match="dw: relative error"):
-        checks.assert_grads_close([1.1 * b], [b], 3e-2, ["dw"])
+def test_accuracy_rule_is_twice_pytorchs_own_error_against_float64():
+    ref = torch.randn(10000, dtype=torch.float64)
+    base = ref + 0.01 * torch.randn_like(ref)                  # PyTorch's own: ~1e-2 off
+    checks.assert_as_accurate([ref + 0.015 * torch.randn_like(ref)], [base], [ref], ["y"], "bfloat16")
+    with pytest.raises(AssertionError, match=r"dw: relative error 5\.\d+e-02 against float64, PyTorch's own 1\.\d+e-02"):
+        checks.assert_as_accurate([ref, ref + 0.05 * torch.randn_like(ref)], [ref, base], [ref, ref],
+                                  ["y", "dw"], "bfloat16")
+    # float32: PyTorch exact here; ours within the floors (outputs 1e-5, gradients 5e-3, for ReLU flips)
+    checks.assert_as_accurate([ref * (1 + 1e-6), ref * (1 + 1e-3)], [ref, ref], [ref, ref], ["y", "dx"], "float32")
+    with pytest.raises(AssertionError, match="y: relative error"):
+        checks.assert_as_accurate([ref * (1 + 1e-4)], [ref], [ref], ["y"], "float32")
     failures = {}
-    assert not checks.attempt(failures, "x", lambda: checks.assert_grads_close([2 * b], [b], 1e-3))
-    assert failures["x"].startswith("AssertionError: gradient 0: relative error")
+    assert not checks.attempt(failures, "x", lambda: checks.assert_as_accurate([2 * ref], [ref], [ref], ["y"], "float32"))
+    assert failures["x"].startswith("AssertionError: y: relative error 1.00e+00")
+    assert checks.precision(torch.float32, torch.device("cpu")) == "float32"
+
+
+def test_bfloat16_conv_is_checked_against_float64_not_against_eager_bfloat16(tmp_path):
+    """Eager bf16 max-pool backward sends the gradient of bf16 ties to the first of them (~5% off
+    float64); ours is verified by being as accurate as that, not by matching it."""
+    out = tmp_path / "r.json"
+    assert compare.main(["--sections", "conv", *TINY, "--layers", "conv2", "--dtypes", "bfloat16",
+                         "--json", str(out)]) == 0
+    assert all(r["speedup"] for r in json.loads(out.read_text())["rows"])
 
 
 def test_speed_row_picks_the_fastest_verified_baseline():
