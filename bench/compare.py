@@ -57,11 +57,13 @@ PRESETS = {
                      rounds=3),
     },
     # CI, on two CPU cores: two layers at batch 32 (with the compile column), three loss shapes, and
-    # both networks at small batches.
+    # both networks at small batches; one thread, since with other work on the machine two threads
+    # wait on each other's preemption (the run took 150 s at two threads, 40 s at one).
     "quick": {
         "cpu": dict(variants="cifar", layers="conv1,conv3", batches="32", dtypes="float32",
                     shapes="128x10,1024x1000,4096x1000", compile_batches="32", compile_shapes="none",
-                    train_batches="cifar:32,imagenet:2", train_dtypes="float32", min_run_time=0.05, rounds=1),
+                    train_batches="cifar:32,imagenet:2", train_dtypes="float32", min_run_time=0.05, rounds=1,
+                    threads=1),
     },
     # bench/gpu_check.sh (with --time-limit): every layer of both variants, batch 128 first, the
     # compile column at batch 128 (each new shape costs Inductor seconds of compilation).
@@ -73,7 +75,7 @@ PRESETS = {
     },
 }
 PRESETS["quick"]["cuda"] = dict(PRESETS["quick"]["cpu"], batches="32,128", compile_batches="128",
-                                train_batches="cifar:128,imagenet:32")
+                                train_batches="cifar:128,imagenet:32", threads=None)
 PRESETS["gpu-check"]["cpu"] = PRESETS["quick"]["cpu"]
 
 

@@ -195,6 +195,7 @@ def test_train_section_is_skipped_without_models(monkeypatch, tmp_path):
 def test_presets_and_filters():
     args, cfg = compare.parse(["--quick", "--device", "cpu"])
     assert cfg.variants == ["cifar"] and cfg.batches == [32] and cfg.compile_for(32, torch.float32)
+    assert args.threads == 1 and compare.parse(["--quick", "--device", "cpu", "--threads", "2"])[0].threads == 2
     assert not cfg.compile_for((128, 10), torch.float32)  # quick: no compiled loss
     args, cfg = compare.parse(["--gpu-check", "--device", "cpu", "--batches", "5", "--no-compile"])
     assert cfg.batches == [5] and not cfg.compile_for(32, torch.float32)
