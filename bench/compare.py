@@ -49,10 +49,10 @@ ALL_SHAPES = ",".join(f"{n}x{c}" for n, c in softmax_cross_entropy.SHAPES)
 PRESETS = {
     "full": {
         "cpu": dict(variants="cifar,imagenet", layers="", batches="1,32,128", dtypes="float32,bfloat16",
-                    shapes=ALL_SHAPES, compile_batches="all", compile_shapes="all",
+                    shapes=ALL_SHAPES, compile_batches="all", compile_shapes="all", compile_dtypes="all",
                     train_batches="cifar:128,imagenet:16", train_dtypes="float32", min_run_time=0.2, rounds=3),
         "cuda": dict(variants="cifar,imagenet", layers="", batches="1,32,128,256", dtypes="bfloat16,float32",
-                     shapes=ALL_SHAPES, compile_batches="all", compile_shapes="all",
+                     shapes=ALL_SHAPES, compile_batches="all", compile_shapes="all", compile_dtypes="all",
                      train_batches="cifar:256,imagenet:128", train_dtypes="bfloat16,float32", min_run_time=0.05,
                      rounds=3),
     },
@@ -62,14 +62,16 @@ PRESETS = {
     "quick": {
         "cpu": dict(variants="cifar", layers="conv1,conv3", batches="32", dtypes="float32",
                     shapes="128x10,1024x1000,4096x1000", compile_batches="32", compile_shapes="none",
+                    compile_dtypes="all",
                     train_batches="cifar:32,imagenet:2", train_dtypes="float32", min_run_time=0.05, rounds=1,
                     threads=1),
     },
-    # bench/gpu_check.sh (with --time-limit): every layer of both variants, batch 128 first, the
-    # compile column at batch 128 (each new shape costs Inductor seconds of compilation).
+    # bench/gpu_check.sh (with --time-limit): every layer of both variants, bfloat16 at batch 128
+    # first, the compile column there only (each new shape costs Inductor seconds of compilation).
     "gpu-check": {
         "cuda": dict(variants="cifar,imagenet", layers="", batches="128,32,256", dtypes="bfloat16,float32",
                      shapes=ALL_SHAPES, compile_batches="128", compile_shapes="1024x1000,16384x32768",
+                     compile_dtypes="bfloat16",
                      train_batches="cifar:256,imagenet:128", train_dtypes="bfloat16,float32", min_run_time=0.02,
                      rounds=1),
     },
@@ -90,13 +92,15 @@ class Config:
     shapes: list
     compile_batches: set | None   # None: every batch
     compile_shapes: set | None
+    compile_dtypes: set | None
     train_batches: dict
     train_dtypes: list
     sets: int | None              # None: chosen per size (sets_for)
 
     def compile_for(self, size, dtype) -> bool:
+        """Whether a conv batch size (int) or a loss shape (N, C) in `dtype` gets the compile column."""
         allowed = self.compile_batches if isinstance(size, int) else self.compile_shapes
-        return allowed is None or size in allowed
+        return (allowed is None or size in allowed) and (self.compile_dtypes is None or dtype in self.compile_dtypes)
 
     def sets_for(self, nbytes: int) -> int:
         """Input sets to rotate through: one when a set alone is far larger than any cache, else
@@ -141,6 +145,7 @@ def parse(argv=None):
     ap.add_argument("--shapes", help="loss section NxC list, e.g. 128x10,4096x1000")
     ap.add_argument("--compile-batches", help="conv batches with a torch.compile column: list, all or none")
     ap.add_argument("--compile-shapes", help="loss shapes with a torch.compile column: list, all or none")
+    ap.add_argument("--compile-dtypes", help="dtypes with a torch.compile column: list, all or none")
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile column anywhere")
     ap.add_argument("--train-batches", help="train section variant:batch list, e.g. cifar:128,imagenet:16")
     ap.add_argument("--train-dtypes", help="train section dtypes (bfloat16: autocast)")
@@ -159,7 +164,7 @@ def parse(argv=None):
         if getattr(args, k, None) is None:
             setattr(args, k, v)
     if args.no_compile:
-        args.compile_batches = args.compile_shapes = "none"
+        args.compile_batches = args.compile_shapes = args.compile_dtypes = "none"
     for s in _list(args.sections):
         if s not in SECTIONS:
             ap.error(f"--sections: {s!r} is not one of {', '.join(SECTIONS)}")
@@ -168,6 +173,7 @@ def parse(argv=None):
         layers=set(_list(args.layers)), batches=_list(args.batches, int),
         dtypes=[getattr(torch, d) for d in _list(args.dtypes)], shapes=_list(args.shapes, _shape),
         compile_batches=_subset(args.compile_batches, int), compile_shapes=_subset(args.compile_shapes, _shape),
+        compile_dtypes=_subset(args.compile_dtypes, lambda d: getattr(torch, d)),
         train_batches={v: int(b) for v, b in (p.split(":") for p in _list(args.train_batches))},
         train_dtypes=[getattr(torch, d) for d in _list(args.train_dtypes)], sets=args.sets)
     return args, cfg
