@@ -128,7 +128,7 @@ def measure_limits(dev: torch.device, dtypes, timer) -> dict:
                 for lib, fn in products.items():
                     try:
                         rates[lib] = 2 * n**3 / timer.time(fn, [(a, b)], best=True) / 1e12
-                    except RuntimeError:  # a library without this dtype
+                    except (RuntimeError, AttributeError):  # a library without this dtype, or this op
                         pass
                 out["matmul_by_library"][name], out["matmul_n"][name] = rates, n
                 out["matmul_tflops"][name] = max(rates.values())
