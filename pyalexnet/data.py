@@ -164,7 +164,7 @@ def load_fashion_mnist(root=FASHION_MNIST_DIR) -> ImageData:
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, holdout: Optional[int] = None,
-                 synthetic_size: int = 5000, image_size: int = 64, seed: int = 0) -> ImageData:
+                 synthetic_size: int = 2000, image_size: int = 64, seed: int = 0) -> ImageData:
     """The named dataset (one of DATASETS). holdout: test on the last N training images
     (default: 5000 for CIFAR-10, where the test batch is held back; else the dataset's test split)."""
     if name == "synthetic":

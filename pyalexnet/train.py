@@ -53,7 +53,7 @@ class Config:
                                   "fashion-mnist: /usr/share/datasets/fashion-mnist)")
     holdout: Optional[int] = option(None, "test on the last N training images (default: 5000 for cifar10, "
                                  "whose test batch is held back; else the dataset's own test split)")
-    synthetic_size: int = option(5000, "training images generated for --dataset synthetic (plus 20%% for test)")
+    synthetic_size: int = option(2000, "training images generated for --dataset synthetic (plus 20%% for test)")
     image_size: int = option(224, "imagefolder: pixels of the square each image is resized and cropped to")
     # model
     variant: Optional[str] = option(None, "network (default: imagenet for imagefolder, else cifar)",
