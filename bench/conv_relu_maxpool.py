@@ -161,7 +161,8 @@ def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
         c = compiled_eager()
         variants["compile"] = (lambda *s: c(*s, *layer_args(layer)), ours_layout)
     sets = {"nchw": [], "nhwc": []}
-    for _ in range(cfg.sets_for((batch * layer.cin * layer.hw**2 + layer.cout * layer.cin * layer.k**2) * dtype.itemsize)):
+    set_bytes = (batch * layer.cin * layer.hw**2 + layer.cout * layer.cin * layer.k**2) * dtype.itemsize
+    for _ in range(cfg.sets_for(set_bytes)):
         x = torch.randn(batch, layer.cin, layer.hw, layer.hw, device=dev).to(dtype)
         w = (torch.randn(layer.cout, layer.cin, layer.k, layer.k, device=dev) / (layer.cin * layer.k**2) ** 0.5)
         w, b = w.to(dtype), (0.1 * torch.randn(layer.cout, device=dev)).to(dtype).requires_grad_()
@@ -174,7 +175,7 @@ def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
     gs = {"nchw": g0, "nhwc": g0.contiguous(memory_format=cl)}
 
     # -- verify every variant on the first input set: as accurate as eager NCHW, against float64 ---
-    names = ["output", "dx", "dw", "db"][:1] + ["dx", "dw", "db"][3 - len(grads_of(sets["nchw"][0])):]
+    names = ["output", *(["dx"] if input_grad else []), "dw", "db"]
     ref_in = [t.detach().double().requires_grad_(t.requires_grad) for t in sets["nchw"][0]]
     ref_y = eager(*ref_in, *layer_args(layer))
     ref = [ref_y, *torch.autograd.grad(ref_y, grads_of(ref_in), gs["nchw"].double())]
