@@ -84,6 +84,17 @@ Chunk chunk_at(const Geometry& g, const Plan& pl, int64_t c) {
   return k;
 }
 
+// Grain of the parallel loops: at least kMinTaskWork elements of work per task, so that a small chunk
+// runs on one thread instead of paying for a parallel region that ends in a barrier. (On a machine
+// with other work on it a preempted thread holds the others at each barrier for a scheduler time
+// slice; the matrix library's own regions still do: at two threads with a busy second core, a
+// small layer's forward + backward takes tens of times its one-thread time.) Which thread computes
+// what never changes a result: every task writes its own outputs.
+constexpr int64_t kMinTaskWork = int64_t(1) << 16;
+inline int64_t grain(int64_t work_per_unit) {
+  return std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(work_per_unit, 1));
+}
+
 int64_t chunks(const Geometry& g, const Plan& pl) {
   return pl.nb == 1 ? (g.N + pl.G - 1) / pl.G : g.N * pl.nb;
 }
@@ -198,7 +209,7 @@ void conv_relu_maxpool_forward_kernel_impl(const T* x, c10::IntArrayRef xs, cons
   std::vector<acc_t> cols(K * ld), conv(g.Co * ld);
   for (int64_t c = 0, nc = chunks(g, pl); c < nc; ++c) {
     const Chunk k = chunk_at(g, pl, c);
-    at::parallel_for(0, k.G * g.Ci, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, k.G * g.Ci, grain(g.kh * g.kw * k.M), [&](int64_t begin, int64_t end) {
       for (int64_t u = begin; u < end; ++u) {  // u = (image, input channel)
         const int64_t i = u / g.Ci, ci = u % g.Ci;
         im2col_rows(x + (k.n0 + i) * xs[0], xs[1], xs[2], xs[3], g, k.r0, k.R, cols.data() + i * k.M, ld,
@@ -207,7 +218,7 @@ void conv_relu_maxpool_forward_kernel_impl(const T* x, c10::IntArrayRef xs, cons
     });
     at::Tensor ct = wrap(conv.data(), g.Co, k.G * k.M, ld);
     gemm(wt, wrap(cols.data(), K, k.G * k.M, ld), ct, false);
-    at::parallel_for(0, k.G * g.Co, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, k.G * g.Co, grain(k.M), [&](int64_t begin, int64_t end) {
       for (int64_t u = begin; u < end; ++u) {  // u = (image, output channel)
         const int64_t i = u / g.Co, co = u % g.Co;
         const acc_t* v = conv.data() + co * ld + i * k.M;
@@ -261,7 +272,7 @@ void conv_relu_maxpool_backward_kernel_impl(const T* gy, c10::IntArrayRef gs, co
     // Un-pool: the conv-output gradient of the chunk, through the codes (argmax and ReLU mask). One
     // output channel per task, so db[co] has one writer.
     std::atomic<bool> any{false};
-    at::parallel_for(0, g.Co, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, g.Co, grain(k.G * k.M), [&](int64_t begin, int64_t end) {
       for (int64_t co = begin; co < end; ++co) {
         for (int64_t i = 0; i < k.G; ++i) {
           acc_t* d = dyc.data() + co * ld + i * k.M;
@@ -286,7 +297,7 @@ void conv_relu_maxpool_backward_kernel_impl(const T* gy, c10::IntArrayRef gs, co
     if (!any.load()) continue;
     const at::Tensor dyt = wrap(dyc.data(), g.Co, k.G * k.M, ld);
     if (need_w) {
-      at::parallel_for(0, k.G * g.Ci, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, k.G * g.Ci, grain(g.kh * g.kw * k.M), [&](int64_t begin, int64_t end) {
         for (int64_t u = begin; u < end; ++u) {
           const int64_t i = u / g.Ci, ci = u % g.Ci;
           im2col_rows(x + (k.n0 + i) * xs[0], xs[1], xs[2], xs[3], g, k.r0, k.R, cols.data() + i * k.M,
@@ -299,7 +310,7 @@ void conv_relu_maxpool_backward_kernel_impl(const T* gy, c10::IntArrayRef gs, co
       at::Tensor dct = wrap(cols.data(), K, k.G * k.M, ld);
       gemm(wt.t(), dyt, dct, false);
       // One (image, input channel) plane per task: each plane of dx has one writer.
-      at::parallel_for(0, k.G * g.Ci, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, k.G * g.Ci, grain(g.kh * g.kw * k.M), [&](int64_t begin, int64_t end) {
         for (int64_t u = begin; u < end; ++u) {
           const int64_t i = u / g.Ci, ci = u % g.Ci;
           col2im_rows(cols.data() + i * k.M, g, k.r0, k.R, dxa + (k.n0 + i) * img, ld, ci, ci + 1);
