@@ -31,7 +31,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+
+try:
+    from tqdm import tqdm
+except ImportError:  # a machine without it (a GPU box with no package registry): one line per epoch
+    tqdm = None
 
 import pyalexnet
 
@@ -39,6 +43,22 @@ from . import data, evaluate
 from .checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
 from .models import BACKENDS, CUDA_KERNELS_MISSING, VARIANTS, alexnet
 from .nn import SoftmaxCrossEntropyLoss
+
+
+class _NoBar:
+    """What the loop uses of a tqdm bar, for a machine without tqdm: the batches, nothing shown."""
+
+    def __init__(self, it):
+        self.it = it
+
+    def __iter__(self):
+        return iter(self.it)
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
 
 
 def option(default, help: str, **kw):
@@ -199,7 +219,8 @@ def main(argv=None, cfg: Optional[Config] = None) -> dict:
         seen = 0
         bar = tqdm(data.batches(train_x, train_y, cfg.batch_size, True, gen), total=steps_per_epoch,
                    desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True) if tqdm is not None else _NoBar(
+                       data.batches(train_x, train_y, cfg.batch_size, True, gen))
         for i, (xb, yb) in enumerate(bar):
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(state["step"], total_steps, warmup, cfg.schedule)
