@@ -33,6 +33,19 @@ REDUCED = (torch.float16, torch.bfloat16)
 TOLERANCES = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5)}
 
 
+def why_no_cuda() -> str:
+    """Why the CUDA kernels cannot be tested here, or "" when they can."""
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    if not pyalexnet.build_info()["cuda"]:
+        return "pyalexnet was built without its CUDA kernels (build_info()['cuda'] is False)"
+    return ""
+
+
+# The marks of a CUDA test module: `pytestmark = CUDA_MARKS`.
+CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(bool(why_no_cuda()), reason=why_no_cuda() or "-")]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def installed_pyalexnet_under_test():
     """Fails every test when pyalexnet was imported from the source tree instead of site-packages."""

@@ -11,22 +11,13 @@ import random
 import pytest
 import torch
 
-import pyalexnet
-from conftest import REDUCED, assert_matches
+from conftest import CUDA_MARKS, REDUCED, assert_matches
 from test_conv_relu_maxpool import (CONV_TOL, GRADCHECK_CFGS, SPECIAL, Cfg, assert_close_scaled, draw_cfg, draw_separated, eager,
                                     exact_inputs, gaussian_inputs, nonzero_ints, reference, run)
 from pyalexnet.ops import conv_relu_maxpool
 
 
-def _why_no_cuda() -> str:
-    if not torch.cuda.is_available():
-        return "no CUDA device (torch.cuda.is_available() is False)"
-    if not pyalexnet.build_info()["cuda"]:
-        return "pyalexnet was built without its CUDA kernels (build_info()['cuda'] is False)"
-    return ""
-
-
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(bool(_why_no_cuda()), reason=_why_no_cuda() or "-")]
+pytestmark = CUDA_MARKS
 
 DEV = "cuda"
 FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default

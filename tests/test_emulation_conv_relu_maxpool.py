@@ -54,17 +54,6 @@ CASES = {
 }
 
 
-def _raw(t: torch.Tensor) -> bytes:
-    t = t.contiguous()
-    if t.element_size() == 2:
-        t = t.view(torch.int16)
-    return t.numpy().tobytes()
-
-
-def _from_raw(data: bytes, dtype) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.empty(0, dtype=dtype)
-
-
 def _pack(m: torch.Tensor, rows: int, dtype) -> torch.Tensor:
     """rows x cols, columns zero-padded to a multiple of the K step (as the CUDA wrapper packs)."""
     m = m.reshape(rows, -1)
@@ -78,12 +67,12 @@ def emulate(c: Cfg, x, w, b, gy, tmp: Path, tf32: bool = False, need: str = "111
     checking that the schedules agree bit for bit."""
     dtype = x.dtype
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    (tmp / "x.bin").write_bytes(_raw(x.permute(0, 2, 3, 1)))
-    (tmp / "w.bin").write_bytes(_raw(_pack(w.permute(0, 2, 3, 1), c.Co, dtype)))
-    (tmp / "wt.bin").write_bytes(_raw(_pack(w.permute(1, 2, 3, 0), c.Ci, dtype)))
-    (tmp / "gy.bin").write_bytes(_raw(gy.permute(0, 2, 3, 1)))
+    (tmp / "x.bin").write_bytes(harness.to_bytes(x.permute(0, 2, 3, 1)))
+    (tmp / "w.bin").write_bytes(harness.to_bytes(_pack(w.permute(0, 2, 3, 1), c.Co, dtype)))
+    (tmp / "wt.bin").write_bytes(harness.to_bytes(_pack(w.permute(1, 2, 3, 0), c.Ci, dtype)))
+    (tmp / "gy.bin").write_bytes(harness.to_bytes(gy.permute(0, 2, 3, 1)))
     if b is not None:
-        (tmp / "bias.bin").write_bytes(_raw(b.to(acc)))
+        (tmp / "bias.bin").write_bytes(harness.to_bytes(b.to(acc)))
     args = ["crm", str(tmp), f"dtype={CODE[dtype]}", f"tf32={int(tf32)}", f"N={c.N}", f"Ci={c.Ci}", f"H={c.H}",
             f"W={c.W}", f"Co={c.Co}", f"kh={c.k[0]}", f"kw={c.k[1]}", f"sh={c.stride[0]}", f"sw={c.stride[1]}",
             f"ph={c.padding[0]}", f"pw={c.padding[1]}", f"pkh={c.pool_kernel[0]}", f"pkw={c.pool_kernel[1]}",
@@ -99,11 +88,11 @@ def emulate(c: Cfg, x, w, b, gy, tmp: Path, tf32: bool = False, need: str = "111
     o = outs["asc"]
     hp, wp = c.out_size()
     wcode = (wp + 7) // 8 if tuple(c.pool_kernel) == (1, 1) else wp
-    res = {"out": _from_raw(o["out"], dtype).view(c.N, hp, wp, c.Co).permute(0, 3, 1, 2),
-           "code": _from_raw(o["code"], torch.uint8).view(c.N, hp, wcode, c.Co).permute(0, 3, 1, 2)}
-    res["dx"] = _from_raw(o["dx"], dtype).view(c.N, c.H, c.W, c.Ci).permute(0, 3, 1, 2) if need[0] == "1" else None
-    res["dw"] = _from_raw(o["dw"], dtype).view(c.Co, c.Ci, *c.k) if need[1] == "1" else None
-    res["db"] = _from_raw(o["db"], dtype) if need[2] == "1" else None
+    res = {"out": harness.from_bytes(o["out"], dtype).view(c.N, hp, wp, c.Co).permute(0, 3, 1, 2),
+           "code": harness.from_bytes(o["code"], torch.uint8).view(c.N, hp, wcode, c.Co).permute(0, 3, 1, 2)}
+    res["dx"] = harness.from_bytes(o["dx"], dtype).view(c.N, c.H, c.W, c.Ci).permute(0, 3, 1, 2) if need[0] == "1" else None
+    res["dw"] = harness.from_bytes(o["dw"], dtype).view(c.Co, c.Ci, *c.k) if need[1] == "1" else None
+    res["db"] = harness.from_bytes(o["db"], dtype) if need[2] == "1" else None
     return res
 
 

@@ -51,17 +51,6 @@ def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _raw(t: torch.Tensor) -> bytes:
-    t = t.contiguous()
-    if t.element_size() == 2:
-        t = t.view(torch.int16)
-    return t.numpy().tobytes()
-
-
-def _from_raw(data: bytes, dtype) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.empty(0, dtype=dtype)
-
-
 def _inputs(c: Case):
     """Logits (an (N, C) view of a buffer whose gaps hold NaN, so a read outside the rows shows), targets
     (a strided view), weights, the incoming gradient."""
@@ -92,11 +81,11 @@ def _args(c: Case, tmp: Path, schedule: str, phase: str = "both") -> list[str]:
 
 def _write(tmp: Path, c: Case, buf, t_buf, w, g):
     acc = _acc(c.dtype)
-    (tmp / "logits.bin").write_bytes(_raw(buf))
-    (tmp / "target.bin").write_bytes(_raw(t_buf))
+    (tmp / "logits.bin").write_bytes(harness.to_bytes(buf))
+    (tmp / "target.bin").write_bytes(harness.to_bytes(t_buf))
     if w is not None:
-        (tmp / "weight.bin").write_bytes(_raw(w.to(acc)))
-    (tmp / "grad.bin").write_bytes(_raw(g.to(acc).reshape(-1)))
+        (tmp / "weight.bin").write_bytes(harness.to_bytes(w.to(acc)))
+    (tmp / "grad.bin").write_bytes(harness.to_bytes(g.to(acc).reshape(-1)))
 
 
 def emulate(c: Case, tmp: Path):
@@ -113,10 +102,10 @@ def emulate(c: Case, tmp: Path):
         assert outs["asc"][k] == outs["desc"][k], f"{k} differs between the two schedules: a race in the kernel"
     acc = _acc(c.dtype)
     o = outs["asc"]
-    loss = _from_raw(o["loss"], c.dtype)
+    loss = harness.from_bytes(o["loss"], c.dtype)
     res = dict(loss=loss if c.reduction == "none" else loss.reshape(()),
-               lse=_from_raw(o["lse"], acc).reshape(c.N, 2), wstats=_from_raw(o["wstats"], acc),
-               grad=_from_raw(o["grad"], c.dtype).reshape(c.N, c.C))
+               lse=harness.from_bytes(o["lse"], acc).reshape(c.N, 2), wstats=harness.from_bytes(o["wstats"], acc),
+               grad=harness.from_bytes(o["grad"], c.dtype).reshape(c.N, c.C))
     launches = (tmp / "asc_launches.txt").read_text().splitlines()
     return (x, t, w, g), res, launches
 
@@ -211,8 +200,8 @@ def test_all_ignored(tmp_path, reduction):
     _write(tmp_path, c, buf, t_buf, w, g)
     for s in harness.SCHEDULES:
         harness.check_ok(harness.run(_args(c, tmp_path, s)), s)
-    loss = _from_raw((tmp_path / "asc_loss.bin").read_bytes(), torch.float32)
-    grad = _from_raw((tmp_path / "asc_grad.bin").read_bytes(), torch.float32)
+    loss = harness.from_bytes((tmp_path / "asc_loss.bin").read_bytes(), torch.float32)
+    grad = harness.from_bytes((tmp_path / "asc_grad.bin").read_bytes(), torch.float32)
     assert (loss.isnan() if reduction == "mean" else loss == 0).all(), loss
     assert (grad == 0).all() and not grad.signbit().any()
 
@@ -226,8 +215,8 @@ def test_empty_batch(tmp_path, reduction):
     _write(tmp_path, c, buf, t_buf, w, g)
     r = harness.run(_args(c, tmp_path, "asc"))
     harness.check_ok(r, "empty batch")
-    loss = _from_raw((tmp_path / "asc_loss.bin").read_bytes(), torch.float32)
-    ws = _from_raw((tmp_path / "asc_wstats.bin").read_bytes(), torch.float32)
+    loss = harness.from_bytes((tmp_path / "asc_loss.bin").read_bytes(), torch.float32)
+    ws = harness.from_bytes((tmp_path / "asc_wstats.bin").read_bytes(), torch.float32)
     assert (loss.isnan() if reduction == "mean" else loss == 0).all(), loss
     assert ws[0] == 0 and ws[1] == pytest.approx(w.double().sum().item(), rel=1e-6)
     launches = (tmp_path / "asc_launches.txt").read_text().splitlines()

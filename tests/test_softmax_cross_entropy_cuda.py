@@ -12,22 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pyalexnet
-from conftest import (DTYPES, LAYOUTS, REDUCTIONS, assert_backends_agree, assert_matches,
+from conftest import (CUDA_MARKS, DTYPES, LAYOUTS, REDUCTIONS, assert_backends_agree, assert_matches,
                       check_against_reference, check_tail_rows, forward_op_samples, make_layout,
                       random_logits, random_target, random_weight, reference, torch_same_dtype)
 from pyalexnet.ops import softmax_cross_entropy
 
 
-def _why_no_cuda() -> str:
-    if not torch.cuda.is_available():
-        return "no CUDA device (torch.cuda.is_available() is False)"
-    if not pyalexnet.build_info()["cuda"]:
-        return "pyalexnet was built without its CUDA kernels (build_info()['cuda'] is False)"
-    return ""
-
-
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(bool(_why_no_cuda()), reason=_why_no_cuda() or "-")]
+pytestmark = CUDA_MARKS
 
 DEV = "cuda"
 

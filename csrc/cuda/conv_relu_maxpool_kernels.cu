@@ -52,6 +52,7 @@
 #endif
 
 #include "common/conv_relu_maxpool_index.h"
+#include "cuda/acc_convert.h"
 #include "cuda/conv_relu_maxpool_kernels.h"
 
 namespace pyalexnet {
@@ -114,16 +115,8 @@ struct Lay {
   static constexpr int kBytes = kAB > kC ? kAB : kC;
 };
 
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_acc(float v);
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <typename T> __device__ __forceinline__ T from_acc(double v) { return v; }
+using cuda_convert::from_acc;
+using cuda_convert::to_acc;
 
 __device__ __forceinline__ float fma_(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ __forceinline__ double fma_(double a, double b, double c) { return fma(a, b, c); }

@@ -22,6 +22,7 @@
 #include <cstdio>
 
 #include "common/softmax_cross_entropy_math.h"
+#include "cuda/acc_convert.h"
 #include "cuda/softmax_cross_entropy_kernels.h"
 
 namespace pyalexnet {
@@ -31,16 +32,8 @@ namespace {
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_acc(float x);
-template <> __device__ __forceinline__ float from_acc<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <typename T> __device__ __forceinline__ T from_acc(double x) { return x; }
+using cuda_convert::from_acc;
+using cuda_convert::to_acc;
 
 __device__ __forceinline__ float exp_(float x) { return __expf(x); }
 __device__ __forceinline__ double exp_(double x) { return exp(x); }

@@ -105,6 +105,21 @@ def check_ok(r: subprocess.CompletedProcess, what: str):
     assert r.returncode == 0, f"{what}: driver exited with {r.returncode}\n{r.stdout}\n{r.stderr}"
 
 
+def to_bytes(t) -> bytes:
+    """A tensor's elements as the raw bytes the driver reads (16-bit floats as their bit patterns)."""
+    import torch
+    t = t.contiguous()
+    if t.element_size() == 2:
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def from_bytes(data: bytes, dtype):
+    """The driver's raw output as a 1-D tensor of dtype."""
+    import torch
+    return torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.empty(0, dtype=dtype)
+
+
 def cuda_kernels() -> dict[str, str]:
     """{kernel name: file name} of every __global__ function in csrc/cuda/*.cu."""
     pat = re.compile(r"__global__\s+(?:void\s+)?(?:__launch_bounds__\s*\([^)]*\)\s*)?(?:void\s+)?(\w+)\s*\(")
