@@ -70,6 +70,12 @@ def test_backends_agree_forward_and_backward(variant, size, dtype):
     b = _forward_backward(model.set_backend("cudnn"), x)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
     torch.testing.assert_close(a[0], b[0], **tol)
+    if dtype != torch.float64:
+        # float32: two conv implementations differ by rounding, and where a pool window's top two
+        # values (or a value and 0 at the ReLU) are that close, each may legitimately route the
+        # gradient to another position (see test_conv_relu_maxpool.py): in a whole network a
+        # few percent of the input gradient then differs. Gradients are compared in float64.
+        return
     torch.testing.assert_close(a[1], b[1], **tol)
     for k in a[2]:
         scale = b[2][k].abs().max().item()
