@@ -188,13 +188,67 @@ MatmulFn onednn_matmul() {
   return fn;
 }
 
+// mkldnn_matmul refuses CPUs without avx512bw/vl/dq (or avx_ne_convert): its first refusal switches
+// this process to at::mm, before the call has written anything.
+std::atomic<bool> onednn_refused{false};
+
 void gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate) {
-  if (c.scalar_type() == at::kFloat && onednn_matmul()) {
-    onednn_matmul()(a, b, c, accumulate ? 1.f : 0.f, 1.f);
-  } else if (accumulate) {
+  if (c.scalar_type() == at::kFloat && onednn_matmul() && !onednn_refused.load(std::memory_order_relaxed)) {
+    try {
+      onednn_matmul()(a, b, c, accumulate ? 1.f : 0.f, 1.f);
+      return;
+    } catch (const c10::Error&) {
+      onednn_refused.store(true);
+    }
+  }
+  if (accumulate) {
     c.addmm_(a, b);
   } else {
     at::mm_out(c, a, b);
+  }
+}
+
+// The scratch matrices of the calling thread, kept from call to call (two slots per type, each
+// bounded by the Plan's ~4 MiB chunk): allocated anew per call, they came from fresh mmap'd pages
+// whose page faults took ~9% of a CIFAR training step. Contents are stale: every user writes what
+// it reads (im2col, the GEMMs with beta 0, the un-pooling's fill).
+template <typename acc_t>
+acc_t* scratch(int slot, int64_t n) {
+  thread_local std::vector<acc_t> buffers[2];
+  std::vector<acc_t>& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
+// One row of pooled outputs from the conv rows at v (row pitch Wc): max over each window of v + bias
+// by max_update's rule (first maximum in row-major order; a NaN wins), then pooled_value/pooled_code.
+// Window positions in the outer loops and outputs in the inner one, updated without branches: the
+// comparisons depend on the data, and as branches (one per position) they were mispredicted often
+// enough to make this epilogue the slowest part of a small-channel layer (CIFAR conv1: 3 of 4 parts
+// of its forward time). Same results as max_update window by window, position by position.
+template <typename T, typename acc_t>
+void pool_row(const acc_t* v, const Geometry& g, acc_t bias, T* out, uint8_t* code) {
+  constexpr int64_t kBlock = 64;
+  acc_t m[kBlock];
+  int32_t at[kBlock];
+  for (int64_t q0 = 0; q0 < g.Wp; q0 += kBlock) {
+    const int64_t nq = std::min(kBlock, g.Wp - q0);
+    for (int64_t q = 0; q < nq; ++q) m[q] = -std::numeric_limits<acc_t>::infinity(), at[q] = 0;
+    for (int64_t dy = 0; dy < g.pkh; ++dy)
+      for (int64_t dx = 0; dx < g.pkw; ++dx) {
+        const acc_t* src = v + dy * g.Wc + window_start(q0, g.psw) + dx;
+        const int32_t pos = static_cast<int32_t>(dy * g.pkw + dx);
+        for (int64_t q = 0; q < nq; ++q) {
+          const acc_t x = src[q * g.psw] + bias;
+          const bool take = (x > m[q]) | (x != x);
+          m[q] = take ? x : m[q];
+          at[q] = take ? pos : at[q];
+        }
+      }
+    for (int64_t q = 0; q < nq; ++q) {
+      out[q0 + q] = static_cast<T>(pooled_value(m[q]));
+      code[q0 + q] = pooled_code(m[q], at[q]);
+    }
   }
 }
 
@@ -206,22 +260,23 @@ void conv_relu_maxpool_forward_kernel_impl(const T* x, c10::IntArrayRef xs, cons
   const Plan pl = make_plan(g, sizeof(acc_t));
   const int64_t K = g.K(), ld = pl.ld();
   const at::Tensor wt = wrap(const_cast<acc_t*>(w), g.Co, K, K);
-  std::vector<acc_t> cols(K * ld), conv(g.Co * ld);
+  acc_t* const cols_p = scratch<acc_t>(0, K * ld);
+  acc_t* const conv_p = scratch<acc_t>(1, g.Co * ld);
   for (int64_t c = 0, nc = chunks(g, pl); c < nc; ++c) {
     const Chunk k = chunk_at(g, pl, c);
     at::parallel_for(0, k.G * g.Ci, grain(g.kh * g.kw * k.M), [&](int64_t begin, int64_t end) {
       for (int64_t u = begin; u < end; ++u) {  // u = (image, input channel)
         const int64_t i = u / g.Ci, ci = u % g.Ci;
-        im2col_rows(x + (k.n0 + i) * xs[0], xs[1], xs[2], xs[3], g, k.r0, k.R, cols.data() + i * k.M, ld,
+        im2col_rows(x + (k.n0 + i) * xs[0], xs[1], xs[2], xs[3], g, k.r0, k.R, cols_p + i * k.M, ld,
                     ci, ci + 1);
       }
     });
-    at::Tensor ct = wrap(conv.data(), g.Co, k.G * k.M, ld);
-    gemm(wt, wrap(cols.data(), K, k.G * k.M, ld), ct, false);
+    at::Tensor ct = wrap(conv_p, g.Co, k.G * k.M, ld);
+    gemm(wt, wrap(cols_p, K, k.G * k.M, ld), ct, false);
     at::parallel_for(0, k.G * g.Co, grain(k.M), [&](int64_t begin, int64_t end) {
       for (int64_t u = begin; u < end; ++u) {  // u = (image, output channel)
         const int64_t i = u / g.Co, co = u % g.Co;
-        const acc_t* v = conv.data() + co * ld + i * k.M;
+        const acc_t* v = conv_p + co * ld + i * k.M;
         const acc_t bias = b ? b[co] : acc_t(0);
         const int64_t o = (((k.n0 + i) * g.Co + co) * g.Hp + k.p0) * g.Wp;
         if (is_bitmask(g.pkh, g.pkw)) {  // no pooling window: bias + ReLU, and the ReLU mask's bits
@@ -240,16 +295,8 @@ void conv_relu_maxpool_forward_kernel_impl(const T* x, c10::IntArrayRef xs, cons
           continue;
         }
         for (int64_t p = 0; p < k.np; ++p)
-          for (int64_t q = 0; q < g.Wp; ++q) {
-            const acc_t* win = v + (window_start(k.p0 + p, g.psh) - k.r0) * g.Wc + window_start(q, g.psw);
-            acc_t m = -std::numeric_limits<acc_t>::infinity();
-            int64_t at = 0;
-            for (int64_t dy = 0; dy < g.pkh; ++dy)
-              for (int64_t dx = 0; dx < g.pkw; ++dx)
-                max_update<acc_t>(win[dy * g.Wc + dx] + bias, dy * g.pkw + dx, m, at);
-            out[o + p * g.Wp + q] = static_cast<T>(pooled_value(m));
-            code[o + p * g.Wp + q] = pooled_code(m, at);
-          }
+          pool_row(v + (window_start(k.p0 + p, g.psh) - k.r0) * g.Wc, g, bias, out + o + p * g.Wp,
+                   code + o + p * g.Wp);
       }
     });
   }
@@ -266,7 +313,8 @@ void conv_relu_maxpool_backward_kernel_impl(const T* gy, c10::IntArrayRef gs, co
   const int64_t K = g.K(), ld = pl.ld(), img = g.Ci * g.H * g.W;
   const at::Tensor wt = wrap(const_cast<acc_t*>(w), g.Co, K, K);
   at::Tensor dwt = need_w ? wrap(dw, g.Co, K, K) : at::Tensor();
-  std::vector<acc_t> cols(K * ld), dyc(g.Co * ld);
+  acc_t* const cols_p = scratch<acc_t>(0, K * ld);
+  acc_t* const dyc_p = scratch<acc_t>(1, g.Co * ld);
   for (int64_t c = 0, nc = chunks(g, pl); c < nc; ++c) {
     const Chunk k = chunk_at(g, pl, c);
     // Un-pool: the conv-output gradient of the chunk, through the codes (argmax and ReLU mask). One
@@ -275,7 +323,7 @@ void conv_relu_maxpool_backward_kernel_impl(const T* gy, c10::IntArrayRef gs, co
     at::parallel_for(0, g.Co, grain(k.G * k.M), [&](int64_t begin, int64_t end) {
       for (int64_t co = begin; co < end; ++co) {
         for (int64_t i = 0; i < k.G; ++i) {
-          acc_t* d = dyc.data() + co * ld + i * k.M;
+          acc_t* d = dyc_p + co * ld + i * k.M;
           std::fill(d, d + k.M, acc_t(0));
           const uint8_t* crows = code + (((k.n0 + i) * g.Co + co) * g.Hp + k.p0) * g.Wcode();
           const T* gyc = gy + (k.n0 + i) * gs[0] + co * gs[1] + k.p0 * gs[2];
@@ -295,25 +343,25 @@ void conv_relu_maxpool_backward_kernel_impl(const T* gy, c10::IntArrayRef gs, co
       }
     });
     if (!any.load()) continue;
-    const at::Tensor dyt = wrap(dyc.data(), g.Co, k.G * k.M, ld);
+    const at::Tensor dyt = wrap(dyc_p, g.Co, k.G * k.M, ld);
     if (need_w) {
       at::parallel_for(0, k.G * g.Ci, grain(g.kh * g.kw * k.M), [&](int64_t begin, int64_t end) {
         for (int64_t u = begin; u < end; ++u) {
           const int64_t i = u / g.Ci, ci = u % g.Ci;
-          im2col_rows(x + (k.n0 + i) * xs[0], xs[1], xs[2], xs[3], g, k.r0, k.R, cols.data() + i * k.M,
+          im2col_rows(x + (k.n0 + i) * xs[0], xs[1], xs[2], xs[3], g, k.r0, k.R, cols_p + i * k.M,
                       ld, ci, ci + 1);
         }
       });
-      gemm(dyt, wrap(cols.data(), K, k.G * k.M, ld).t(), dwt, true);
+      gemm(dyt, wrap(cols_p, K, k.G * k.M, ld).t(), dwt, true);
     }
     if (need_x) {
-      at::Tensor dct = wrap(cols.data(), K, k.G * k.M, ld);
+      at::Tensor dct = wrap(cols_p, K, k.G * k.M, ld);
       gemm(wt.t(), dyt, dct, false);
       // One (image, input channel) plane per task: each plane of dx has one writer.
       at::parallel_for(0, k.G * g.Ci, grain(g.kh * g.kw * k.M), [&](int64_t begin, int64_t end) {
         for (int64_t u = begin; u < end; ++u) {
           const int64_t i = u / g.Ci, ci = u % g.Ci;
-          col2im_rows(cols.data() + i * k.M, g, k.r0, k.R, dxa + (k.n0 + i) * img, ld, ci, ci + 1);
+          col2im_rows(cols_p + i * k.M, g, k.r0, k.R, dxa + (k.n0 + i) * img, ld, ci, ci + 1);
         }
       });
     }
