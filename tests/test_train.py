@@ -49,20 +49,21 @@ def test_short_run_prints_report_and_summary_and_writes_log_plots_checkpoints(tm
     assert rows[0].startswith("epoch,train_loss,train_acc,test_loss,test_acc") and len(rows) == 3
     for png in ("c.png", "c-confusion.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in ck.iterdir()) == ["best.pt", "last.pt"]  # no temporary files left
-    last = torch.load(ck / "last.pt", weights_only=True)
+    # no temporary files left
+    assert sorted(p.name for p in ck.iterdir()) == ["best.pt", "ckpt-e0001-s000000004.pt", "ckpt-e0002-s000000008.pt"]
+    last = torch.load(ck / "ckpt-e0002-s000000008.pt", weights_only=True)
     assert last["epoch"] == 2 and len(last["history"]) == 2 and last["classes"] == list(synthetic.CLASSES)
 
     # resume the latest checkpoint for one more epoch: the first two epochs are kept, not redone
     s3 = run("--epochs", "3", "--checkpoint-dir", str(ck), "--resume", "latest",
              "--log", str(tmp_path / "m.jsonl"))
     assert s3["epochs"] == 3
-    resumed = torch.load(ck / "last.pt", weights_only=True)
+    resumed = torch.load(checkpoint.list_checkpoints(ck)[0], weights_only=True)
     assert resumed["history"][:2] == last["history"] and resumed["step"] == 3 * 4
     assert [json.loads(l)["epoch"] for l in (tmp_path / "m.jsonl").read_text().splitlines()] == [3]
 
     # eval-only from that checkpoint: the same accuracy as the end of training
-    ev = run("--eval-only", "--resume", str(ck / "last.pt"))
+    ev = run("--eval-only", "--resume", str(ck))
     assert ev["epochs"] == 3 and ev["final_test_acc"] == s3["final_test_acc"]
 
 
@@ -113,13 +114,35 @@ def test_bad_files_give_errors_that_name_them(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(checkpoint.CheckpointError, match=r"junk.pt: not a checkpoint that torch.load"):
         run("--eval-only", "--pretrained", str(tmp_path / "junk.pt"))
-    with pytest.raises(checkpoint.CheckpointError, match=r"missing.pt: no such file"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"missing.pt: no such checkpoint file or folder"):
         run("--resume", str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="--eval-only needs weights"):
         run("--eval-only")
     r = subprocess.run([sys.executable, "-m", "pyalexnet.train", "--dataset", "cifar10", "--data-dir",
                         str(tmp_path)], capture_output=True, text=True, cwd="/")
     assert r.returncode != 0 and f"error: {tmp_path}/data_batch_1: no such file" in r.stderr
+
+
+class _Payload:
+    """An object whose unpickling runs code (touches a file): what a crafted checkpoint carries."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoint_carrying_arbitrary_objects_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    for name in ("ckpt-e0001-s000000004.pt", "evil.pth"):
+        torch.save({"model": alexnet(10, "cifar").state_dict(), "extra": _Payload(marker)}, tmp_path / name)
+    for args in (["--resume", str(tmp_path / "ckpt-e0001-s000000004.pt")], ["--pretrained", str(tmp_path / "evil.pth")]):
+        with pytest.raises(checkpoint.CheckpointError, match=r"not a checkpoint that torch.load\(weights_only=True\)"):
+            run("--epochs", "1", *args)
+    with pytest.raises(checkpoint.CheckpointError, match=r"no readable checkpoint in it"):
+        run("--epochs", "1", "--resume", str(tmp_path))  # the folder: its one checkpoint refused
+    assert not marker.exists()
 
 
 def _write_pairs_task(root: Path, n: int, seed: int) -> None:
@@ -143,8 +166,8 @@ def test_fine_tuning_beats_training_from_scratch(tmp_path):
               "--image-size", "32", "--holdout", "200", "--epochs", "2", "--batch-size", "50",
               "--no-progress"]
     scratch = train.main(common)
-    tuned = train.main(common + ["--pretrained", str(tmp_path / "pre" / "last.pt")])
-    frozen = train.main(common + ["--pretrained", str(tmp_path / "pre" / "last.pt"), "--freeze-features"])
+    tuned = train.main(common + ["--pretrained", str(tmp_path / "pre")])
+    frozen = train.main(common + ["--pretrained", str(tmp_path / "pre"), "--freeze-features"])
     print("scratch", scratch["final_test_acc"], "fine-tuned", tuned["final_test_acc"], "frozen",
           frozen["final_test_acc"])
     assert tuned["final_test_acc"] > scratch["final_test_acc"] + 0.1
@@ -154,10 +177,9 @@ def test_fine_tuning_beats_training_from_scratch(tmp_path):
 def test_freeze_features_trains_only_the_classifier(tmp_path):
     ck = tmp_path / "a"
     run("--epochs", "1", "--checkpoint-dir", str(ck))
-    run("--epochs", "1", "--checkpoint-dir", str(tmp_path / "b"), "--pretrained", str(ck / "last.pt"),
-        "--freeze-features")
-    a = torch.load(ck / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    run("--epochs", "1", "--checkpoint-dir", str(tmp_path / "b"), "--pretrained", str(ck), "--freeze-features")
+    a = torch.load(checkpoint.list_checkpoints(ck)[0], weights_only=True)["model"]
+    b = torch.load(checkpoint.list_checkpoints(tmp_path / "b")[0], weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]) == k.startswith("features."), k
 

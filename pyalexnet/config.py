@@ -1,0 +1,129 @@
+"""The trainer's configuration: one dataclass whose fields are the command-line flags (each with its
+help text), the parser that builds it, and the checks that refuse nonsense before any work starts."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import data
+from .models import BACKENDS, VARIANTS
+
+__all__ = ["Config", "ConfigError", "parse_args", "check_config", "SAME_RUN"]
+
+
+def option(default, help: str, **kw):
+    return field(default=default, metadata=dict(help=help, **kw))
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = option("synthetic", "dataset", choices=data.DATASETS)
+    data_dir: Optional[str] = option(None, "dataset folder (cifar10: ../shared/datasets/cifar10; "
+                                  "fashion-mnist: /usr/share/datasets/fashion-mnist)")
+    holdout: Optional[int] = option(None, "test on the last N training images (default: 5000 for cifar10, "
+                                 "whose test batch is held back; else the dataset's own test split)")
+    synthetic_size: int = option(2000, "training images generated for --dataset synthetic (plus 20%% for test)")
+    image_size: int = option(224, "imagefolder: pixels of the square each image is resized and cropped to")
+    bad_images: str = option("error", "imagefolder: a truncated, corrupt or oversized image stops the run "
+                          "(error) or is reported and left out (skip)", choices=("error", "skip"))
+    # model
+    variant: Optional[str] = option(None, "network (default: imagenet for imagefolder, else cifar)",
+                                 choices=VARIANTS)
+    backend: str = option("custom", "conv layers and loss: our kernels (custom) or PyTorch's (cudnn)",
+                       choices=BACKENDS)
+    dropout: float = option(0.5, "dropout probability in the classifier")
+    pretrained: Optional[str] = option(None, "start from this checkpoint or torchvision AlexNet state_dict; "
+                                    "the last layer is replaced when the class count differs")
+    freeze_features: bool = option(False, "train only the classifier (with --pretrained)")
+    # optimisation
+    epochs: int = option(10, "passes over the training set")
+    batch_size: int = option(256, "images per step")
+    optimizer: str = option("sgd", "SGD with Nesterov momentum, or AdamW", choices=("sgd", "adamw"))
+    lr: float = option(0.05, "peak learning rate (for AdamW try 1e-3)")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(True, "Nesterov momentum for SGD (--no-nesterov: plain)")
+    weight_decay: float = option(5e-4, "L2 weight decay of conv and linear weights (not biases)")
+    schedule: str = option("onecycle", "learning rate after warm-up: linear to 0 (onecycle), cosine to 0, "
+                        "or constant", choices=("onecycle", "cosine", "constant"))
+    warmup_epochs: float = option(1.0, "epochs of linear warm-up from 0 to --lr")
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy, in [0, 1]")
+    # execution
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda if available)")
+    threads: Optional[int] = option(None, "CPU threads of torch (default: torch's, one per core)")
+    bf16: Optional[bool] = option(None, "bfloat16 autocast (default: on where the hardware computes bfloat16 "
+                                  "natively: a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX)")
+    channels_last: bool = option(False, "channels-last memory format for activations and weights")
+    compile: bool = option(False, "torch.compile the model")
+    seed: int = option(0, "seed of weights, shuffling and augmentation")
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms(True)")
+    progress: bool = option(True, "a tqdm progress bar per epoch (--no-progress: one line per epoch)")
+    # evaluation and checkpoints
+    eval_only: bool = option(False, "only evaluate (weights from --resume or --pretrained)")
+    checkpoint_dir: Optional[str] = option(None, "write checkpoints here: every epoch (and every "
+                                        "--checkpoint-every steps) ckpt-e<epoch>-s<step>.pt, the last "
+                                        "--keep-checkpoints kept, and best.pt. A signal's checkpoint goes "
+                                        "to ./checkpoints without it")
+    checkpoint_every: int = option(0, "also checkpoint every N optimiser steps (0: at epoch ends only)")
+    keep_checkpoints: int = option(3, "rotating checkpoints kept (best.pt besides)")
+    resume: Optional[str] = option(None, "continue exactly where a run stopped: a checkpoint file, a folder "
+                                "(its newest readable checkpoint), or 'latest' (in --checkpoint-dir)")
+    log: Optional[str] = option(None, "per-epoch metrics log: .csv, or JSON lines otherwise")
+    step_log: Optional[str] = option(None, "per-step log (JSON lines: step, epoch, batch, loss, lr)")
+    plot: Optional[str] = option(None, "PNG of loss / accuracy curves; the confusion matrix goes beside it")
+
+
+def parse_args(argv=None, description: str = "") -> Config:
+    p = argparse.ArgumentParser(prog="python -m pyalexnet.train", description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag, meta = "--" + f.name.replace("_", "-"), dict(f.metadata)
+        if f.type in (bool, "bool", "Optional[bool]"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"])
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+        p.add_argument(flag, type=kind, default=f.default, **meta)
+    return Config(**vars(p.parse_args(argv)))
+
+
+class ConfigError(ValueError):
+    """A command-line value that makes no sense; the message says which and what is accepted."""
+
+
+def check_config(cfg: Config) -> None:
+    """Refuses nonsense before any work starts, naming the flag and what it accepts."""
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    need(cfg.epochs >= 0, f"--epochs {cfg.epochs}: expected 0 (evaluate only) or more")
+    need(cfg.batch_size >= 1, f"--batch-size {cfg.batch_size}: expected a positive number of images per step")
+    need(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr}: expected a positive learning rate")
+    need(0 <= cfg.momentum < 1, f"--momentum {cfg.momentum}: expected a value in [0, 1)")
+    need(cfg.weight_decay >= 0, f"--weight-decay {cfg.weight_decay}: expected 0 or more")
+    need(0 <= cfg.label_smoothing <= 1, f"--label-smoothing {cfg.label_smoothing}: expected a value in [0, 1]")
+    need(0 <= cfg.dropout < 1, f"--dropout {cfg.dropout}: expected a probability in [0, 1)")
+    need(cfg.warmup_epochs >= 0, f"--warmup-epochs {cfg.warmup_epochs}: expected 0 or more")
+    need(cfg.threads is None or cfg.threads >= 1, f"--threads {cfg.threads}: expected 1 or more")
+    need(cfg.synthetic_size >= 10, f"--synthetic-size {cfg.synthetic_size}: expected at least 10 images")
+    need(cfg.holdout is None or cfg.holdout >= 0, f"--holdout {cfg.holdout}: expected 0 or more images")
+    need(cfg.image_size >= 32, f"--image-size {cfg.image_size}: expected at least 32 pixels")
+    need(cfg.checkpoint_every >= 0, f"--checkpoint-every {cfg.checkpoint_every}: expected 0 (epochs only) "
+                                    "or a number of steps")
+    need(cfg.keep_checkpoints >= 1, f"--keep-checkpoints {cfg.keep_checkpoints}: expected 1 or more")
+    need(not cfg.eval_only or bool(cfg.resume or cfg.pretrained),
+         "--eval-only needs weights: --resume PATH|latest or --pretrained PATH")
+    need(not cfg.freeze_features or bool(cfg.pretrained or cfg.resume),
+         "--freeze-features needs --pretrained PATH (frozen random features would learn nothing)")
+    if cfg.variant == "imagenet" and cfg.dataset != "imagefolder":
+        need(False, f"--variant imagenet takes 224x224 images; --dataset {cfg.dataset} has 32x32 ones "
+                    "(use --variant cifar)")
+
+
+# Config fields that must match a checkpoint's for the resumed run to be the one that stopped.
+SAME_RUN = ("dataset", "data_dir", "holdout", "synthetic_size", "image_size", "variant", "backend", "dropout",
+             "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+             "warmup_epochs", "label_smoothing", "bf16", "channels_last", "seed")
