@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -28,10 +30,11 @@ from torch import Tensor
 
 from . import synthetic
 
-__all__ = ["ImageData", "DataError", "DATASETS", "load_dataset", "batches", "augment", "normalize",
-           "load_cifar10", "load_fashion_mnist", "RestrictedUnpickler"]
+__all__ = ["ImageData", "DataError", "DATASETS", "BAD_IMAGES", "load_dataset", "batches", "augment",
+           "normalize", "load_cifar10", "load_fashion_mnist", "RestrictedUnpickler"]
 
 DATASETS = ("synthetic", "cifar10", "fashion-mnist", "imagefolder")
+BAD_IMAGES = ("error", "skip")  # what an unreadable image of an imagefolder tree does (bad_images=)
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                          "sneaker", "bag", "ankle boot")
@@ -54,6 +57,7 @@ class ImageData:
     crop_padding: int = 4     # pixels of zero padding before the random crop (0: no crop)
     flip: bool = True         # random horizontal flips
     test_name: str = "test"   # what the test split is ("validation: last 5000 training images", ...)
+    skipped: tuple = ()       # (path, reason) of each bad image left out (imagefolder, bad_images="skip")
 
     @property
     def mean_std(self) -> tuple[Tensor, Tensor]:
@@ -81,17 +85,41 @@ class RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_pickle(path: Path) -> dict:
+def _describe(v) -> str:
+    """A short description of an unpickled value, for messages."""
+    if v is None:
+        return "none"
+    if isinstance(v, np.ndarray):
+        return f"a {v.dtype} array of shape {v.shape}"
+    if isinstance(v, (list, tuple)):
+        return f"a {type(v).__name__} of {len(v)}" + (f" starting with {v[0]!r:.40}" if len(v) else "")
+    return f"{type(v).__name__} {v!r:.40}"
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    """The bytes of path, or a DataError that says what is wrong with it and what was expected."""
     try:
-        with open(path, "rb") as f:
-            d = RestrictedUnpickler(f, encoding="bytes").load()
+        return path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file (expected a CIFAR-10 python-format batch)") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: no such file (expected {what})") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder (expected {what})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e}; expected {what})") from None
+
+
+def _read_pickle(path: Path) -> dict:
+    raw = _read_bytes(path, "a CIFAR-10 python-format batch")
+    try:
+        # From memory (a CIFAR-10 batch is 30 MB): the unpickler then never reads past the bytes there.
+        d = RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
         raise DataError(f"{path}: not a CIFAR-10 python-format pickle ({e})") from None
+    except Exception as e:  # noqa: BLE001 -- untrusted bytes: any failure of the unpickler means a bad file
+        raise DataError(f"{path}: not a CIFAR-10 python-format pickle ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict):
         raise DataError(f"{path}: expected a pickled dict, got {type(d).__name__}")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    return {k.decode(errors="replace") if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
 def _cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
@@ -100,25 +128,54 @@ def _cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{path}: expected 'data' as uint8 N x 3072 (R, G, B planes of 32x32), got {got}")
-    if labels is None or len(labels) != len(data):
-        raise DataError(f"{path}: expected 'labels', one per image ({len(data)}), got "
-                        f"{'none' if labels is None else len(labels)}")
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    y = None
+    if isinstance(labels, (list, tuple, np.ndarray)):
+        try:
+            y = np.asarray(labels)
+        except (ValueError, TypeError):  # ragged nesting
+            y = None
+    if y is None or y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
+        raise DataError(f"{path}: expected 'labels' as a list of {len(data)} ints in 0..9, got "
+                        f"{_describe(labels)}")
+    if len(y) != len(data):
+        raise DataError(f"{path}: expected 'labels', one per image ({len(data)}), got {len(y)}")
+    y = torch.as_tensor(y.astype(np.int64))
     if len(y) and (y.min() < 0 or y.max() > 9):
         raise DataError(f"{path}: labels must lie in 0..9, got {y.min().item()}..{y.max().item()}")
     return torch.from_numpy(data.copy()).view(-1, 3, 32, 32), y
+
+
+def _check_folder(root: Path, what: str) -> None:
+    if not root.exists():
+        raise DataError(f"{root}: no such folder (expected {what})")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (expected {what})")
+
+
+def _check_holdout(holdout) -> None:
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, np.integer)) or holdout < 0:
+        raise ValueError(f"holdout must be an int >= 0 (0: the dataset's own test split), got {holdout!r}")
+
+
+CIFAR10_LAYOUT = "CIFAR-10's python version: data_batch_1 .. data_batch_5, test_batch, batches.meta"
 
 
 def load_cifar10(root, holdout: int = 5000) -> ImageData:
     """CIFAR-10 from ``root``. holdout > 0: train on data_batch_1..5 less their last ``holdout``
     images, test on those; holdout == 0: train on all five, test on ``test_batch``."""
     root = Path(root)
+    _check_holdout(holdout)
+    _check_folder(root, f"the folder of {CIFAR10_LAYOUT}")
+    inner = root / "cifar-10-batches-py"
+    if not (root / "data_batch_1").exists() and (inner / "data_batch_1").exists():
+        raise DataError(f"{root}: no data_batch_1 here, but in {inner}: use that folder")
     parts = [_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
     x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     meta = _read_pickle(root / "batches.meta")
-    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", []))
-    if len(names) != 10:
-        raise DataError(f"{root / 'batches.meta'}: expected 10 'label_names', got {len(names)}")
+    raw_names = meta.get("label_names")
+    if not isinstance(raw_names, (list, tuple)) or len(raw_names) != 10:
+        raise DataError(f"{root / 'batches.meta'}: expected 10 'label_names', got {_describe(raw_names)}")
+    names = tuple(n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in raw_names)
     if holdout > 0:
         if holdout >= len(x):
             raise DataError(f"holdout {holdout} leaves no CIFAR-10 training images (there are {len(x)})")
@@ -128,34 +185,54 @@ def load_cifar10(root, holdout: int = 5000) -> ImageData:
     return ImageData("cifar10", x, y, tx, ty, names, test_name="test_batch")
 
 
+# Fashion-MNIST's largest file is 47 MB uncompressed: reading stops past this (a gzip bomb of a few
+# KiB can inflate to gigabytes).
+IDX_MAX_BYTES = 256 << 20
+
+
 def _read_idx(path: Path, ndim: int) -> Tensor:
     """An idx file (gzip'd): big-endian magic 0x00 0x00 0x08 ndim, ndim int32 sizes, uint8 data."""
+    what = "a gzip'd idx file of Fashion-MNIST"
+    packed = _read_bytes(path, what)
     try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file (expected a gzip'd idx file of Fashion-MNIST)") from None
-    except (OSError, EOFError) as e:
+        with gzip.GzipFile(fileobj=io.BytesIO(packed)) as f:
+            raw = f.read(IDX_MAX_BYTES + 1)
+    except EOFError as e:
+        raise DataError(f"{path}: a truncated gzip file ({e})") from None
+    except (OSError, ValueError, zlib.error) as e:  # gzip.BadGzipFile, bad CRC, corrupt stream, ...
         raise DataError(f"{path}: not a gzip file ({e})") from None
+    if len(raw) > IDX_MAX_BYTES:
+        raise DataError(f"{path}: inflates to more than {IDX_MAX_BYTES:,} bytes, larger than any "
+                        f"Fashion-MNIST file (expected {what})")
     if len(raw) < 4 + 4 * ndim or raw[:4] != bytes([0, 0, 8, ndim]):
         raise DataError(f"{path}: expected an idx file of uint8 with {ndim} dimensions "
                         f"(magic 00 00 08 {ndim:02x}), got header {raw[:4].hex(' ')}")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     body = raw[4 + 4 * ndim:]
-    if len(body) != int(np.prod(dims)):
-        raise DataError(f"{path}: header says {dims} = {int(np.prod(dims))} bytes, file has {len(body)}")
-    return torch.frombuffer(bytearray(body), dtype=torch.uint8).view(*dims)
+    size = math.prod(dims)  # Python ints: np.prod of uint32s could wrap around to match
+    if len(body) != size:
+        raise DataError(f"{path}: header says {dims} = {size} bytes, file has {len(body)}")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).view(*dims) if size else \
+        torch.zeros(dims, dtype=torch.uint8)
 
 
 def load_fashion_mnist(root=FASHION_MNIST_DIR) -> ImageData:
     """Fashion-MNIST's 60,000 training and 10,000 test images, zero-padded to 1 x 32 x 32."""
     root = Path(root)
+    _check_folder(root, "the four idx .gz files of Fashion-MNIST, train-images-idx3-ubyte.gz ..." +
+                  ("; apt-get install dataset-fashion-mnist" if root == Path(FASHION_MNIST_DIR) else ""))
 
     def split(prefix: str) -> tuple[Tensor, Tensor]:
-        x = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz", 3)
-        y = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz", 1).long()
+        images, labels = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+        x = _read_idx(images, 3)
+        if x.shape[1:] != (28, 28):
+            raise DataError(f"{images}: expected 28x28 images (Fashion-MNIST), got "
+                            f"{x.shape[1]}x{x.shape[2]}")
+        y = _read_idx(labels, 1).long()
         if len(x) != len(y):
             raise DataError(f"{root}/{prefix}-*: {len(x)} images but {len(y)} labels")
+        if len(y) and y.max() > 9:
+            raise DataError(f"{labels}: labels must lie in 0..9, got {y.min().item()}..{y.max().item()}")
         return torch.nn.functional.pad(x.unsqueeze(1), (2, 2, 2, 2)), y
 
     (x, y), (tx, ty) = split("train"), split("t10k")
@@ -164,10 +241,22 @@ def load_fashion_mnist(root=FASHION_MNIST_DIR) -> ImageData:
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, holdout: Optional[int] = None,
-                 synthetic_size: int = 2000, image_size: int = 64, seed: int = 0) -> ImageData:
+                 synthetic_size: int = 2000, image_size: int = 64, seed: int = 0, *,
+                 bad_images: str = "error", max_pixels: Optional[int] = None) -> ImageData:
     """The named dataset (one of DATASETS). holdout: test on the last N training images
-    (default: 5000 for CIFAR-10, where the test batch is held back; else the dataset's test split)."""
+    (default: 5000 for CIFAR-10, where the test batch is held back; else the dataset's test split).
+    imagefolder only: bad_images ("error" or "skip") and max_pixels (None: imagefolder.MAX_PIXELS),
+    see :func:`pyalexnet.imagefolder.load_imagefolder`."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    if bad_images not in BAD_IMAGES:
+        raise ValueError(f"bad_images must be one of {BAD_IMAGES}, got {bad_images!r}")
+    if holdout is not None:
+        _check_holdout(holdout)
     if name == "synthetic":
+        if (isinstance(synthetic_size, bool) or not isinstance(synthetic_size, (int, np.integer))
+                or synthetic_size < 1):
+            raise ValueError(f"synthetic_size must be an int >= 1, got {synthetic_size!r}")
         n_test = max(synthetic_size // 5, 10)
         x, y = synthetic.generate(synthetic_size + n_test, seed=1000 + seed)
         return ImageData("synthetic", x[:-n_test], y[:-n_test], x[-n_test:], y[-n_test:],
@@ -176,12 +265,11 @@ def load_dataset(name: str, data_dir: Optional[str] = None, holdout: Optional[in
         return load_cifar10(data_dir or "../shared/datasets/cifar10", 5000 if holdout is None else holdout)
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
-    if name == "imagefolder":
-        if not data_dir:
-            raise DataError("--dataset imagefolder needs --data-dir (a folder of class folders)")
-        from .imagefolder import load_imagefolder
-        return load_imagefolder(data_dir, image_size, holdout or 0)
-    raise DataError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    if not data_dir:
+        raise DataError("--dataset imagefolder needs --data-dir (a folder of class folders)")
+    from .imagefolder import MAX_PIXELS, load_imagefolder
+    return load_imagefolder(data_dir, image_size, holdout or 0, bad_images=bad_images,
+                            max_pixels=MAX_PIXELS if max_pixels is None else max_pixels)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ import pyalexnet
 from . import ops
 from .nn import ConvReLUMaxPool2d
 
-__all__ = ["AlexNet", "ConvBlock", "alexnet", "BACKENDS", "VARIANTS", "CUDA_KERNELS_MISSING"]
+__all__ = ["AlexNet", "ConvBlock", "alexnet", "BACKENDS", "VARIANTS", "MIN_INPUT_SIZE",
+           "CUDA_KERNELS_MISSING"]
 
 BACKENDS = ("custom", "cudnn")
 VARIANTS = ("imagenet", "cifar")
@@ -86,17 +87,38 @@ class ConvBlock(ConvReLUMaxPool2d):
         if x.device.type == "cuda" and not _CUDA_BUILT:
             raise RuntimeError(CUDA_KERNELS_MISSING)
         w, b = self.weight, self.bias
-        if torch.is_autocast_enabled(x.device.type):
+        if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
             dtype = torch.get_autocast_dtype(x.device.type)
             x, w = x.to(dtype), w.to(dtype)
             b = None if b is None else b.to(dtype)
-        elif x.dtype != w.dtype:  # e.g. float32 activations reaching a float64 model
-            x = x.to(w.dtype)
+        elif x.dtype != w.dtype and x.is_floating_point():  # e.g. float32 activations, float64 model
+            x = x.to(w.dtype)  # (an integer input is not cast: the op refuses it, as F.conv2d does)
         return ops.conv_relu_maxpool(x, w, b, self.stride, self.padding, self.pool_kernel_size,
                                      self.pool_stride)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"
+
+
+def _smallest_input(layout: dict) -> int:
+    """The smallest image side for which every conv and pool of the layout has an output."""
+    for side in range(1, 4096):
+        h = side
+        for _, k, s, p, pooled in layout["convs"]:
+            if h + 2 * p < k:
+                break
+            h = (h + 2 * p - k) // s + 1
+            if pooled:
+                if h < 3:
+                    break
+                h = (h - 3) // 2 + 1
+        else:
+            return side
+    raise AssertionError("no input size fits the layout")
+
+
+# The smallest input side of each variant: 63 pixels for imagenet, 15 for cifar.
+MIN_INPUT_SIZE = {variant: _smallest_input(layout) for variant, layout in _LAYOUTS.items()}
 
 
 def _check_backend(backend: str) -> str:
@@ -113,6 +135,9 @@ class AlexNet(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise ValueError(f"num_classes must be an int, got {num_classes!r} "
+                             f"({type(num_classes).__name__})")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         layout = _LAYOUTS[variant]
@@ -156,6 +181,17 @@ class AlexNet(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
+        # Checked here, in the model's terms, so that both backends refuse the same inputs with the
+        # same words (the custom op named a conv layer's geometry, F.conv2d its own internals).
+        if not x.is_floating_point():
+            raise ValueError(f"AlexNet input must be floating point, got {x.dtype} (uint8 images need "
+                             "pyalexnet.data.normalize first)")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"AlexNet input must be (N, 3, H, W) images, got shape {tuple(x.shape)}")
+        least = MIN_INPUT_SIZE[self.variant]
+        if x.shape[2] < least or x.shape[3] < least:
+            raise ValueError(f"AlexNet-{self.variant} input must be at least {least}x{least} pixels, got "
+                             f"{x.shape[2]}x{x.shape[3]}")
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
 

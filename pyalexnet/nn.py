@@ -19,10 +19,9 @@ class SoftmaxCrossEntropyLoss(torch.nn.Module):
         super().__init__()
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+        ops._check_label_smoothing(label_smoothing)
         self.register_buffer("weight", weight)
-        self.ignore_index = ignore_index
+        self.ignore_index = ops._check_ignore_index(ignore_index)
         self.reduction = reduction
         self.label_smoothing = label_smoothing
 
@@ -42,6 +41,17 @@ class ConvReLUMaxPool2d(torch.nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  pool_kernel_size=3, pool_stride=2, bias: bool = True, device=None, dtype=None):
         super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        # The op's own checks, at construction: a bad stride or pool used to surface at the first forward.
+        pk = ops._pair(pool_kernel_size, "pool_kernel_size")
+        ops._check_geometry_args(
+            kernel_size=(ops._pair(kernel_size, "kernel_size"), 1), stride=(ops._pair(stride, "stride"), 1),
+            padding=(ops._pair(padding, "padding"), 0), pool_kernel_size=(pk, 1),
+            pool_stride=(ops._pair(pool_stride, "pool_stride"), 1))
+        if pk[0] * pk[1] > 255:  # csrc's kMaxWindow: a pooled output's argmax is one byte
+            raise ValueError(f"pool windows may have at most 255 positions, got pool_kernel_size={pk}")
         conv = torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias,
                                device=device, dtype=dtype)  # for its layout and initialisation
         self.in_channels, self.out_channels = in_channels, out_channels

@@ -1,6 +1,8 @@
 """Python API of pyalexnet's ops: typed wrappers, fake (meta) kernels for torch.compile, autograd."""
 from __future__ import annotations
 
+import math
+import operator
 from typing import Optional, Sequence, Union
 
 import torch
@@ -24,10 +26,13 @@ def softmax_cross_entropy(
     logits: (N, C), (C,) or (N, C, d1, ...); target: int64/int32 class indices of shape (N,), () or
     (N, d1, ...); weight: optional (C,) class weights. One pass over the logits forward, one backward.
     """
+    for name, t in (("logits", logits), ("target", target)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+    label_smoothing = _check_label_smoothing(label_smoothing)
+    ignore_index = _check_ignore_index(ignore_index)
     if logits.dim() == 0:
         raise ValueError("logits must have a class dimension: shape (C,), (N, C) or (N, C, d1, ...)")
     shape = None
@@ -47,6 +52,29 @@ def softmax_cross_entropy(
     if shape is not None and reduction == "none":
         loss = loss.reshape(shape)
     return loss
+
+
+def _check_label_smoothing(v) -> float:
+    """v as a float in [0, 1] (a Python or numpy number, or a one-element tensor), else a ValueError."""
+    try:
+        f = float(v) if not isinstance(v, (str, bytes, bool)) else math.nan
+    except (TypeError, ValueError, RuntimeError):
+        f = math.nan
+    if not 0.0 <= f <= 1.0:
+        got = v if isinstance(v, (int, float)) else repr(v)
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {got}")
+    return f
+
+
+def _check_ignore_index(v) -> int:
+    """v as an int (a float such as 1.5 is refused, not truncated), else a ValueError."""
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        return operator.index(v)
+    except TypeError:
+        raise ValueError(f"ignore_index must be an int (the target value to ignore, e.g. -100), got {v!r}"
+                         ) from None
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -109,13 +137,33 @@ torch.library.register_autograd(
 _IntPair = Union[int, Sequence[int]]
 
 
+def _int(e) -> int:
+    if isinstance(e, bool):  # True is an int to Python, never a size or stride
+        raise TypeError
+    return operator.index(e)  # ints, numpy ints, integer 0-d tensors; 1.5 or "1" raise TypeError
+
+
 def _pair(v: _IntPair, name: str) -> list[int]:
-    if isinstance(v, int):
-        return [v, v]
-    v = [int(e) for e in v]
-    if len(v) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
-    return v
+    """v (an int or a pair of ints) as [h, w]; a float, bool, string or other length is a ValueError
+    (1.5 used to become 1 silently)."""
+    try:
+        if isinstance(v, Sequence) and not isinstance(v, (str, bytes)):
+            vals = [_int(e) for e in v]
+        else:
+            vals = [_int(v)] * 2
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+    if len(vals) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {vals}")
+    return vals
+
+
+def _check_geometry_args(**pairs: tuple[list[int], int]) -> None:
+    """Each name=(pair, least): the pair's values must be >= least (as the op checks at run time,
+    for modules to refuse bad arguments when they are built)."""
+    for name, (v, least) in pairs.items():
+        if min(v) < least:
+            raise ValueError(f"{name} must be >= {least}, got {v}")
 
 
 def conv_relu_maxpool(

@@ -3,8 +3,12 @@ files, ImageFolder trees, and the on-device batches, crops and flips."""
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
+import re
 import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,7 @@ import torch
 
 from pyalexnet import data, synthetic
 from pyalexnet.data import DataError
+from pyalexnet.imagefolder import load_imagefolder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CIFAR_DIR = REPO_ROOT.parent / "shared" / "datasets" / "cifar10"
@@ -202,6 +207,131 @@ def test_imagefolder_errors_name_the_file(tmp_path):
     (tmp_path / "dog" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"broken.png: not a readable JPEG/PNG image"):
         data.load_dataset("imagefolder", str(tmp_path), image_size=8)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header (signature, IHDR, a few bytes of IDAT, IEND) that claims width x height RGB
+    pixels: a few dozen bytes that a decoder would expand to width * height * 3."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def _truncated_jpeg() -> bytes:
+    Image = pytest.importorskip("PIL.Image")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()[:len(buf.getvalue()) // 2]
+
+
+# name of the bad file in dog/ -> (its bytes, what the error says after "<name>: ")
+BAD_IMAGES = {
+    "truncated.jpg": (_truncated_jpeg, r"not a readable JPEG/PNG image \(OSError: image file is truncated"),
+    "random.png": (lambda: np.random.default_rng(4).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+                   r"not a readable JPEG/PNG image \(cannot identify image file"),
+    # 64 megapixels: over the default max_pixels (50 M), under Pillow's own limit (89 M), so only our
+    # check refuses it, from the header, before decoding (decoding would report truncated data)
+    "bomb.png": (lambda: _png_claiming(8000, 8000),
+                 r"8000x8000 = 64,000,000 pixels, more than max_pixels=50,000,000; refused before decoding"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_IMAGES)
+def test_imagefolder_bad_image_is_an_error_naming_it(tmp_path, name):
+    _write_images(tmp_path)
+    make, reason = BAD_IMAGES[name]
+    (tmp_path / "dog" / name).write_bytes(make())
+    with pytest.raises(DataError, match=rf"dog/{name}: {reason}.*bad_images='skip'"):
+        data.load_dataset("imagefolder", str(tmp_path), image_size=8)  # bad_images="error" by default
+    with pytest.raises(DataError, match=rf"dog/{name}: {reason}"):
+        load_imagefolder(tmp_path, 8, bad_images="error")
+
+
+@pytest.mark.parametrize("name", BAD_IMAGES)
+def test_imagefolder_bad_image_is_skipped_with_a_warning(tmp_path, capsys, name):
+    _write_images(tmp_path)
+    make, reason = BAD_IMAGES[name]
+    bad = tmp_path / "dog" / name
+    bad.write_bytes(make())
+    ds = data.load_dataset("imagefolder", str(tmp_path), holdout=2, image_size=8, bad_images="skip")
+    assert ds.train_x.shape == (4, 3, 8, 8) and ds.test_x.shape == (2, 3, 8, 8)
+    assert sorted(torch.cat([ds.train_y, ds.test_y]).tolist()) == [0, 0, 0, 1, 1, 1]
+    assert len(ds.skipped) == 1 and ds.skipped[0][0] == str(bad) and re.match(reason, ds.skipped[0][1])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and re.match(rf"warning: skipped bad image {re.escape(str(bad))}: {reason}", err[0])
+    assert err[1] == f"warning: skipped 1 of 7 images under {tmp_path} (bad_images='skip')"
+
+
+def test_imagefolder_pillows_own_bomb_limits_are_reported(tmp_path, capsys):
+    """Past Pillow's limits, its DecompressionBombError, and its DecompressionBombWarning where
+    warnings are errors, are raised in a worker thread: they come back as a bad image, not a crash."""
+    Image = pytest.importorskip("PIL.Image")
+    limit = Image.MAX_IMAGE_PIXELS
+    _write_images(tmp_path)
+    (tmp_path / "dog" / "huge.png").write_bytes(_png_claiming(100_000, 100_000))
+    with pytest.raises(DataError, match=r"huge.png: too many pixels for Pillow's decompression-bomb limit"):
+        load_imagefolder(tmp_path, 8, max_pixels=10**11)
+    (tmp_path / "dog" / "huge.png").write_bytes(_png_claiming(10_000, 10_000))  # over 89 M: a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        ds = load_imagefolder(tmp_path, 8, holdout=1, bad_images="skip", max_pixels=10**9)
+    assert len(ds.train_x) + len(ds.test_x) == 6
+    assert ds.skipped[0][1].startswith("too many pixels for Pillow's decompression-bomb limit (Image size "
+                                       "(100000000 pixels) exceeds limit")
+    assert "warning: skipped 1 of 7 images" in capsys.readouterr().err
+    assert Image.MAX_IMAGE_PIXELS == limit  # not mutated, not even for a while
+
+
+def test_imagefolder_max_pixels_refuses_real_images(tmp_path, capsys):
+    _write_images(tmp_path, per_class=2)  # 40 x 30 = 1200 pixels each
+    with pytest.raises(DataError, match=r"cat/0.jpg: 40x30 = 1,200 pixels, more than max_pixels=1,000"):
+        data.load_dataset("imagefolder", str(tmp_path), image_size=8, max_pixels=1000)
+    with pytest.raises(DataError, match=rf"{tmp_path}: no readable images left: all 4 were bad and skipped"):
+        data.load_dataset("imagefolder", str(tmp_path), image_size=8, bad_images="skip", max_pixels=1000)
+    assert capsys.readouterr().err.count("more than max_pixels=1,000") == 4
+    ds = data.load_dataset("imagefolder", str(tmp_path), holdout=1, image_size=8, max_pixels=1200)
+    assert len(ds.train_x) == 3 and ds.skipped == ()
+
+
+def test_imagefolder_skipping_must_leave_every_class_an_image(tmp_path):
+    _write_images(tmp_path, per_class=2)
+    for p in (tmp_path / "dog").iterdir():
+        p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"dog: class 'dog' has no readable images left: all 2 were bad and "
+                                        r"skipped"):
+        data.load_dataset("imagefolder", str(tmp_path), image_size=8, bad_images="skip")
+    _write_images(tmp_path / "t2", per_class=2)
+    (tmp_path / "t2" / "empty").mkdir()  # a class folder with no images (.ipynb_checkpoints...) used to pass
+    with pytest.raises(DataError, match=r"empty: class 'empty' has no readable images \(no "
+                                        r"\.jpg/\.jpeg/\.png files in it\)"):
+        data.load_dataset("imagefolder", str(tmp_path / "t2"), image_size=8)
+
+
+def test_imagefolder_skip_in_train_and_val(tmp_path, capsys):
+    _write_images(tmp_path / "train")
+    _write_images(tmp_path / "val", per_class=2)
+    (tmp_path / "val" / "cat" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "train" / "dog" / "bad.jpg").write_bytes(_truncated_jpeg())
+    ds = data.load_dataset("imagefolder", str(tmp_path), image_size=8, bad_images="skip")
+    assert ds.train_y.tolist() == [0, 0, 0, 1, 1, 1] and ds.test_y.tolist() == [0, 0, 1, 1]
+    assert [Path(p).relative_to(tmp_path).as_posix() for p, _ in ds.skipped] == ["train/dog/bad.jpg",
+                                                                               "val/cat/bad.png"]
+    assert f"warning: skipped 2 of 12 images under {tmp_path}" in capsys.readouterr().err
+
+
+def test_imagefolder_bad_arguments(tmp_path):
+    _write_images(tmp_path)
+    with pytest.raises(ValueError, match=r"bad_images must be one of \('error', 'skip'\), got 'warn'"):
+        load_imagefolder(tmp_path, bad_images="warn")
+    with pytest.raises(ValueError, match=r"max_pixels must be an int >= 1, got 0"):
+        load_imagefolder(tmp_path, max_pixels=0)
+    with pytest.raises(ValueError, match=r"image_size must be an int >= 1, got 0"):
+        data.load_dataset("imagefolder", str(tmp_path), image_size=0)
+    with pytest.raises(ValueError, match=r"holdout must be an int >= 0 \(0: the dataset's own test split\), "
+                                         r"got -3"):
+        data.load_dataset("imagefolder", str(tmp_path), holdout=-3)  # used: x[:3] trained, the rest tested
 
 
 # ------------------------------------------------------------------------------------------------
