@@ -271,6 +271,18 @@ def test_asking_for_a_gpu_without_one_says_so():
         train.cli(["--device", "cuda", "--epochs", "1"])
 
 
+def test_custom_backend_on_a_gpu_without_the_cuda_kernels_says_how_to_rebuild(monkeypatch):
+    """As on a GPU machine whose pyalexnet was built without nvcc: the device is a GPU, the build has
+    no CUDA kernels. (Here no GPU is touched: the check comes before any work.)"""
+    import pyalexnet
+    from pyalexnet import distributed
+
+    monkeypatch.setattr(distributed, "setup", lambda device: (distributed.Dist(), torch.device("cuda", 0)))
+    monkeypatch.setattr(pyalexnet, "build_info", lambda: {"cuda": False})
+    with pytest.raises(SystemExit, match=r"built without its CUDA kernels.*PYALEXNET_CUDA=ON pip install"):
+        train.cli(["--epochs", "1"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),

@@ -211,6 +211,8 @@ def test_cifar10_ten_epochs_beat_the_article(backend):
     s = train.main(["--dataset", "cifar10", "--data-dir", str(CIFAR_DIR), "--backend", backend,
                     "--no-progress"])
     assert s["final_test_acc"] > 0.80, s
+    # the budget on the project's 2-core CPU (an idle machine: timings of a loaded one say nothing)
+    assert s["device"] != "cpu" or os.cpu_count() != 2 or s["wall_seconds"] < 20 * 60, s
 
 
 @pytest.mark.slow
