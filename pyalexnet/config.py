@@ -67,7 +67,8 @@ class Config:
                                         "--checkpoint-every steps) ckpt-e<epoch>-s<step>.pt, the last "
                                         "--keep-checkpoints kept, and best.pt. A signal's checkpoint goes "
                                         "to ./checkpoints without it")
-    checkpoint_every: int = option(0, "also checkpoint every N optimiser steps (0: at epoch ends only)")
+    checkpoint_every: int = option(0, "also checkpoint every N optimiser steps (0: at epoch ends only); "
+                                      "without --checkpoint-dir, into ./checkpoints")
     keep_checkpoints: int = option(3, "rotating checkpoints kept (best.pt besides)")
     resume: Optional[str] = option(None, "continue exactly where a run stopped: a checkpoint file, a folder "
                                 "(its newest readable checkpoint), or 'latest' (in --checkpoint-dir)")

@@ -8,8 +8,9 @@
 - ``imagefolder``: ``root/<class>/*.jpg|png`` (or ``root/train`` and ``root/val`` trees of them),
   decoded and resized once; see :mod:`pyalexnet.imagefolder`.
 
-Every dataset is an :class:`ImageData` of uint8 N x C x H x W tensors, which :func:`batches` moves to
-the device once and cuts into shuffled batches there; :func:`augment` crops and flips a whole batch
+Every dataset is an :class:`ImageData` of uint8 N x C x H x W tensors, which the trainer moves to
+the device once and indexes there, a shuffled batch at a time (:func:`shard` gives each process of a
+data-parallel job its slice); :func:`augment` crops and flips a whole batch
 at once on the device, :func:`normalize` makes the float input.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from . import synthetic
 
-__all__ = ["ImageData", "DataError", "DATASETS", "BAD_IMAGES", "load_dataset", "batches", "augment",
+__all__ = ["ImageData", "DataError", "DATASETS", "BAD_IMAGES", "load_dataset", "shard", "augment",
            "normalize", "load_cifar10", "load_fashion_mnist", "RestrictedUnpickler"]
 
 DATASETS = ("synthetic", "cifar10", "fashion-mnist", "imagefolder")
@@ -275,18 +276,13 @@ def load_dataset(name: str, data_dir: Optional[str] = None, holdout: Optional[in
 # ------------------------------------------------------------------------------------------------
 # Batches on the device
 # ------------------------------------------------------------------------------------------------
-def batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool, gen: Optional[torch.Generator] = None,
-            drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-    """Batches of (x, y) (already on the device) in a random order from gen when shuffle."""
-    n = len(x)
-    order = torch.randperm(n, device=x.device, generator=gen) if shuffle else None
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for i in range(0, stop, batch_size):
-        if order is None:
-            yield x[i:i + batch_size], y[i:i + batch_size]
-        else:
-            idx = order[i:i + batch_size]
-            yield x[idx], y[idx]
+def shard(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Process `rank`'s slice [lo, hi) of a global batch of n images split over `world` processes:
+    in rank order, sizes differing by at most one. (The trainer draws each epoch's order with
+    torch.randperm on the device and indexes the uint8 images there, a global batch at a time.)"""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
 
 
 def augment(x: Tensor, padding: int, flip: bool, gen: Optional[torch.Generator] = None) -> Tensor:

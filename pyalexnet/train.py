@@ -116,6 +116,7 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
     if dev.type == "cuda" and cfg.backend == "custom" and not pyalexnet.build_info()["cuda"]:
         raise ConfigError(CUDA_KERNELS_MISSING)
     ckpt_dir = Path(cfg.checkpoint_dir or "checkpoints")
+    writing = bool(cfg.checkpoint_dir or cfg.checkpoint_every)  # checkpoints as the run goes
     resume_path, ckpt = None, None
     if cfg.resume:  # read first: a bad checkpoint is reported before minutes of data loading
         resume_path, ckpt = read_latest(ckpt_dir if cfg.resume == "latest" else cfg.resume,
@@ -218,6 +219,7 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
             lg.drop_after(key, state[key])  # rows of work the checkpoint does not hold are redone
     train_time, train_images = 0.0, 0
     interrupted: Optional[str] = None
+    last_eval = None  # the newest epoch's test loss, accuracy and predictions (the final report's)
     with StopRequest(announce=d.main) as stop:
         while not cfg.eval_only and state["epoch"] < cfg.epochs and interrupted is None:
             epoch = state["epoch"] + 1
@@ -243,7 +245,7 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
                 xb, yb = prepare(train_x[idx], gen), train_y[idx]
                 weight = 1.0
                 if d.enabled:  # this rank's slice; a short last batch is split as evenly as it goes
-                    lo, hi = _shard(len(idx), d)
+                    lo, hi = data.shard(len(idx), d.rank, d.world)
                     xb, yb = xb[lo:hi], yb[lo:hi]
                     weight = (hi - lo) * d.world / len(idx)  # so the ranks' average is the global mean
                 for group in optimizer.param_groups:
@@ -270,7 +272,7 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
                                     img_s=f"{seen0 * d.world / (time.perf_counter() - t0):.0f}")
                 stopping = distributed.any_rank(bool(stop), d, dev)
                 every = cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0
-                if (stopping or (every and cfg.checkpoint_dir)) and b + 1 < steps_per_epoch:
+                if (stopping or (every and writing)) and b + 1 < steps_per_epoch:
                     path = save({"order": order.cpu(), "gen": gen.get_state(),
                                  "sums": (sums + distributed.all_sum(local, d)).cpu(),
                                  "seconds": elapsed + time.perf_counter() - t0})
@@ -286,7 +288,8 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
             tot = sums + distributed.all_sum(local, d)
             test_loss, test_acc = float("nan"), 0.0
             if d.main:
-                test_loss, test_acc, _ = test()
+                last_eval = test()
+                test_loss, test_acc, _ = last_eval
             test_acc = distributed.all_sum(torch.tensor([test_acc], dtype=torch.float64, device=dev), d).item()
             n = max(tot[2].item(), 1.0)
             row = {"epoch": epoch, "train_loss": tot[0].item() / n, "train_acc": tot[1].item() / n,
@@ -303,8 +306,8 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
             is_best = test_acc > state["best_acc"]
             state["best_acc"] = max(state["best_acc"], test_acc)
             stopping = distributed.any_rank(bool(stop), d, dev) and epoch < cfg.epochs
-            if cfg.checkpoint_dir or stopping:
-                path = save(None, best=is_best and bool(cfg.checkpoint_dir))
+            if writing or stopping:
+                path = save(None, best=is_best and writing)
                 if stopping:
                     interrupted = stop.name or "SIGTERM"
                     _say_interrupted(say, interrupted, path, state, steps_per_epoch)
@@ -315,7 +318,7 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
                "epochs": state["epoch"], "step": state["step"], "interrupted": interrupted}
     if interrupted is not None or not d.main:
         return summary
-    test_loss, test_acc, pred = test()
+    test_loss, test_acc, pred = last_eval or test()
     cm = evaluate.confusion_matrix(pred, test_y, len(ds.classes))
     print(f"\n{ds.name} {ds.test_name}: per-class report\n{evaluate.classification_report(cm, ds.classes)}")
     print(f"\nconfusion matrix (rows: true class, columns: predicted)\n{evaluate.format_confusion(cm, ds.classes)}")
@@ -333,13 +336,6 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
                                     for k, v in summary.items() if v is not None))
     summary["confusion_matrix"] = cm
     return summary
-
-
-def _shard(n: int, d: distributed.Dist) -> tuple[int, int]:
-    """Rank d.rank's slice [lo, hi) of a global batch of n images: sizes differ by at most one."""
-    base, extra = divmod(n, d.world)
-    lo = d.rank * base + min(d.rank, extra)
-    return lo, lo + base + (d.rank < extra)
 
 
 def _progress(it, show: bool, epoch: int, epochs: int, initial: int, total: int):

@@ -337,13 +337,13 @@ def test_imagefolder_bad_arguments(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Batches, crops, flips
 # ------------------------------------------------------------------------------------------------
-def test_batches_cover_every_image_once():
-    x, y = torch.arange(10).view(10, 1, 1, 1), torch.arange(10)
-    seen = torch.cat([yb for _, yb in data.batches(x, y, 3, True, torch.Generator().manual_seed(0))])
-    assert sorted(seen.tolist()) == list(range(10)) and seen.tolist() != list(range(10))
-    assert [len(b) for b, _ in data.batches(x, y, 3, False, drop_last=True)] == [3, 3, 3]
-    for xb, yb in data.batches(x, y, 4, True):
-        assert torch.equal(xb.flatten(), yb)
+@pytest.mark.parametrize("n, world", [(32, 2), (13, 2), (7, 3), (2, 4), (100, 7)])
+def test_shards_cover_a_global_batch_in_rank_order(n, world):
+    slices = [data.shard(n, r, world) for r in range(world)]
+    assert slices[0][0] == 0 and slices[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+    sizes = [hi - lo for lo, hi in slices]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 
 
 def test_augment_gives_each_image_its_own_crop_and_flip():

@@ -126,6 +126,13 @@ def test_signal_without_checkpoint_dir_goes_to_checkpoints(tmp_path):
     assert checkpoint.list_checkpoints(tmp_path / "checkpoints"), err
 
 
+def test_checkpoint_every_without_a_folder_writes_to_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train.main(RUN + ["--epochs", "1", "--checkpoint-every", "10"])
+    assert [f.name for f in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == [
+        "ckpt-e0001-s000000015.pt", "ckpt-e0001-s000000010.pt"]
+
+
 def test_corrupt_newest_checkpoint_is_reported_and_the_previous_used(tmp_path, reference, capsys):
     ck, log = tmp_path / "ck", tmp_path / "steps.jsonl"
     s = train.main(RUN + ["--checkpoint-dir", str(ck), "--checkpoint-every", "5", "--keep-checkpoints", "2",
@@ -160,6 +167,12 @@ def test_checkpoint_holds_everything_a_run_needs(tmp_path):
     assert set(c["rng"][0]) >= {"torch", "python", "numpy"}
     es = c["epoch_state"]
     assert sorted(es["order"].tolist()) == list(range(360)) and es["gen"].dtype == torch.uint8
+    # a script's way in: the folder's newest checkpoint into a fresh model
+    model = train.alexnet(10, "cifar")
+    state = checkpoint.load_checkpoint(ck, model)
+    newest = torch.load(checkpoint.list_checkpoints(ck)[0], weights_only=True)
+    assert state["step"] == newest["step"] == 15 and state["batch"] == 0
+    assert torch.equal(model.state_dict()["classifier.6.weight"], newest["model"]["classifier.6.weight"])
 
 
 def test_resume_refuses_another_batch_size(tmp_path):
