@@ -113,7 +113,7 @@ def read_checkpoint(path) -> dict:
 
 def read_latest(target, warn=None) -> tuple[Path, dict]:
     """The newest readable checkpoint: target is a checkpoint folder (its rotating checkpoints, then
-    last.pt and best.pt) or a file. A corrupt or truncated one is reported through warn (default: a
+    best.pt) or a file. A corrupt or truncated one is reported through warn (default: a
     line on stderr) with its path and the reason, and the previous one is tried."""
     warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
     target = Path(target)
@@ -121,7 +121,7 @@ def read_latest(target, warn=None) -> tuple[Path, dict]:
         return target, read_checkpoint(target)
     if not target.is_dir():
         raise CheckpointError(f"{target}: no such checkpoint file or folder")
-    candidates = list_checkpoints(target) + [p for p in (target / "last.pt", target / "best.pt") if p.is_file()]
+    candidates = list_checkpoints(target) + [p for p in (target / "best.pt",) if p.is_file()]
     for path in candidates:
         try:
             return path, read_checkpoint(path)

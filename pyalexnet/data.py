@@ -153,9 +153,14 @@ def _check_folder(root: Path, what: str) -> None:
         raise DataError(f"{root}: not a folder (expected {what})")
 
 
+def check_int(name: str, v, least: int, note: str = "") -> None:
+    """A ValueError unless v is an int (not a bool) >= least; note says what a value means."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+        raise ValueError(f"{name} must be an int >= {least}{note}, got {v!r}")
+
+
 def _check_holdout(holdout) -> None:
-    if isinstance(holdout, bool) or not isinstance(holdout, (int, np.integer)) or holdout < 0:
-        raise ValueError(f"holdout must be an int >= 0 (0: the dataset's own test split), got {holdout!r}")
+    check_int("holdout", holdout, 0, " (0: the dataset's own test split)")
 
 
 CIFAR10_LAYOUT = "CIFAR-10's python version: data_batch_1 .. data_batch_5, test_batch, batches.meta"
@@ -255,9 +260,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, holdout: Optional[in
     if holdout is not None:
         _check_holdout(holdout)
     if name == "synthetic":
-        if (isinstance(synthetic_size, bool) or not isinstance(synthetic_size, (int, np.integer))
-                or synthetic_size < 1):
-            raise ValueError(f"synthetic_size must be an int >= 1, got {synthetic_size!r}")
+        check_int("synthetic_size", synthetic_size, 1)
         n_test = max(synthetic_size // 5, 10)
         x, y = synthetic.generate(synthetic_size + n_test, seed=1000 + seed)
         return ImageData("synthetic", x[:-n_test], y[:-n_test], x[-n_test:], y[-n_test:],

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import BAD_IMAGES, DataError, ImageData
+from .data import BAD_IMAGES, DataError, ImageData, check_int
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 MAX_PIXELS = 50_000_000  # default max_pixels: a 50-megapixel photo decodes to 150 MB of RGB
@@ -152,8 +152,7 @@ def load_imagefolder(root, image_size: int = 224, holdout: int = 0, bad_images: 
         raise ValueError(f"bad_images must be one of {BAD_IMAGES}, got {bad_images!r}")
     for name, v, least in (("image_size", image_size, 1), ("holdout", holdout, 0),
                            ("max_pixels", max_pixels, 1)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
-            raise ValueError(f"{name} must be an int >= {least}, got {v!r}")
+        check_int(name, v, least)
     try:
         import PIL  # noqa: F401
     except ImportError:

@@ -260,7 +260,7 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
                 local += torch.stack([loss.detach().double() * len(yb), (logits.argmax(1) == yb).sum().double(),
                                       torch.tensor(float(len(yb)), device=dev, dtype=torch.float64)])
                 seen0 += len(yb)
-                if step_log is not None or (d.enabled and cfg.step_log):
+                if cfg.step_log:  # every rank: the step's loss is summed over them
                     step_loss = distributed.all_sum(loss.detach().double() * len(yb), d).item() / len(idx)
                     if step_log is not None:
                         step_log.write({"step": state["step"], "epoch": epoch, "batch": b + 1,
