@@ -3,7 +3,7 @@
 Compiles each csrc/cuda/*.cu file with nvcc for one architecture (`-Xptxas -v`: registers, stack,
 spills, shared memory per kernel), disassembles the object with cuobjdump (shipped in the triton
 package that the CUDA build of torch installs) and counts, per kernel, the instructions that tell
-whether the code is what it is meant to be: tensor-core MMAs (HMMA), 16-byte global loads and
+whether the code is what it is meant to be: tensor-core MMAs (HMMA), 16-byte global loads, cp.async copies (LDGSTS) and
 stores, local-memory traffic (LDL/STL: spills), FMAs.
 
     python bench/kernel_report.py                      # sm_90, every kernel file
@@ -25,6 +25,7 @@ COUNTS = {  # column -> SASS opcode pattern
     "HMMA": r"\bHMMA\.",
     "LDG.128": r"\bLDG\.E\.(?:CONSTANT\.)?128\b|\bLDG\.E\.128\.CONSTANT\b",
     "STG.128": r"\bSTG\.E\.128\b",
+    "LDGSTS": r"\bLDGSTS\b",
     "LDS": r"\bLDS(?:\.\w+)*\b",
     "LDL": r"\bLDL\b",
     "STL": r"\bSTL\b",

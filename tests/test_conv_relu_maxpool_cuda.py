@@ -187,10 +187,39 @@ def test_offsets_past_2_31():
     assert torch.isfinite(gw).all()
 
 
+@pytest.fixture(params=["async", "first"])
+def pipeline(request, monkeypatch):
+    """The kernels' operand pipeline: cp.async (3 stages, the default) or the first version's loads
+    and stores (2 stages), which the op reads from PYALEXNET_CONV_ASYNC at every call."""
+    if request.param == "first":
+        monkeypatch.setenv("PYALEXNET_CONV_ASYNC", "0")
+    else:
+        monkeypatch.delenv("PYALEXNET_CONV_ASYNC", raising=False)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("name", ("imagenet_conv1", "imagenet_conv2", "cifar_conv2", "cifar_conv5"))
+def test_both_pipelines_give_the_same_bits(name, dtype, tf32, monkeypatch):
+    """cp.async and the first version multiply the same operands in the same order: all outputs equal
+    bit for bit on Gaussian inputs (so TF32 rounding happens on both paths)."""
+    c = ALEXNET_REAL[name]
+    x, w, b = _cuda(*gaussian_inputs(c, dtype))
+    g = torch.randn(c.N, c.Co, *c.out_size(), device=DEV).to(dtype)
+    monkeypatch.delenv("PYALEXNET_CONV_ASYNC", raising=False)
+    new = run(conv_relu_maxpool, x, w, b, g, *c.args())
+    monkeypatch.setenv("PYALEXNET_CONV_ASYNC", "0")
+    old = run(conv_relu_maxpool, x, w, b, g, *c.args())
+    for what, a, e in zip(("out", "grad_x", "grad_weight", "grad_bias"), new, old):
+        if e is not None:
+            assert torch.equal(a, e), f"{name} {what}: max diff {(a.double() - e.double()).abs().max().item()}"
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_small_case_every_kernel(dtype, tf32):
+def test_small_case_every_kernel(dtype, tf32, pipeline):
     """One small case through every kernel (forward, bias, weight and data gradients, reductions),
-    both vector and element gathers, a 1x1 window and a multi-pass window: compute-sanitizer's target."""
+    both vector and element gathers, a 1x1 window and a multi-pass window, both operand pipelines:
+    compute-sanitizer's target."""
     for c in (Cfg(2, 3, 9, 9, 5, (3, 3), padding=(1, 1)), Cfg(2, 32, 6, 6, 70, (3, 3), padding=(1, 1),
               pool_kernel=(1, 1), pool_stride=(1, 1)), Cfg(1, 2, 17, 19, 3, (1, 1), pool_kernel=(15, 17))):
         x, w, b = exact_inputs(c, dtype)

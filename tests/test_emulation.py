@@ -26,9 +26,11 @@ EMULATED_TESTS = {
     "softmax_cross_entropy_backward_kernel_impl": [f"{_XENT}::test_matches_reference", f"{_XENT}::test_options",
                                                    f"{_XENT}::test_bad_target"],
     "conv_relu_maxpool_forward_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
-                                              f"{_CRM}::test_gaussian_inputs_match_the_reference"],
+                                              f"{_CRM}::test_gaussian_inputs_match_the_reference",
+                                              f"{_CRM}::test_both_pipelines_give_the_same_bits"],
     "conv_relu_maxpool_dgrad_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
-                                            f"{_CRM}::test_only_the_asked_gradients"],
+                                            f"{_CRM}::test_only_the_asked_gradients",
+                                            f"{_CRM}::test_both_pipelines_give_the_same_bits"],
     "conv_relu_maxpool_wgrad_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
                                             f"{_CRM}::test_many_splits_of_the_weight_gradient"],
     "conv_relu_maxpool_bias_grad_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
@@ -236,3 +238,22 @@ def test_wmma_matches_a_product_of_the_rounded_inputs(tmp_path, name, dtype, K, 
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name} ({s}): {m}")
     # the rounding is really applied: the unrounded product differs measurably
     assert (ref - plain).abs().max() > 1e-4
+
+
+def test_async_copies_land_at_the_wait_and_not_before(tmp_path):
+    """cp.async (csrc/cuda/async_copy.h): a copy's destination holds NaN until a wait_group that covers
+    its commit group, then the source's bytes; the zero-fill form lands zeros. So a kernel that reads a
+    stage before waiting for it, or copies into a stage other warps still read, computes NaN."""
+    x = np.random.default_rng().uniform(1, 2, 128).astype(np.float32)
+    out = _outputs("async_copy", tmp_path, x, np.float32)
+    for s in harness.SCHEDULES:
+        o = out[s].reshape(32, 4, 4)
+        np.testing.assert_array_equal(o[:, 0], x.reshape(32, 4), err_msg=f"group 1 after wait<1> ({s})")
+        assert np.isnan(o[:, 1]).all(), f"group 2 read before its wait must be NaN ({s})"
+        np.testing.assert_array_equal(o[:, 2], x.reshape(32, 4), err_msg=f"group 2 after wait<0> ({s})")
+        np.testing.assert_array_equal(o[:, 3], np.zeros((32, 4), np.float32), err_msg=f"zero-fill ({s})")
+
+
+def test_misaligned_async_copy_is_an_error(tmp_path):
+    r = _selftest("async_copy_misaligned", tmp_path, np.ones(8, np.float32))
+    assert r.returncode != 0 and "misaligned address" in r.stderr, r.stderr

@@ -24,23 +24,42 @@
 // Roofline, per layer: forward 2 N Hc Wc Co K flops (the halo adds (CH CW) / (PH PW psh psw) - 1 of
 // it, ~20% for 3/2 pooling), minimal bytes = input + weights + pooled output + codes; backward
 // twice the flops, reading gy, the codes, x and the weights and writing dx and dw.
-// ptxas -v (nvcc 13.0; `python bench/kernel_report.py --filter conv`): no spills and no local
-// memory in any kernel on sm_90 or sm_80. The three GEMM kernels carry __launch_bounds__(256, 2):
-// at most 128 registers, two blocks (16 warps) per SM; without the bound ptxas picked 80 registers
-// for some variants and spilled 8-56 bytes. sm_90 registers: forward 96-128, dgrad 102-128, wgrad
-// 114-128; 35-37 KB of static shared memory each. SASS: HMMA in every bf16/f16 (16 per K step) and
-// TF32 (32 per K step) variant, none in the FP32/FP64 FMA ones (128 FFMA / 64 DFMA per K step);
-// LDG.E.128 in the 16-byte gathers and weight rows.
-// Performance model (H100 SXM: ~990 TFLOP/s dense bf16, ~495 TF32, ~67 FP32, 3.35 TB/s HBM; not yet
-// measured: no GPU has run these kernels). ImageNet conv2 at batch 128 is 57 GFLOP forward, 58 us at
-// the bf16 peak; every AlexNet layer is compute-bound at batch 128 (>= 100 flops per minimal byte).
-// What limits this first version: global->shared staging by ordinary loads (no cp.async), one stage
-// of prefetch, WMMA fragments read with LDS (no ldmatrix), a 32x32 warp tile (4 MMAs per fragment
-// load), element gathers with integer divisions in conv1 and in the un-pooling, and ~20% halo
-// recomputation for 3/2 pooling. Expect 25-40% of the tensor-core peak: forward around cuDNN's
-// conv alone, i.e. short of the 1.3x bar against conv -> relu -> max_pool2d on the big layers; the
-// un-pooling gathers make dgrad/wgrad the slower half. Issue 9 measures this and takes it on
-// (cp.async multi-stage pipeline, ldmatrix + mma.sync, 64x64 warp tiles, vectorised un-pooling).
+// Operand pipeline (block_gemm): cp.async (cuda/async_copy.h) copies the 16-byte input gathers and
+// the weight rows straight into a ring of 3 shared-memory stages, two K steps ahead of the tensor
+// cores, one barrier per step; element gathers (conv1's 3 channels, the backward's un-pooling) are
+// still loaded and stored by the threads. TF32 rounds on the fragments, after the copy. The first
+// version (loads and stores through registers, 2 stages) stays selectable, PYALEXNET_CONV_ASYNC=0,
+// so that one GPU run times both (bench/compare.py's ours_sync); they give the same bits (tests).
+// ptxas -v (nvcc 13.0, sm_90; `python bench/kernel_report.py --filter conv`): no spills and no
+// local memory in any kernel. The three GEMM kernels carry __launch_bounds__(256, 2): at most 128
+// registers; without the bound ptxas picked 80 for some variants and spilled 8-56 bytes. Registers:
+// forward 94-128, dgrad 102-128, wgrad 110-128. Static shared memory: 35-37 KB with 2 stages, 48,128
+// bytes with 3 (40 KB in float64), under the 48 KB static limit. Occupancy: the registers allow 2
+// blocks = 16 of 64 warps per SM (25%); their 2 x 48 KB fit an SM's 228 KB (H100; 164 KB A100).
+// SASS: HMMA in every bf16/f16 (16 per K step) and TF32 (32 per K step) variant, none in the FP32/
+// FP64 FMA ones (128 FFMA / 64 DFMA per K step); LDGSTS (cp.async) in the async variants and
+// LDG.E.128 in the first version's 16-byte gathers and weight rows.
+// Performance model (H100 SXM: ~990 TFLOP/s dense bf16 through wgmma, of which WMMA/mma.sync reach
+// about two thirds; ~495 TF32; ~67 FP32; 3.35 TB/s HBM; not yet measured: no GPU has run these
+// kernels). ImageNet conv2 at batch 128 is 57 GFLOP forward, 58 us at the bf16 peak; every AlexNet
+// layer is compute-bound at batch 128 (>= 100 flops per minimal byte).
+// - First version: each thread's 16-byte loads of step i + 1 (three, one after another, ~600 cycles
+//   of L2/HBM latency each) come before its products of step i, and one block step of tensor work
+//   is ~400 cycles: the two blocks of an SM mostly wait. Expected 25-35% of the tensor-core peak.
+// - cp.async, 3 stages (prediction, for the `async x` column to check): steps i + 1 and i + 2 are in
+//   flight while step i multiplies, so a step costs its tensor time, not latency plus tensor time.
+//   The next limit is shared memory: a 32 x 32 warp tile reads 2 KB of fragments per 16k MACs, and
+//   the copies write 12 KB per block step, ~175 bytes per 1024 MACs against 128 bytes/cycle/SM: at
+//   most ~70% of the peak, ~45-55% with bank conflicts. So 1.4-1.8x on the forward of the 16-byte
+//   layers (conv2-5 of both variants), ~1.1x where only the weights go by cp.async (conv1, dgrad),
+//   none on wgrad (two element gathers).
+// - The bars: at ~50% of the peak ImageNet conv2's forward (+20% halo) takes ~140 us, against an
+//   estimated ~125 us for cuDNN's conv (~65% of the peak) -> relu -> max_pool2d (two memory passes
+//   over the 36 MB conv output): still short of 1.3x; the backward's gathers keep fwd+bwd short of
+//   1.0x. Next, by expected gain: wgmma with TMA on sm_90 (the other third of the peak, and no
+//   fragment reads through the LSU), ldmatrix + mma.sync with 64 x 64 warp tiles (half the
+//   shared-memory reads per MAC), register-prefetched and vectorised un-pooling gathers in dgrad/
+//   wgrad, and less halo recomputation for 3/2 pooling.
 // Compiled without nvcc (tests/emulation), the same source runs in the CPU emulation of CUDA.
 #include <cstdint>
 #include <limits>
@@ -53,6 +72,7 @@
 
 #include "common/conv_relu_maxpool_index.h"
 #include "cuda/acc_convert.h"
+#include "cuda/async_copy.h"
 #include "cuda/conv_relu_maxpool_kernels.h"
 
 namespace pyalexnet {
@@ -101,16 +121,19 @@ template <> struct Cfg<double, false> {
   static constexpr int BN = 32, BK = 8, PADK = 2, WK = 0;
 };
 
-// Shared memory of a GEMM tile: two stages of A (kBM x BK, row-major) and B (BN x BK: B's columns,
+// Shared memory of a GEMM tile: S stages of A (kBM x BK, row-major) and B (BN x BK: B's columns,
 // k contiguous), and afterwards the result C (kBM x BN, acc) in the same bytes. Row pitches keep every WMMA
 // pointer 32-byte aligned and every 16-byte store aligned; the padding spreads rows over banks.
-template <class C>
+// S = 3 (cp.async: two K steps in flight while a third is multiplied) fits the 48 KB of static shared
+// memory in every dtype: 45 KB of stages + 2 KB of the forward's row table.
+template <class C, int S = 2>
 struct Lay {
   using Tc = typename C::Tc;
   using acc = typename C::acc;
   static constexpr int LDA = C::BK + C::PADK, LDB = LDA, LDC = C::BN + (C::kMma ? 4 : 1);
   static constexpr int kStage = kBM * LDA + C::BN * LDB;  // elements of one stage (A then B)
-  static constexpr int kAB = 2 * kStage * int(sizeof(Tc));
+  static constexpr int kStages = S;
+  static constexpr int kAB = S * kStage * int(sizeof(Tc));
   static constexpr int kC = kBM * LDC * int(sizeof(acc));
   static constexpr int kBytes = kAB > kC ? kAB : kC;
 };
@@ -166,6 +189,15 @@ template <class C> struct Accum<C, true> {
       for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], sA + (wm * 32 + i * 16) * L::LDA + kk, L::LDA);
 #pragma unroll
       for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], sB + (wn * 32 + j * 16) * L::LDB + kk, L::LDB);
+      if constexpr (C::kTf32) {  // cp.async lands raw floats: round each to TF32 (nearest, ties away) here
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+          for (int t = 0; t < a[i].num_elements; ++t) a[i].x[t] = tf32_round(a[i].x[t]);
+#pragma unroll
+          for (int t = 0; t < b[i].num_elements; ++t) b[i].x[t] = tf32_round(b[i].x[t]);
+        }
+      }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -212,33 +244,42 @@ template <class C> struct Accum<C, false> {
   }
 };
 
-// C += A[:, kbeg:kend] B[kbeg:kend, :], one K step at a time, through two stages of shared memory:
-// the loaders fill step i + 1's A and B tiles (zeros outside the operands) while other warps still
-// multiply step i's, one barrier per step.
-template <class C, class LoadA, class LoadB>
+// C += A[:, kbeg:kend] B[kbeg:kend, :], one K step at a time, through L::kStages stages of shared
+// memory in a ring: step i's operands are multiplied while the loaders fill step i + S - 1's tiles
+// (zeros outside the operands) into the stage step i - 1 used; one barrier per step. Loaders either
+// store (through registers) or issue cp.async copies; every thread commits one group per step, even an
+// empty one, so that wait<S - 2> always means "step i has landed".
+// S = 2 with storing loaders: the first version (the loads of step i + 1 stall each thread before its
+// products of step i). S = 3 with cp.async: two steps in flight, nothing in registers.
+template <class C, class L, class LoadA, class LoadB>
 __device__ void block_gemm(Accum<C>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
                            const LoadA& load_a, const LoadB& load_b) {
-  using L = Lay<C>;
-  auto a_of = [&](int st) { return stages + st * L::kStage; };
-  auto b_of = [&](int st) { return stages + st * L::kStage + kBM * L::LDA; };
+  constexpr int S = L::kStages;
+  auto a_of = [&](int64_t st) { return stages + st * L::kStage; };
+  auto b_of = [&](int64_t st) { return stages + st * L::kStage + kBM * L::LDA; };
   if (kbeg >= kend) return;
-  load_a(a_of(0), kbeg);
-  load_b(b_of(0), kbeg);
-  __syncthreads();
-  int st = 0;
-  for (int64_t k0 = kbeg; k0 < kend; k0 += C::BK, st ^= 1) {
-    if (k0 + C::BK < kend) {
-      load_a(a_of(st ^ 1), k0 + C::BK);
-      load_b(b_of(st ^ 1), k0 + C::BK);
+  const int64_t steps = (kend - kbeg + C::BK - 1) / C::BK;
+  auto load = [&](int64_t i) {  // step i into stage i % S, if there is a step i
+    if (i < steps) {
+      load_a(a_of(i % S), kbeg + i * C::BK);
+      load_b(b_of(i % S), kbeg + i * C::BK);
     }
-    acc.step(a_of(st), b_of(st), mvalid);
-    __syncthreads();
+    async::commit();
+  };
+  for (int i = 0; i < S - 1; ++i) load(i);
+  for (int64_t i = 0; i < steps; ++i) {
+    async::wait<S - 2>();  // this thread's copies of step i have landed
+    __syncthreads();       // everyone's have; and everyone is done with step i - 1's stage
+    load(i + S - 1);
+    acc.step(a_of(i % S), b_of(i % S), mvalid);
   }
+  async::wait<0>();
+  __syncthreads();  // the caller reuses the stages
 }
 
 // B tile from rows [row0, row0 + BN) of a packed row-major matrix (row pitch ld, a multiple of BK):
-// 16-byte loads, zero rows past nrows.
-template <class C>
+// 16-byte copies (kAsync: cp.async, L2 only: each row is read once per block), zero rows past nrows.
+template <class C, class L, bool kAsync>
 __device__ void load_rows(typename C::Tc* s, const typename C::Tc* __restrict__ src, int64_t ld, int64_t row0,
                           int64_t nrows, int64_t k0) {
   using Tc = typename C::Tc;
@@ -246,9 +287,15 @@ __device__ void load_rows(typename C::Tc* s, const typename C::Tc* __restrict__ 
 #pragma unroll 1
   for (int e = threadIdx.x; e < C::BN * NV; e += kThreads) {
     const int n = e / NV, v = e % NV;
-    uint4 val = {0u, 0u, 0u, 0u};
-    if (row0 + n < nrows) val = __ldg(reinterpret_cast<const uint4*>(src + (row0 + n) * ld + k0 + v * V));
-    put16<C>(s + n * Lay<C>::LDB + v * V, val);
+    const bool ok = row0 + n < nrows;
+    const Tc* p = src + (ok ? (row0 + n) * ld + k0 + v * V : 0);
+    if constexpr (kAsync) {
+      async::copy16<false>(s + n * L::LDB + v * V, p, ok);
+    } else {
+      uint4 val = {0u, 0u, 0u, 0u};
+      if (ok) val = __ldg(reinterpret_cast<const uint4*>(p));
+      put16<C>(s + n * L::LDB + v * V, val);
+    }
   }
 }
 
@@ -294,8 +341,9 @@ __device__ __forceinline__ acc_t unpooled_at(const Shape& g, const T* gy, const 
 // ------------------------------------------------------------------------------------------------
 // x: N x H x W x Ci; w: Co x Kp (Tc); bias: Co (acc) or nullptr; out: N x Hp x Wp x Co;
 // code: N x Hp x Wcode x Co. Block (tile, channel tile): tile = (image group, pooled row tile,
-// pooled column tile) of plan_forward_tile; kVec: Ci is a multiple of BK (16-byte gathers).
-template <typename T, bool kTF32, bool kVec>
+// pooled column tile) of plan_forward_tile; kVec: Ci is a multiple of BK (16-byte gathers); kAsync:
+// the 16-byte gathers and the weight rows by cp.async through 3 stages (else loads and stores, 2).
+template <typename T, bool kTF32, bool kVec, bool kAsync>
 __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_impl(
     const T* __restrict__ x, const typename Cfg<T, kTF32>::Tc* __restrict__ w, int64_t Kp,
     const typename Cfg<T, kTF32>::acc* __restrict__ bias, T* __restrict__ out, uint8_t* __restrict__ code,
@@ -303,7 +351,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
   using C = Cfg<T, kTF32>;
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
-  using L = Lay<C>;
+  using L = Lay<C, kAsync ? 3 : 2>;
   __align__(128) __shared__ unsigned char smem[L::kBytes];
   __shared__ int64_t rbase[kBM];  // per tile row: offset of its image in x, -1 outside the output
   __shared__ int rih[kBM], riw[kBM];  // first input row/column its conv output reads
@@ -349,10 +397,15 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
         for (int e = tid; e < kBM * NV; e += kThreads) {
           const int m = e / NV, v = e % NV;
           const int ih = rih[m] + ky, iw = riw[m] + kx;
-          uint4 val = {0u, 0u, 0u, 0u};
-          if (rbase[m] >= 0 && patch_inside<T>(g, ih, iw))
-            val = __ldg(reinterpret_cast<const uint4*>(x + rbase[m] + (int64_t(ih) * g.W + iw) * g.Ci + ci0 + v * V));
-          put16<C>(s + m * L::LDA + v * V, val);
+          const bool ok = rbase[m] >= 0 && patch_inside<T>(g, ih, iw);
+          const T* p = x + (ok ? rbase[m] + (int64_t(ih) * g.W + iw) * g.Ci + ci0 + v * V : 0);
+          if constexpr (kAsync) {  // L1 too: the next (ky, kx) steps read most of these pixels again
+            async::copy16<true>(s + m * L::LDA + v * V, p, ok);
+          } else {
+            uint4 val = {0u, 0u, 0u, 0u};
+            if (ok) val = __ldg(reinterpret_cast<const uint4*>(p));
+            put16<C>(s + m * L::LDA + v * V, val);
+          }
         }
       } else {  // element gathers; each thread keeps one column k of the step (BK divides kThreads)
         const int kk = tid % C::BK;
@@ -371,10 +424,10 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
         }
       }
     };
-    auto load_b = [&](Tc* s, int64_t k0) { load_rows<C>(s, w, Kp, co0, g.Co, k0); };
+    auto load_b = [&](Tc* s, int64_t k0) { load_rows<C, L, kAsync>(s, w, Kp, co0, g.Co, k0); };
     Accum<C> acc;
     acc.init();
-    block_gemm<C>(acc, stages, 0, Kp, mvalid, load_a, load_b);
+    block_gemm<C, L>(acc, stages, 0, Kp, mvalid, load_a, load_b);
     acc.store(sC);
     __syncthreads();
 
@@ -434,15 +487,15 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
 // ------------------------------------------------------------------------------------------------
 // dx (N x H x W x Ci) = unpooled gradient (rows: input pixels; K = (ky, kx, co)) . wt^T.
 // gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co; wt: Ci x Kdp (Tc). Block: 128 consecutive input
-// pixels x BN input channels.
-template <typename T, bool kTF32>
+// pixels x BN input channels. kAsync: the weight rows by cp.async through 3 stages.
+template <typename T, bool kTF32, bool kAsync>
 __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_impl(
     const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ wt,
     int64_t Kdp, T* __restrict__ dx, Shape g) {
   using C = Cfg<T, kTF32>;
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
-  using L = Lay<C>;
+  using L = Lay<C, kAsync ? 3 : 2>;
   __align__(128) __shared__ unsigned char smem[L::kBytes];
   __shared__ int64_t rn[kBM];         // per tile row: image, -1 past the batch
   __shared__ int rih[kBM], riw[kBM];  // input row/column + padding: conv row = (rih - ky) / sh
@@ -475,11 +528,11 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
       s[m * L::LDA + kk] = to_c<C>(v);
     }
   };
-  auto load_b = [&](Tc* s, int64_t k0) { load_rows<C>(s, wt, Kdp, ci0, g.Ci, k0); };
+  auto load_b = [&](Tc* s, int64_t k0) { load_rows<C, L, kAsync>(s, wt, Kdp, ci0, g.Ci, k0); };
   Accum<C> acc;
   acc.init();
   const int64_t left = total - pix0;
-  block_gemm<C>(acc, stages, 0, Kdp, int(left < kBM ? left : kBM), load_a, load_b);
+  block_gemm<C, L>(acc, stages, 0, Kdp, int(left < kBM ? left : kBM), load_a, load_b);
   acc.store(sC);
   __syncthreads();
   for (int e = tid; e < kBM * C::BN; e += kThreads) {
@@ -547,7 +600,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_im
   Accum<C> acc;
   acc.init();
   const int64_t left = g.Co - co0;
-  block_gemm<C>(acc, stages, pbeg, pend, int(left < kBM ? left : kBM), load_a, load_b);
+  block_gemm<C, L>(acc, stages, pbeg, pend, int(left < kBM ? left : kBM), load_a, load_b);
   acc.store(sC);
   __syncthreads();
   acc_t* dst = part + int64_t(blockIdx.z) * g.Co * K;
@@ -655,10 +708,15 @@ cudaError_t forward(const ForwardArgs& a, cudaStream_t stream) {
   const auto* bias = static_cast<const typename C::acc*>(a.bias);
   auto* out = static_cast<T*>(a.out);
   auto* code = static_cast<uint8_t*>(a.code);
-  if (g.Ci % C::BK == 0)
-    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, true>)(x, w, a.Kp, bias, out, code, g, t);
+  const bool vec = g.Ci % C::BK == 0;
+  if (a.async_copy && vec)
+    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, true>)(x, w, a.Kp, bias, out, code, g, t);
+  else if (a.async_copy)
+    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, true>)(x, w, a.Kp, bias, out, code, g, t);
+  else if (vec)
+    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, false>)(x, w, a.Kp, bias, out, code, g, t);
   else
-    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, false>)(x, w, a.Kp, bias, out, code, g, t);
+    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, false>)(x, w, a.Kp, bias, out, code, g, t);
   return cudaGetLastError();
 }
 
@@ -686,10 +744,14 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
     PYA_LAUNCH(grid_of(ceil_div(g.Co * K, kThreads), 1), kThreads, 0, stream, conv_relu_maxpool_reduce_kernel_impl<T, acc_t>)(
         wpart, s.w_splits, g.Co * K, static_cast<T*>(a.dw), g, true);
   }
-  if (a.dx)
-    PYA_LAUNCH(grid_of(ceil_div(g.N * g.H * g.W, kBM), ceil_div(g.Ci, C::BN)), kThreads, 0, stream,
-               conv_relu_maxpool_dgrad_kernel_impl<T, kTF32>)(gy, code, static_cast<const typename C::Tc*>(a.wt), a.Kdp,
-                                                             static_cast<T*>(a.dx), g);
+  if (a.dx) {
+    const dim3 grid = grid_of(ceil_div(g.N * g.H * g.W, kBM), ceil_div(g.Ci, C::BN));
+    const auto* wt = static_cast<const typename C::Tc*>(a.wt);
+    if (a.async_copy)
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true>)(gy, code, wt, a.Kdp, static_cast<T*>(a.dx), g);
+    else
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, false>)(gy, code, wt, a.Kdp, static_cast<T*>(a.dx), g);
+  }
   return cudaGetLastError();
 }
 

@@ -27,6 +27,7 @@ struct Shape {
 struct ForwardArgs {
   DType dtype;
   bool tf32;          // float32 on the tensor cores (TF32 inputs, float accumulation)
+  bool async_copy;    // 16-byte operand copies by cp.async, 3 stages; false: loads + stores, 2 stages
   Shape g;
   const void* x;      // N x H x W x Ci, dtype
   const void* w;      // Co x Kp, compute type; column k = (ky kw + kx) Ci + ci, zero past K = kh kw Ci
@@ -39,6 +40,7 @@ struct ForwardArgs {
 struct BackwardArgs {
   DType dtype;
   bool tf32;
+  bool async_copy;     // as in ForwardArgs (the data gradient's weight rows)
   Shape g;
   int sm_count;        // multiprocessors: sizes the weight gradient's split over positions
   const void* gy;      // N x Hp x Wp x Co, dtype

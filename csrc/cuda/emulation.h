@@ -2,7 +2,8 @@
 // in the tests (tests/emulation/: a driver built with AddressSanitizer and UBSan). Included by
 // csrc/cuda/cuda_or_emulation.h when nvcc is not the compiler; never part of the extension. Parts,
 // in csrc/cuda/emulation/: types.h (dim3, vectors, runtime API, atomics, intrinsics), scheduler.h
-// (fibers, blocks, launches), warp.h (barrier, warp collectives, __trap, printf), half.h, wmma.h.
+// (fibers, blocks, launches), warp.h (barrier, warp collectives, __trap, printf), half.h, wmma.h,
+// async_copy.h (cp.async).
 //
 // What it models
 // - A launch (PYA_LAUNCH) runs the grid's blocks one after another on the calling OS thread; a block's
@@ -37,6 +38,11 @@
 //   wise loops over x[] work with any). mma_sync multiplies the inputs (tf32: the low 13 bits of each
 //   float ignored, as the tensor core ignores them) exactly and accumulates in float, k ascending,
 //   from c. Float accumulators only.
+// - cp.async (pya_emu::cp_async16, used through csrc/cuda/async_copy.h): the source is read when the
+//   copy is issued, the destination is filled with 0xFF bytes (NaN) at once and gets the data only at
+//   a cp.async.wait_group that covers the copy's commit group. A read before the wait, or a copy
+//   issued into a buffer that other threads still read (a missing barrier), sees NaN. Misaligned
+//   addresses are errors, as on the GPU.
 // - Atomics are plain read-modify-writes (fibers are never preempted, so they are atomic).
 // - printf prints at once and is kept per thread; __trap() throws pya_emu::KernelError quoting the
 //   thread's last printf; the launch rethrows any error in a kernel with the kernel's full name,
@@ -118,6 +124,7 @@
 #include "cuda/emulation/warp.h"
 #include "cuda/emulation/half.h"
 #include "cuda/emulation/wmma.h"
+#include "cuda/emulation/async_copy.h"
 
 // ------------------------------------------------------------------------------------------------
 // Launch and dynamic shared memory, spelled the same in both builds (see cuda_or_emulation.h)

@@ -3,6 +3,7 @@
 // that never ends. Compiled only into the tests' driver (tests/emulation/driver.cpp), never shipped.
 // Each self-test reads float32 inputs and writes raw bytes; tests/test_emulation.py checks them.
 #include "cuda/cuda_or_emulation.h"
+#include "cuda/async_copy.h"
 
 #include <cstring>
 #include <functional>
@@ -158,6 +159,33 @@ __global__ void wmma_kernel(const float* a, const float* b, const float* c0, flo
   wm::store_matrix_sync(c, acc, 16, wm::mem_row_major);
 }
 
+// cp.async as the kernels use it: thread t copies in[4t, 4t + 4) in two commit groups (group 1 a
+// zero-fill copy, group 2 the data again into a second buffer) and reads before and after the waits.
+// out: 16 floats per thread: group 1 after wait<1> (landed: the data), group 2 after wait<1> (not
+// yet: NaN), group 2 after wait<0> (the data), the zero-fill copy (zeros).
+__global__ void async_copy_kernel(const float* in, float* out) {
+  __align__(16) __shared__ float s[3][32 * 4];
+  const int t = threadIdx.x;
+  float* o = out + 16 * t;
+  pyalexnet::async::copy16<true>(&s[0][4 * t], in + 4 * t, true);
+  pyalexnet::async::copy16<false>(&s[2][4 * t], in, false);
+  pyalexnet::async::commit();
+  pyalexnet::async::copy16<false>(&s[1][4 * t], in + 4 * t, true);
+  pyalexnet::async::commit();
+  pyalexnet::async::wait<1>();
+  for (int i = 0; i < 4; ++i) o[i] = s[0][4 * t + i], o[4 + i] = s[1][4 * t + i], o[12 + i] = s[2][4 * t + i];
+  pyalexnet::async::wait<0>();
+  for (int i = 0; i < 4; ++i) o[8 + i] = s[1][4 * t + i];
+}
+
+// A 16-byte copy from an address that is not 16-byte aligned: an error on the GPU, and here.
+__global__ void async_copy_misaligned_kernel(const float* in) {
+  __align__(16) __shared__ float s[4];
+  pyalexnet::async::copy16<true>(s, in + 1, true);
+  pyalexnet::async::commit();
+  pyalexnet::async::wait<0>();
+}
+
 // Float -> half/bf16 (bits) -> float, and tf32 rounding, per element: out = 5 uint32 per input.
 __global__ void convert_kernel(const float* in, unsigned* out, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -274,6 +302,15 @@ const std::map<std::string, Fn>& selftests() {
       {"wmma_f16_cc", run_wmma<__half, __half, 16, wm::col_major, wm::col_major>},
       {"wmma_bf16_rc", run_wmma<__nv_bfloat16, __nv_bfloat16, 16, wm::row_major, wm::col_major>},
       {"wmma_tf32_cr", run_wmma<float, wm::precision::tf32, 8, wm::col_major, wm::row_major>},
+      {"async_copy", [](const std::vector<float>& in) {
+         std::vector<float> out(16 * 32);
+         PYA_LAUNCH(1, 32, 0, nullptr, async_copy_kernel)(in.data(), out.data());
+         return bytes(out);
+       }},
+      {"async_copy_misaligned", [](const std::vector<float>& in) {
+         PYA_LAUNCH(1, 1, 0, nullptr, async_copy_misaligned_kernel)(in.data());
+         return std::string();
+       }},
       {"convert", [](const std::vector<float>& in) {
          std::vector<unsigned> out(5 * in.size());
          PYA_LAUNCH(unsigned((in.size() + 127) / 128), 128, 0, nullptr, convert_kernel)(in.data(), out.data(),

@@ -40,6 +40,14 @@ struct Fiber {
   unsigned barriers = 0;
   std::exception_ptr error;
   std::string last_printf;  // what the thread printed last: a __trap() error quotes it
+  // cp.async (async_copy.h): copies issued and not yet landed, in issue order; commits so far.
+  struct AsyncCopy {
+    unsigned char* dst;
+    unsigned char data[16];
+    unsigned group;
+  };
+  std::vector<AsyncCopy> async_copies;
+  unsigned async_commits = 0;
 };
 
 // A warp collective: lane_data[l] points at lane l's operands/results (a type the op knows).
