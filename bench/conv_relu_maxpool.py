@@ -8,6 +8,9 @@ checks it against pyalexnet.models). Variants, each verified against eager NCHW 
     nchw      F.conv2d -> F.relu -> F.max_pool2d, NCHW (cuDNN in benchmark mode / oneDNN)
     nhwc      the same with channels_last input and weights
     compile   torch.compile of the same sequence, in ours' layout (Inductor fuses ReLU and pooling)
+    ours_sync on a GPU, ours with the CUDA kernels' first operand pipeline (loads and stores through
+              registers, 2 stages; PYALEXNET_CONV_ASYNC=0) instead of cp.async (3 stages): the A/B
+              of that change, timed side by side; not a baseline
 
 Passes: fwd (under no_grad), bwd (on a retained graph), fwd+bwd. The first layer's input needs no
 gradient, as in training. Verified (checks.py): output and gradients as accurate as eager NCHW's
@@ -16,6 +19,7 @@ inputs and weights. `python bench/conv_relu_maxpool.py ARGS` is `python bench/co
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -132,6 +136,25 @@ def verify_float64(layer: Layer, x, w, b) -> None:
         torch.testing.assert_close(got, want)
 
 
+FIRST_VERSION = "ours_sync"
+PIPELINE_ENV = "PYALEXNET_CONV_ASYNC"  # read by the CUDA op at every call
+
+
+def first_version(fn):
+    """fn, run with the CUDA kernels' first operand pipeline (PYALEXNET_CONV_ASYNC=0)."""
+    def run(*a):
+        old = os.environ.get(PIPELINE_ENV)
+        os.environ[PIPELINE_ENV] = "0"
+        try:
+            return fn(*a)
+        finally:
+            if old is None:
+                del os.environ[PIPELINE_ENV]
+            else:
+                os.environ[PIPELINE_ENV] = old
+    return run
+
+
 def layer_args(layer: Layer):
     return layer.stride, layer.pad, layer.pool_k, layer.pool_s
 
@@ -160,6 +183,11 @@ def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
     if cfg.compile_for(batch, dtype):
         c = compiled_eager()
         variants["compile"] = (lambda *s: c(*s, *layer_args(layer)), ours_layout)
+    if dev.type == "cuda":
+        variants[FIRST_VERSION] = variants["ours"]
+
+    def env(name, fn):  # the whole call, backward included, under the variant's pipeline
+        return first_version(fn) if name == FIRST_VERSION else fn
     sets = {"nchw": [], "nhwc": []}
     set_bytes = (batch * layer.cin * layer.hw**2 + layer.cout * layer.cin * layer.k**2) * dtype.itemsize
     for _ in range(cfg.sets_for(set_bytes)):
@@ -189,22 +217,24 @@ def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
     for name, (fn, lay) in variants.items():
         def check(name=name, fn=fn, lay=lay):
             assert_as_accurate(result(fn, lay), base, ref, names, precision(dtype, dev))
-            if name == "ours":
+            if name.startswith("ours"):
                 verify_float64(layer, *sets[lay][0])
-        ok[name] = name == "nchw" or attempt(failures, f"{_label(key)} {name}", check)
+        ok[name] = name == "nchw" or attempt(failures, f"{_label(key)} {name}", env(name, check))
     ref = base = None  # noqa: F841 - frees them before timing
     live = {n: v for n, v in variants.items() if ok[n]}
 
     # -- time ---------------------------------------------------------------------------------------
     times = {}
     with torch.no_grad():
-        times["fwd"] = timer.compare({n: fn for n, (fn, _) in live.items()}, {n: sets[lay] for n, (_, lay) in live.items()})
-    graphs = {n: [(fn(*s), gs[lay], grads_of(s)) for s in sets[lay]] for n, (fn, lay) in live.items()}
-    times["bwd"] = timer.compare({n: _backward for n in live}, graphs)
-    del graphs
-    times["fwd+bwd"] = timer.compare({n: _fwd_bwd(fn, gs[lay], grads_of) for n, (fn, lay) in live.items()},
+        times["fwd"] = timer.compare({n: env(n, fn) for n, (fn, _) in live.items()},
                                      {n: sets[lay] for n, (_, lay) in live.items()})
-    saved = {n: saved_bytes(lambda: fn(*sets[lay][0]), sets[lay][0]) for n, (fn, lay) in live.items()}
+    graphs = {n: [(fn(*s), gs[lay], grads_of(s)) for s in sets[lay]] for n, (fn, lay) in live.items()}
+    times["bwd"] = timer.compare({n: env(n, _backward) for n in live}, graphs)
+    del graphs
+    times["fwd+bwd"] = timer.compare({n: env(n, _fwd_bwd(fn, gs[lay], grads_of)) for n, (fn, lay) in live.items()},
+                                     {n: sets[lay] for n, (_, lay) in live.items()})
+    saved = {n: saved_bytes(lambda: fn(*sets[lay][0]), sets[lay][0]) for n, (fn, lay) in live.items()
+             if n != FIRST_VERSION}
 
     failed = {n: failures[f"{_label(key)} {n}"] for n in variants if not ok[n]}
     rows = [speed_row({**key, "ours_layout": ours_layout}, p, times[p], variants, limits,

@@ -37,9 +37,10 @@ def run_each(items, timer, table, failures: dict) -> list[dict]:
 
 
 def speed_row(key: dict, pass_: str, times: dict, names, limits: dict, flops, nbytes, failed: dict) -> dict:
-    """One pass's row: `times` holds the verified variants' seconds (ours may be missing: it failed)."""
+    """One pass's row: `times` holds the verified variants' seconds (ours may be missing: it failed).
+    Variants named ours_* are other versions of ours (an A/B), not baselines."""
     t = {n: times.get(n) for n in names}
-    base = {n: v for n, v in t.items() if n != "ours" and v is not None}
+    base = {n: v for n, v in t.items() if not n.startswith("ours") and v is not None}
     best = min(base, key=base.get) if base else None
     row = {**key, "pass": pass_, "times_s": t, "best_baseline": best,
            "speedup": base[best] / t["ours"] if best and t["ours"] else None, "flops": flops, "bytes": nbytes}
