@@ -146,10 +146,14 @@ def _variants(launches: list[str], kernel: str) -> set[tuple[str, ...]]:
 # needs C * size % 16 == 0, to its scalar path); offset 1 misaligns the rows (scalar everywhere).
 PATHS = {
     "warp_vec": ((37, 40, None, 0), ("32", "true", "true")),
+    # C = 1000: lanes with four vectors left take the unrolled loop (four 16-byte loads, then the math)
+    # and the rest the one-vector loop (float32 and bfloat16 alike; float64 has no unrolled loop)
+    "warp_vec_unrolled": ((5, 1000, None, 0), ("32", "true", "true")),
     "warp_vec_tail": ((37, 21, 24, 0), ("32", "true", "false")),
     "warp_odd_stride": ((19, 40, 41, 0), ("32", "false", "false")),
     "warp_misaligned": ((19, 40, None, 1), ("32", "false", "false")),
     "block_vec": ((3, 2064, None, 0), ("512", "true", "true")),
+    "block_vec_unrolled": ((2, 16400, None, 0), ("512", "true", "true")),
     "block_vec_tail": ((3, 2053, 2056, 0), ("512", "true", "false")),
     "block_misaligned": ((2, 2056, None, 1), ("512", "false", "false")),
 }

@@ -11,10 +11,28 @@
 // streams 16-byte vectors of its row when the rows are 16-byte aligned, scalars otherwise.
 // A target outside [0, C) that is not ignore_index is reported by printf and a trap: the op fails
 // (the next synchronising call raises) instead of returning a wrong loss; no host synchronisation.
-// ptxas, sm_90 (nvcc 13.0): 29-32 registers forward, 30-40 backward for float/half/bf16, no spills;
-// 16-byte LDG.E.128 / STG.E.128 in the vector paths, MUFU.EX2 for exp; local memory only for the
-// printf arguments of the bad-target path (and 8 bytes of spill in one float64 backward variant).
-// Not yet run on a GPU: compiled for sm_80/sm_90 only.
+// Each thread issues four 16-byte loads before it folds them (kUnroll; float64: one), so that an SM
+// keeps ~100 KB of loads in flight instead of ~32 KB: enough for HBM3's latency x bandwidth.
+// ptxas, sm_90 (nvcc 13.0; `python bench/kernel_report.py --filter softmax`): forward 29-40
+// registers, backward 30-62 (float64 up to 64), no spills except 16 bytes in one float64 backward
+// variant; 4 back-to-back LDG.E.128 in the unrolled vector loops (STG.E.128 in the backward's),
+// MUFU.EX2 for exp; local memory only for the printf arguments of the bad-target path.
+// Occupancy (registers, 64K per SM): forward 40 -> 3 blocks of 512 (75%) or 6 of 256; backward
+// bf16 56 (allocated) -> 2 blocks of 512 (50%), float32 at 64 -> 4 blocks of 256 (50%); no block
+// needs more than 512 bytes of shared memory.
+// Performance model against issue 9's bars (H100 SXM: 3.35 TB/s HBM, ~50 MB L2; not yet measured:
+// no GPU has run these kernels). Forward + backward move 3 N C s bytes (s: element size), the least
+// any implementation can (read the logits twice, write the gradient once); F.cross_entropy moves
+// ~6 N C s (log_softmax writes N x C, nll reads it back; backward zero-fills a one-hot gradient,
+// then reads it and the saved log-softmax and writes the result) in ~6 launches, against our 3.
+// - N 128..4096, C 10 and 1000: <= 8 MB of logits, so launches and the L2 dominate: at C 1000 and
+//   N 4096 bf16 ours needs ~24 MB (7 us at HBM rate, less from L2) plus 3 launches, PyTorch ~48 MB
+//   plus 6: ~2x expected, the bar, with nothing to spare; at C 10 each side is all launch latency,
+//   so the ratio is the launch count, ~2x.
+// - N 16384, C 32768..131072 (1-8 GB): streaming. Each SM needs ~25 B/ns x ~1 us of loads in
+//   flight (~25 KB); the unrolled loops give it ~100 KB (forward) and ~64 KB (backward), so both
+//   should run at the copy kernel's rate: 85-95% of the measured copy bandwidth, the bar being 85%.
+//   Exp throughput is not a limit: ~7 elements/cycle/SM at HBM rate against 16 MUFU ops/cycle/SM.
 // Compiled without nvcc (tests/emulation), the same source runs in the CPU emulation of CUDA.
 #include "cuda/cuda_or_emulation.h"
 
@@ -31,6 +49,12 @@ namespace {
 
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
+
+// 16-byte loads each thread has in flight in the vector loops: one at a time leaves an SM ~32 KB of
+// loads in flight at full occupancy, about what HBM3's latency x bandwidth needs, with no margin.
+// float64 keeps one: its exp() is a called function, and four packs live across the calls spill.
+template <typename T> constexpr int kUnroll = 4;
+template <> constexpr int kUnroll<double> = 1;
 
 using cuda_convert::from_acc;
 using cuda_convert::to_acc;
@@ -142,14 +166,22 @@ __global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_forward_kernel_im
   acc_t a = 0, ws = 0;
   int64_t j0 = 0;
   if constexpr (kVec) {
-    const int64_t Cv = C / V * V;
-    for (int64_t j = int64_t(lane) * V; j < Cv; j += int64_t(G) * V) {
-      Pack<T> p = *reinterpret_cast<const Pack<T>*>(xr + j);
+    const int64_t Cv = C / V * V, step = int64_t(G) * V;
+    auto fold = [&](const Pack<T>& p, int64_t j) {
       acc_t z[V];
 #pragma unroll
       for (int k = 0; k < V; ++k) z[k] = to_acc(p.e[k]);
       accumulate<acc_t, V>(ms, a, ws, z, w, j, r, smooth);
+    };
+    int64_t j = int64_t(lane) * V;
+    for (; j + (kUnroll<T> - 1) * step < Cv; j += kUnroll<T> * step) {  // kUnroll<T> loads issued, then folded
+      Pack<T> p[kUnroll<T>];
+#pragma unroll
+      for (int u = 0; u < kUnroll<T>; ++u) p[u] = *reinterpret_cast<const Pack<T>*>(xr + j + u * step);
+#pragma unroll
+      for (int u = 0; u < kUnroll<T>; ++u) fold(p[u], j + u * step);
     }
+    for (; j < Cv; j += step) fold(*reinterpret_cast<const Pack<T>*>(xr + j), j);
     j0 = Cv;
   }
   for (int64_t j = j0 + lane; j < C; j += G) {
@@ -234,21 +266,39 @@ __global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_backward_kernel_i
   // Ignored rows are written as exact zeros without reading their logits (which may be inf/NaN).
   int64_t j0 = 0;
   if constexpr (kVec) {
-    const int64_t Cv = C / V * V;
-    for (int64_t j = int64_t(lane) * V; j < Cv; j += int64_t(G) * V) {
+    const int64_t Cv = C / V * V, step = int64_t(G) * V;
+    auto grad = [&](Pack<T>& p, int64_t j) {  // logits in, gradients out
+#pragma unroll
+      for (int q = 0; q < V; ++q) {
+        acc_t d = k.A * exp_((to_acc(p.e[q]) - m) - l) - k.E * (w ? __ldg(w + j + q) : acc_t(1));
+        if (j + q == t) d -= k.B;
+        p.e[q] = ign ? from_acc<T>(acc_t(0)) : from_acc<T>(d);
+      }
+    };
+    auto load = [&](int64_t j) {
       Pack<T> p;
       if (ign) {
 #pragma unroll
         for (int q = 0; q < V; ++q) p.e[q] = from_acc<T>(acc_t(0));
       } else {
         p = *reinterpret_cast<const Pack<T>*>(xr + j);
-#pragma unroll
-        for (int q = 0; q < V; ++q) {
-          acc_t d = k.A * exp_((to_acc(p.e[q]) - m) - l) - k.E * (w ? __ldg(w + j + q) : acc_t(1));
-          if (j + q == t) d -= k.B;
-          p.e[q] = from_acc<T>(d);
-        }
       }
+      return p;
+    };
+    int64_t j = int64_t(lane) * V;
+    for (; j + (kUnroll<T> - 1) * step < Cv; j += kUnroll<T> * step) {  // kUnroll<T> loads issued, then written
+      Pack<T> p[kUnroll<T>];
+#pragma unroll
+      for (int u = 0; u < kUnroll<T>; ++u) p[u] = load(j + u * step);
+#pragma unroll
+      for (int u = 0; u < kUnroll<T>; ++u) {
+        grad(p[u], j + u * step);
+        *reinterpret_cast<Pack<T>*>(o + j + u * step) = p[u];
+      }
+    }
+    for (; j < Cv; j += step) {
+      Pack<T> p = load(j);
+      grad(p, j);
       *reinterpret_cast<Pack<T>*>(o + j) = p;
     }
     j0 = Cv;
