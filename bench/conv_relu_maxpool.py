@@ -8,9 +8,10 @@ checks it against pyalexnet.models). Variants, each verified against eager NCHW 
     nchw      F.conv2d -> F.relu -> F.max_pool2d, NCHW (cuDNN in benchmark mode / oneDNN)
     nhwc      the same with channels_last input and weights
     compile   torch.compile of the same sequence, in ours' layout (Inductor fuses ReLU and pooling)
-    ours_sync on a GPU, ours with the CUDA kernels' first operand pipeline (loads and stores through
-              registers, 2 stages; PYALEXNET_CONV_ASYNC=0) instead of cp.async (3 stages): the A/B
-              of that change, timed side by side; not a baseline
+    ours_v1   on a GPU, ours with the CUDA kernels' first version (PYALEXNET_CONV_VERSION=1: loads
+              and stores through 2 stages, un-pooling inside the backward's GEMM loaders) instead of
+              version 2 (cp.async through 3 stages, the un-pooled gradient materialised): the A/B of
+              that change, timed side by side; not a baseline
 
 Passes: fwd (under no_grad), bwd (on a retained graph), fwd+bwd. The first layer's input needs no
 gradient, as in training. Verified (checks.py): output and gradients as accurate as eager NCHW's
@@ -136,22 +137,22 @@ def verify_float64(layer: Layer, x, w, b) -> None:
         torch.testing.assert_close(got, want)
 
 
-FIRST_VERSION = "ours_sync"
-PIPELINE_ENV = "PYALEXNET_CONV_ASYNC"  # read by the CUDA op at every call
+FIRST_VERSION = "ours_v1"
+VERSION_ENV = "PYALEXNET_CONV_VERSION"  # read by the CUDA op at every call
 
 
 def first_version(fn):
-    """fn, run with the CUDA kernels' first operand pipeline (PYALEXNET_CONV_ASYNC=0)."""
+    """fn, run with the CUDA kernels' first version (PYALEXNET_CONV_VERSION=1)."""
     def run(*a):
-        old = os.environ.get(PIPELINE_ENV)
-        os.environ[PIPELINE_ENV] = "0"
+        old = os.environ.get(VERSION_ENV)
+        os.environ[VERSION_ENV] = "1"
         try:
             return fn(*a)
         finally:
             if old is None:
-                del os.environ[PIPELINE_ENV]
+                del os.environ[VERSION_ENV]
             else:
-                os.environ[PIPELINE_ENV] = old
+                os.environ[VERSION_ENV] = old
     return run
 
 
@@ -186,7 +187,7 @@ def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
     if dev.type == "cuda":
         variants[FIRST_VERSION] = variants["ours"]
 
-    def env(name, fn):  # the whole call, backward included, under the variant's pipeline
+    def env(name, fn):  # the whole call, backward included, under the variant's version
         return first_version(fn) if name == FIRST_VERSION else fn
     sets = {"nchw": [], "nhwc": []}
     set_bytes = (batch * layer.cin * layer.hw**2 + layer.cout * layer.cin * layer.k**2) * dtype.itemsize

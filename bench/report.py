@@ -3,8 +3,8 @@ markdown summary kept in bench/results/, and the plot of speedups.
 
 Times are milliseconds; `speedup` is the fastest verified baseline's time over ours (above 1: ours is
 faster) and `best` names that baseline; `%mm` and `%copy` are ours' achieved TFLOP/s and GB/s as
-shares of the matrix-product rate and copy bandwidth measured in the same run. `async x` (conv, on a
-GPU): the first version's operand pipeline time over ours' cp.async one (above 1: cp.async wins).
+shares of the matrix-product rate and copy bandwidth measured in the same run. `v2 x` (conv, on a
+GPU): the kernels' version 1 time over ours' (version 2; above 1: version 2 wins).
 """
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ def _pair(d, a: str, b: str) -> str:
     return f"{_f(d.get(a) and d[a] / MiB, '.1f')}/{_f(d.get(b) and d[b] / MiB, '.1f')}"
 
 
-def pipeline_gain(row: dict):
-    """The first CUDA pipeline's time over ours' (cp.async): above 1, cp.async wins; None where not timed."""
+def version_gain(row: dict):
+    """The CUDA kernels' version 1 time over ours' (version 2): above 1, version 2 wins; None where
+    not timed."""
     t = row.get("times_s", {})
-    return t["ours_sync"] / t["ours"] if t.get("ours_sync") and t.get("ours") else None
+    return t["ours_v1"] / t["ours"] if t.get("ours_v1") and t.get("ours") else None
 
 
 def _common(row: dict) -> list:
@@ -51,7 +52,7 @@ COLUMNS = {
              ("TFLOP/s", 8, lambda r: _common(r)[2]), ("%mm", 4, lambda r: _common(r)[3]),
              ("GB/s", 7, lambda r: _f(r.get("gbs"), ".1f")), ("%copy", 5, lambda r: _f(r.get("pct_copy"), ".0f")),
              ("saved MiB o/eager", 17, lambda r: _pair(r.get("saved_bytes"), "ours", "nchw")),
-             ("async x", 7, lambda r: _f(pipeline_gain(r), ".2f"))],
+             ("v2 x", 5, lambda r: _f(version_gain(r), ".2f"))],
     "loss": [("N x C", 13, lambda r: f"{r['N']}x{r['C']}"), ("dtype", 8, lambda r: r["dtype"]),
              ("pass", 7, lambda r: r["pass"]), ("ours ms", 9, lambda r: _ms(r, "ours")),
              ("eager ms", 9, lambda r: _ms(r, "eager")), ("compile", 9, lambda r: _ms(r, "compile")),
@@ -125,14 +126,14 @@ def markdown(result: dict) -> str:
     rows = [r for r in result["rows"] if "times_s" in r]
     conv = [r for r in rows if r["section"] == "conv"]
     if conv:
-        ab = any(pipeline_gain(r) for r in conv)  # the cp.async A/B was timed (a GPU run)
+        ab = any(version_gain(r) for r in conv)  # the version A/B was timed (a GPU run)
         out += ["| variant | layer | batch | dtype | fwd | bwd | fwd+bwd | fwd+bwd % of matmul | saved MiB ours / eager |"
-                + (" cp.async gain fwd / fwd+bwd |" if ab else ""), "|---|---|---|---|---|---|---|---|---|" + ("---|" if ab else "")]
+                + (" v2 gain fwd / fwd+bwd |" if ab else ""), "|---|---|---|---|---|---|---|---|---|" + ("---|" if ab else "")]
         for r in conv:
             if r["pass"] == "fwd+bwd":
                 same = [q for q in conv if _same(q, r, ("variant", "layer", "batch", "dtype"))]
                 sp = {q["pass"]: q.get("speedup") for q in same}
-                gain = {q["pass"]: pipeline_gain(q) for q in same}
+                gain = {q["pass"]: version_gain(q) for q in same}
                 out.append(f"| {r['variant']} | {r['layer']} | {r['batch']} | {r['dtype']} | {_f(sp.get('fwd'), '.2f')} | "
                            f"{_f(sp.get('bwd'), '.2f')} | {_f(sp.get('fwd+bwd'), '.2f')} | {_f(r.get('pct_matmul'), '.0f')} | "
                            f"{_pair(r.get('saved_bytes'), 'ours', 'nchw').replace('/', ' / ')} |"

@@ -139,20 +139,20 @@ def test_speed_row_picks_the_fastest_verified_baseline():
     assert r["best_baseline"] == "nhwc" and r["speedup"] == 2.0 and r["times_s"]["compile"] is None
     assert r["tflops"] == 2.0 and r["pct_matmul"] == 200.0 and r["gbs"] == 2.0 and r["pct_copy"] == 20.0
     assert r["failed"] == {"compile": "AssertionError"}
-    # another version of ours (the conv kernels' first pipeline) is an A/B, never the baseline
-    r = bench_rows.speed_row({"dtype": "float32"}, "fwd", {"ours": 0.5, "ours_sync": 0.6, "nchw": 2.0},
-                             ("ours", "ours_sync", "nchw"), limits, 1e12, 1e9, {})
-    assert r["best_baseline"] == "nchw" and r["speedup"] == 4.0 and report.pipeline_gain(r) == pytest.approx(1.2)
+    # another version of ours (the conv kernels' version 1) is an A/B, never the baseline
+    r = bench_rows.speed_row({"dtype": "float32"}, "fwd", {"ours": 0.5, "ours_v1": 0.6, "nchw": 2.0},
+                             ("ours", "ours_v1", "nchw"), limits, 1e12, 1e9, {})
+    assert r["best_baseline"] == "nchw" and r["speedup"] == 4.0 and report.version_gain(r) == pytest.approx(1.2)
 
 
-def test_first_version_sets_the_pipeline_for_the_call_only(monkeypatch):
-    monkeypatch.setenv(conv_bench.PIPELINE_ENV, "1")
-    seen = conv_bench.first_version(lambda: os.environ.get(conv_bench.PIPELINE_ENV))()
-    assert seen == "0" and os.environ[conv_bench.PIPELINE_ENV] == "1"
-    monkeypatch.delenv(conv_bench.PIPELINE_ENV)
+def test_first_version_sets_the_version_for_the_call_only(monkeypatch):
+    monkeypatch.setenv(conv_bench.VERSION_ENV, "2")
+    seen = conv_bench.first_version(lambda: os.environ.get(conv_bench.VERSION_ENV))()
+    assert seen == "1" and os.environ[conv_bench.VERSION_ENV] == "2"
+    monkeypatch.delenv(conv_bench.VERSION_ENV)
     with pytest.raises(ZeroDivisionError):
         conv_bench.first_version(lambda: 1 / 0)()
-    assert conv_bench.PIPELINE_ENV not in os.environ
+    assert conv_bench.VERSION_ENV not in os.environ
 
 
 def test_tiny_run_of_every_section(tmp_path, capsys):
@@ -266,7 +266,7 @@ def test_tiny_run_on_the_gpu(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert all("times_s" in r or "skipped" in r for r in rows)
     conv = [r for r in rows if r["section"] == "conv" and "times_s" in r]
-    assert conv and all(r["times_s"]["ours_sync"] and report.pipeline_gain(r) for r in conv)
+    assert conv and all(r["times_s"]["ours_v1"] and report.version_gain(r) for r in conv)
 
 
 def test_gpu_summary_reads_what_gpu_check_leaves(tmp_path, capsys):
@@ -286,18 +286,18 @@ def test_gpu_summary_reads_what_gpu_check_leaves(tmp_path, capsys):
     assert "train cifar batch 4 float32: images/s custom 4, cudnn 3; peak MiB custom 2, cudnn 4" in out
 
 
-def test_pipeline_gain_in_the_summaries(tmp_path, capsys):
-    """A GPU run times the conv kernels' first pipeline beside ours: the markdown gets a cp.async
-    column and gpu_summary a line per dtype and pass."""
+def test_version_gain_in_the_summaries(tmp_path, capsys):
+    """A GPU run times the conv kernels' version 1 beside ours: the markdown gets a v2 gain column
+    and gpu_summary a line per dtype and pass."""
     import gpu_summary
     result = _result()
     for r in result["rows"]:
         if r["section"] == "conv":
-            r["times_s"]["ours_sync"] = 1.5 * r["times_s"]["ours"]
+            r["times_s"]["ours_v1"] = 1.5 * r["times_s"]["ours"]
     md = report.markdown(result)
-    assert "cp.async gain fwd / fwd+bwd |" in md and "| 1.50 / 1.50 |" in md
-    assert "cp.async" not in report.markdown(_result())
+    assert "v2 gain fwd / fwd+bwd |" in md and "| 1.50 / 1.50 |" in md
+    assert "v2 gain" not in report.markdown(_result())
     (tmp_path / "steps.tsv").write_text("step\tstatus\tseconds\ncompare\tok\t100\n")
     (tmp_path / "compare.json").write_text(json.dumps({**result, "failures": {}}))
     assert gpu_summary.main(tmp_path) == 0
-    assert "conv float32 fwd+bwd: cp.async pipeline / first version, speed ratio geomean 1.50" in capsys.readouterr().out
+    assert "conv float32 fwd+bwd: kernels version 2 / version 1, speed ratio geomean 1.50" in capsys.readouterr().out

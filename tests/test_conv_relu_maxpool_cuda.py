@@ -187,38 +187,44 @@ def test_offsets_past_2_31():
     assert torch.isfinite(gw).all()
 
 
-@pytest.fixture(params=["async", "first"])
-def pipeline(request, monkeypatch):
-    """The kernels' operand pipeline: cp.async (3 stages, the default) or the first version's loads
-    and stores (2 stages), which the op reads from PYALEXNET_CONV_ASYNC at every call."""
-    if request.param == "first":
-        monkeypatch.setenv("PYALEXNET_CONV_ASYNC", "0")
-    else:
-        monkeypatch.delenv("PYALEXNET_CONV_ASYNC", raising=False)
+@pytest.fixture(params=[2, 1], ids=["v2", "v1"])
+def version(request, monkeypatch):
+    """The kernels' version, which the op reads from PYALEXNET_CONV_VERSION at every call: 2 (the
+    default: cp.async through 3 stages, the un-pooled gradient materialised) or 1 (loads and stores
+    through 2 stages, un-pooling inside the backward's GEMM loaders)."""
+    monkeypatch.setenv("PYALEXNET_CONV_VERSION", str(request.param))
     return request.param
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=str)
 @pytest.mark.parametrize("name", ("imagenet_conv1", "imagenet_conv2", "cifar_conv2", "cifar_conv5"))
-def test_both_pipelines_give_the_same_bits(name, dtype, tf32, monkeypatch):
-    """cp.async and the first version multiply the same operands in the same order: all outputs equal
-    bit for bit on Gaussian inputs (so TF32 rounding happens on both paths)."""
+def test_both_versions_give_the_same_bits(name, dtype, tf32, monkeypatch):
+    """Versions 1 and 2 multiply the same operands in the same order: all outputs equal bit for bit
+    on Gaussian inputs (so TF32 rounding happens on both paths)."""
     c = ALEXNET_REAL[name]
     x, w, b = _cuda(*gaussian_inputs(c, dtype))
     g = torch.randn(c.N, c.Co, *c.out_size(), device=DEV).to(dtype)
-    monkeypatch.delenv("PYALEXNET_CONV_ASYNC", raising=False)
+    monkeypatch.delenv("PYALEXNET_CONV_VERSION", raising=False)
     new = run(conv_relu_maxpool, x, w, b, g, *c.args())
-    monkeypatch.setenv("PYALEXNET_CONV_ASYNC", "0")
+    monkeypatch.setenv("PYALEXNET_CONV_VERSION", "1")
     old = run(conv_relu_maxpool, x, w, b, g, *c.args())
     for what, a, e in zip(("out", "grad_x", "grad_weight", "grad_bias"), new, old):
         if e is not None:
             assert torch.equal(a, e), f"{name} {what}: max diff {(a.double() - e.double()).abs().max().item()}"
 
 
+def test_version_setting_is_checked(monkeypatch):
+    c = Cfg(1, 3, 8, 8, 4, (3, 3))
+    x, w, b = _cuda(*exact_inputs(c, torch.float32))
+    monkeypatch.setenv("PYALEXNET_CONV_VERSION", "3")
+    with pytest.raises(RuntimeError, match="PYALEXNET_CONV_VERSION must be 1 or 2, got '3'"):
+        FWD(x, w, b, *[list(a) for a in c.args()])
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_small_case_every_kernel(dtype, tf32, pipeline):
+def test_small_case_every_kernel(dtype, tf32, version):
     """One small case through every kernel (forward, bias, weight and data gradients, reductions),
-    both vector and element gathers, a 1x1 window and a multi-pass window, both operand pipelines:
+    both vector and element gathers, a 1x1 window and a multi-pass window, both kernel versions:
     compute-sanitizer's target."""
     for c in (Cfg(2, 3, 9, 9, 5, (3, 3), padding=(1, 1)), Cfg(2, 32, 6, 6, 70, (3, 3), padding=(1, 1),
               pool_kernel=(1, 1), pool_stride=(1, 1)), Cfg(1, 2, 17, 19, 3, (1, 1), pool_kernel=(15, 17))):

@@ -49,6 +49,9 @@ CASES = {
     "window_in_passes": Cfg(1, 4, 20, 21, 5, (2, 2), pool_kernel=(15, 17), pool_stride=(4, 5)),
     # 40 channels: the vector path only where 40 is a multiple of the K step (float64)
     "k_tail": Cfg(2, 40, 6, 7, 9, (3, 2), padding=(1, 0), pool_kernel=(2, 2), pool_stride=(2, 1)),
+    # 64 output channels, a multiple of every K step: the version-2 data gradient copies 16-byte
+    # vectors of the un-pooled gradient; stride 2 leaves input pixels that no conv output reads
+    "co_multiple_of_k_step": Cfg(2, 16, 11, 10, 64, (3, 3), (2, 2), (1, 1), (2, 2), (1, 2)),
     "rect_everything": SPECIAL["rect_everything"],
     "padding_beyond_row": SPECIAL["padding_beyond_row"],
 }
@@ -63,10 +66,11 @@ def _pack(m: torch.Tensor, rows: int, dtype) -> torch.Tensor:
 
 
 def emulate(c: Cfg, x, w, b, gy, tmp: Path, tf32: bool = False, need: str = "111", sm_count: int = 3,
-            async_copy: bool = True) -> dict:
+            version: int = 2) -> dict:
     """The kernels' out, code, dx, dw, db (NCHW, as the op returns them) for both schedules, after
-    checking that the schedules agree bit for bit. async_copy=False: the first version's operand
-    loads and stores (2 stages) instead of cp.async (3 stages)."""
+    checking that the schedules agree bit for bit. version 1: the kernels' first version (operand
+    loads and stores through 2 stages, un-pooling inside the backward's GEMM loaders); 2 (the
+    default): cp.async through 3 stages, the un-pooled gradient materialised once."""
     dtype = x.dtype
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     (tmp / "x.bin").write_bytes(harness.to_bytes(x.permute(0, 2, 3, 1)))
@@ -79,7 +83,7 @@ def emulate(c: Cfg, x, w, b, gy, tmp: Path, tf32: bool = False, need: str = "111
             f"W={c.W}", f"Co={c.Co}", f"kh={c.k[0]}", f"kw={c.k[1]}", f"sh={c.stride[0]}", f"sw={c.stride[1]}",
             f"ph={c.padding[0]}", f"pw={c.padding[1]}", f"pkh={c.pool_kernel[0]}", f"pkw={c.pool_kernel[1]}",
             f"psh={c.pool_stride[0]}", f"psw={c.pool_stride[1]}", f"bias={int(b is not None)}", f"need={need}",
-            f"sm_count={sm_count}", f"async={int(async_copy)}"]
+            f"sm_count={sm_count}", f"version={version}"]
     outs = {}
     for s in harness.SCHEDULES:
         r = harness.run(args + [f"schedule={s}"], timeout=600)
@@ -122,19 +126,21 @@ def test_exact_inputs_match_the_cpu_kernels(tmp_path, name, mode):
 
 
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("name", ("conv1_like", "conv2_like", "k_tail"))
-def test_both_pipelines_give_the_same_bits(tmp_path, name, mode):
-    """The operand pipelines (cp.async through 3 stages, the default; loads and stores through 2) run
-    the same products in the same order, so on Gaussian inputs (every TF32 input rounded, bf16/f16
-    not exact) all five outputs agree bit for bit; conv1_like has element gathers, conv2_like
-    16-byte ones, k_tail both (by dtype)."""
+@pytest.mark.parametrize("name", ("conv1_like", "conv2_like", "k_tail", "co_multiple_of_k_step", "conv3_like_groups"))
+def test_both_versions_give_the_same_bits(tmp_path, name, mode):
+    """The kernels' two versions (cp.async through 3 stages and a materialised un-pooled gradient,
+    the default; loads and stores through 2 stages and un-pooling inside the GEMM loaders) run the
+    same products in the same order, so on Gaussian inputs (every TF32 input rounded, bf16/f16 not
+    exact) all five outputs agree bit for bit. Between them the cases take every loader: element
+    and 16-byte gathers of the input, and of the un-pooled gradient (channels a multiple of the K
+    step, of 16 bytes, or neither)."""
     dtype, tf32 = mode
     c = CASES[name]
     x, w, b = gaussian_inputs(c, dtype)
     gy = torch.randn(c.N, c.Co, *c.out_size(), dtype=torch.float64).to(dtype)
     (tmp_path / "a").mkdir(), (tmp_path / "s").mkdir()
     new = emulate(c, x, w, b, gy, tmp_path / "a", tf32=tf32)
-    old = emulate(c, x, w, b, gy, tmp_path / "s", tf32=tf32, async_copy=False)
+    old = emulate(c, x, w, b, gy, tmp_path / "s", tf32=tf32, version=1)
     for k in ("out", "code", "dx", "dw", "db"):
         assert torch.equal(new[k], old[k]), f"{name} {k}: {(new[k].double() - old[k].double()).abs().max().item()}"
     if tf32:  # the TF32 rounding really happened: float32 FMA gives other bits

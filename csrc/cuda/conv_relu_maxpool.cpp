@@ -41,12 +41,15 @@ at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDoubl
 // float32 runs as TF32 on the tensor cores where PyTorch lets cuDNN's convolutions do so.
 bool use_tf32(at::ScalarType t) { return t == at::kFloat && at::globalContext().allowTF32CuDNN(); }
 
-// cp.async operand copies (3 stages), unless PYALEXNET_CONV_ASYNC=0 asks for the first version's
-// loads and stores (2 stages). Read at every call, so that one process can time both
-// (bench/conv_pipeline.py); the results are the same bits either way.
-bool async_copy() {
-  const char* v = std::getenv("PYALEXNET_CONV_ASYNC");
-  return !(v && v[0] == '0' && v[1] == '\0');
+// The kernels' version: 2 (cp.async operand copies through 3 stages; the backward's un-pooled
+// gradient materialised once), unless PYALEXNET_CONV_VERSION=1 asks for the first version (loads
+// and stores through 2 stages; un-pooling inside the GEMM loaders). Read at every call, so that one
+// process can time both (bench/compare.py); both give the same bits.
+int kernels_version() {
+  const char* v = std::getenv("PYALEXNET_CONV_VERSION");
+  if (!v || !*v) return 2;
+  TORCH_CHECK((v[0] == '1' || v[0] == '2') && v[1] == '\0', "PYALEXNET_CONV_VERSION must be 1 or 2, got '", v, "'");
+  return v[0] - '0';
 }
 
 // NHWC, contiguous, 16-byte aligned (the kernels' vector loads), in x's dtype.
@@ -97,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cuda(
     const at::Tensor w = pack(weight.permute({0, 2, 3, 1}), g.Co, g.K(), km, ct);
     const at::Tensor b = bias.has_value() ? bias->to(acc_type(dt)).contiguous() : at::Tensor();
     ForwardArgs a{};
-    a.dtype = kernel_dtype(dt), a.tf32 = tf32, a.async_copy = async_copy(), a.g = shape_of(g);
+    a.dtype = kernel_dtype(dt), a.tf32 = tf32, a.version = kernels_version(), a.g = shape_of(g);
     a.x = xc.const_data_ptr(), a.w = w.const_data_ptr(), a.Kp = w.size(1);
     a.bias = b.defined() ? b.const_data_ptr() : nullptr;
     a.out = out.data_ptr(), a.code = code.data_ptr();
@@ -132,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cuda(
   // Ci x (ky, kx, co): the data gradient's B operand, one row per input channel.
   const at::Tensor wt = need_x ? pack(weight.permute({1, 2, 3, 0}), g.Ci, g.kh * g.kw * g.Co, km, dt) : at::Tensor();
   BackwardArgs a{};
-  a.dtype = kernel_dtype(dt), a.tf32 = tf32, a.async_copy = async_copy(), a.g = shape_of(g);
+  a.dtype = kernel_dtype(dt), a.tf32 = tf32, a.version = kernels_version(), a.g = shape_of(g);
   a.sm_count = sm_count(x.device());
   a.gy = gy.const_data_ptr(), a.code = cc.const_data_ptr();
   a.x = need_w ? xc.const_data_ptr() : nullptr;

@@ -9,9 +9,11 @@
 // 16-byte rows. bias + ReLU + max-pool run in the epilogue from the tile in shared memory. Written:
 // only the pooled output and one code byte per pooled output (or one bit: 1x1 windows). Never
 // written: the conv or ReLU output.
-// Backward, with the pooled gradient un-pooled on the fly (unpooled_gradient: each conv output
-// gathers the pooled gradients whose saved maximum sits on it), so that no full-resolution gradient
-// is ever stored:
+// Backward, from the pooled gradient and the codes alone (nothing full-resolution is saved for it).
+// The un-pooled gradient (unpooled_gradient: each conv output gathers the pooled gradients whose
+// saved maximum sits on it) is, in version 2 (the default), computed once into the workspace as
+// dconv (N Hc Wc x Co, unpool kernel) and freed after the backward; version 1 recomputes it inside
+// the GEMM loaders, (kh kw) times per conv output in dgrad and once per 64-column tile in wgrad:
 //   dgrad: dx (N H W x Ci) = unpooled (N H W x kh kw Co, gathered) . W (kh kw Co x Ci); one block per
 //          128 input pixels x 64 input channels, the whole reduction in the block, dx written once;
 //   wgrad: dw (Co x kh kw Ci) = unpooled^T . patches, split over conv positions into partial sums
@@ -24,42 +26,52 @@
 // Roofline, per layer: forward 2 N Hc Wc Co K flops (the halo adds (CH CW) / (PH PW psh psw) - 1 of
 // it, ~20% for 3/2 pooling), minimal bytes = input + weights + pooled output + codes; backward
 // twice the flops, reading gy, the codes, x and the weights and writing dx and dw.
-// Operand pipeline (block_gemm): cp.async (cuda/async_copy.h) copies the 16-byte input gathers and
-// the weight rows straight into a ring of 3 shared-memory stages, two K steps ahead of the tensor
-// cores, one barrier per step; element gathers (conv1's 3 channels, the backward's un-pooling) are
-// still loaded and stored by the threads. TF32 rounds on the fragments, after the copy. The first
-// version (loads and stores through registers, 2 stages) stays selectable, PYALEXNET_CONV_ASYNC=0,
-// so that one GPU run times both (bench/compare.py's ours_sync); they give the same bits (tests).
+// Operand pipeline (block_gemm), version 2: cp.async (cuda/async_copy.h) copies the 16-byte input
+// gathers, the weight rows and dgrad's dconv gathers straight into a ring of 3 shared-memory stages,
+// two K steps ahead of the tensor cores, one barrier per step. Element gathers (conv1's 3 channels)
+// and wgrad's tiles, which arrive as 16-byte loads along the channels but are stored transposed (k =
+// conv position contiguous), still go through registers. TF32 rounds on the fragments, after the
+// copy. Version 1 (loads and stores, 2 stages, un-pooling in the loaders) stays selectable,
+// PYALEXNET_CONV_VERSION=1, so that one GPU run times both (bench/compare.py's ours_v1); both give
+// the same bits (tests).
 // ptxas -v (nvcc 13.0, sm_90; `python bench/kernel_report.py --filter conv`): no spills and no
 // local memory in any kernel. The three GEMM kernels carry __launch_bounds__(256, 2): at most 128
-// registers; without the bound ptxas picked 80 for some variants and spilled 8-56 bytes. Registers:
-// forward 94-128, dgrad 102-128, wgrad 110-128. Static shared memory: 35-37 KB with 2 stages, 48,128
-// bytes with 3 (40 KB in float64), under the 48 KB static limit. Occupancy: the registers allow 2
-// blocks = 16 of 64 warps per SM (25%); their 2 x 48 KB fit an SM's 228 KB (H100; 164 KB A100).
+// registers; without the bound ptxas picked 80 for some version-1 variants and spilled 8-56 bytes.
+// Registers: forward 94-128; dgrad 102-128 in version 1, 71-119 in version 2; wgrad 110-128 and
+// 78-112; unpool 63. Static shared memory: 34-37 KB with 2 stages, 48,128 bytes with 3 (40 KB in
+// float64), under the 48 KB static limit. Occupancy: the registers allow 2 blocks = 16 of 64 warps
+// per SM (25%); their 2 x 48 KB fit an SM's 228 KB (H100; 164 KB A100).
 // SASS: HMMA in every bf16/f16 (16 per K step) and TF32 (32 per K step) variant, none in the FP32/
-// FP64 FMA ones (128 FFMA / 64 DFMA per K step); LDGSTS (cp.async) in the async variants and
-// LDG.E.128 in the first version's 16-byte gathers and weight rows.
+// FP64 FMA ones (128 FFMA / 64 DFMA per K step); LDGSTS (cp.async) in version 2's forward and
+// dgrad, LDG.E.128 in its wgrad and in version 1's 16-byte gathers and weight rows.
 // Performance model (H100 SXM: ~990 TFLOP/s dense bf16 through wgmma, of which WMMA/mma.sync reach
 // about two thirds; ~495 TF32; ~67 FP32; 3.35 TB/s HBM; not yet measured: no GPU has run these
 // kernels). ImageNet conv2 at batch 128 is 57 GFLOP forward, 58 us at the bf16 peak; every AlexNet
 // layer is compute-bound at batch 128 (>= 100 flops per minimal byte).
-// - First version: each thread's 16-byte loads of step i + 1 (three, one after another, ~600 cycles
-//   of L2/HBM latency each) come before its products of step i, and one block step of tensor work
-//   is ~400 cycles: the two blocks of an SM mostly wait. Expected 25-35% of the tensor-core peak.
-// - cp.async, 3 stages (prediction, for the `async x` column to check): steps i + 1 and i + 2 are in
-//   flight while step i multiplies, so a step costs its tensor time, not latency plus tensor time.
-//   The next limit is shared memory: a 32 x 32 warp tile reads 2 KB of fragments per 16k MACs, and
-//   the copies write 12 KB per block step, ~175 bytes per 1024 MACs against 128 bytes/cycle/SM: at
-//   most ~70% of the peak, ~45-55% with bank conflicts. So 1.4-1.8x on the forward of the 16-byte
-//   layers (conv2-5 of both variants), ~1.1x where only the weights go by cp.async (conv1, dgrad),
-//   none on wgrad (two element gathers).
-// - The bars: at ~50% of the peak ImageNet conv2's forward (+20% halo) takes ~140 us, against an
+// - Forward, version 1: each thread's 16-byte loads of step i + 1 (three, one after another, ~600
+//   cycles of L2/HBM latency each) come before its products of step i, and one block step of
+//   tensor work is ~400 cycles: the two blocks of an SM mostly wait: 25-35% of the tensor peak.
+// - Forward, version 2 (prediction, for compare.py's `v2 x` column to check): steps i + 1 and i + 2
+//   are in flight while step i multiplies, so a step costs its tensor time. The next limit is
+//   shared memory: a 32 x 32 warp tile reads 2 KB of fragments per 16k MACs, and the copies write
+//   12 KB per block step, ~175 bytes per 1024 MACs against 128 bytes/cycle/SM: at most ~70% of the
+//   peak, ~45-55% with bank conflicts. So 1.4-1.8x on the 16-byte layers (conv2-5 of both
+//   variants), ~1.1x on conv1 (only the weights go by cp.async).
+// - Backward, version 1: every A element of dgrad and wgrad is an un-pooling (two divisions, up to
+//   four code bytes and gradients): ~1000 instructions per thread per K step against ~400 cycles of
+//   tensor work per block, so both GEMMs run at ~10-15% of the peak (ImageNet conv2: ~770 us).
+// - Backward, version 2: the unpool kernel does that once per conv output (conv2: 18M outputs,
+//   ~50 us, instruction-bound; 36 MB written); dgrad then gathers dconv by cp.async like the
+//   forward (~50% of the peak: ~115 us), wgrad by 16-byte loads through registers with one step of
+//   prefetch (~30%: ~190 us): ~355 us, ~2x version 1.
+// - The bars: ImageNet conv2's forward (+20% halo) at ~50% of the peak takes ~140 us, against an
 //   estimated ~125 us for cuDNN's conv (~65% of the peak) -> relu -> max_pool2d (two memory passes
-//   over the 36 MB conv output): still short of 1.3x; the backward's gathers keep fwd+bwd short of
+//   over the 36 MB conv output): short of 1.3x; fwd+bwd ~495 us against ~350 us: ~0.7x, short of
 //   1.0x. Next, by expected gain: wgmma with TMA on sm_90 (the other third of the peak, and no
 //   fragment reads through the LSU), ldmatrix + mma.sync with 64 x 64 warp tiles (half the
-//   shared-memory reads per MAC), register-prefetched and vectorised un-pooling gathers in dgrad/
-//   wgrad, and less halo recomputation for 3/2 pooling.
+//   shared-memory reads per MAC), wgrad's tiles by cp.async in k-major layouts (WMMA col-major
+//   fragments) instead of transposing through registers, a vectorised unpool kernel, and less halo
+//   recomputation for 3/2 pooling.
 // Compiled without nvcc (tests/emulation), the same source runs in the CPU emulation of CUDA.
 #include <cstdint>
 #include <limits>
@@ -485,13 +497,36 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
 // ------------------------------------------------------------------------------------------------
 // Backward
 // ------------------------------------------------------------------------------------------------
+// The un-pooled gradient, materialised (version 2): dconv (N x Hc x Wc x Co, compute type) at each
+// conv output = the sum of the pooled gradients whose window's saved maximum sits there, rounded to
+// the compute type exactly as the version-1 GEMM loaders round it. gy: N x Hp x Wp x Co; code:
+// N x Hp x Wcode x Co. Computed once per conv output, where version 1 recomputes it in every
+// (ky, kx) of the data gradient and every column tile of the weight gradient.
+template <typename T, bool kTF32>
+__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_unpool_kernel_impl(
+    const T* __restrict__ gy, const uint8_t* __restrict__ code, typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
+    Shape g) {
+  using C = Cfg<T, kTF32>;
+  const int64_t total = g.N * g.Hc * g.Wc * g.Co;
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
+    const int64_t co = i % g.Co, pos = i / g.Co, c = pos % g.Wc, nr = pos / g.Wc;
+    dconv[i] = to_c<C>(unpooled_at<typename C::acc>(g, gy, code, nr / g.Hc, nr % g.Hc, c, co));
+  }
+}
+
+// Where the A operands of the backward GEMMs come from: kFused, un-pooled inside the loader (version
+// 1); kDconv, elements of the materialised dconv; kDconvVec, 16-byte cp.async copies of it (the
+// channel count a multiple of the K step).
+enum Src : int { kFused, kDconv, kDconvVec };
+
 // dx (N x H x W x Ci) = unpooled gradient (rows: input pixels; K = (ky, kx, co)) . wt^T.
-// gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co; wt: Ci x Kdp (Tc). Block: 128 consecutive input
-// pixels x BN input channels. kAsync: the weight rows by cp.async through 3 stages.
-template <typename T, bool kTF32, bool kAsync>
+// gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co (kFused), or dconv: N x Hc x Wc x Co (compute type);
+// wt: Ci x Kdp (Tc). Block: 128 consecutive input pixels x BN input channels. kAsync: the weight rows
+// (and with kDconvVec the gradient) by cp.async through 3 stages.
+template <typename T, bool kTF32, bool kAsync, int kSrc>
 __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_impl(
-    const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ wt,
-    int64_t Kdp, T* __restrict__ dx, Shape g) {
+    const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
+    const typename Cfg<T, kTF32>::Tc* __restrict__ wt, int64_t Kdp, T* __restrict__ dx, Shape g) {
   using C = Cfg<T, kTF32>;
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
@@ -510,22 +545,40 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
     rih[tid] = int((pix % HW) / g.W + g.ph), riw[tid] = int(pix % g.W + g.pw);
   }
   __syncthreads();
+  // Conv output (rr / sh, cc / sw) of image n feeds input pixel row m at (ky, kx) if it exists.
+  auto feeds = [&](int m, int rr, int cc) {
+    return rn[m] >= 0 && rr >= 0 && cc >= 0 && rr % g.sh == 0 && cc % g.sw == 0 && rr / g.sh < g.Hc && cc / g.sw < g.Wc;
+  };
   auto load_a = [&](Tc* s, int64_t k0) {
-    const int kk = tid % C::BK;
-    const int64_t k = k0 + kk;
-    int ky = 0, kx = 0;
-    int64_t co = 0;
-    if (k < K) {
-      const int64_t q = k / g.Co;
-      co = k - q * g.Co, ky = int(q / g.kw), kx = int(q % g.kw);
-    }
-    for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
-      acc_t v = acc_t(0);
-      const int rr = rih[m] - ky, cc = riw[m] - kx;
-      if (k < K && rn[m] >= 0 && rr >= 0 && cc >= 0 && rr % g.sh == 0 && cc % g.sw == 0 && rr / g.sh < g.Hc &&
-          cc / g.sw < g.Wc)
-        v = unpooled_at<acc_t>(g, gy, code, rn[m], rr / g.sh, cc / g.sw, co);
-      s[m * L::LDA + kk] = to_c<C>(v);
+    if constexpr (kSrc == kDconvVec) {  // one (ky, kx) and BK consecutive channels: 16-byte copies
+      constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V;
+      const int64_t kk = k0 / g.Co;
+      const int co0 = int(k0 - kk * g.Co), ky = int(kk / g.kw), kx = int(kk % g.kw);
+#pragma unroll 1
+      for (int e = tid; e < kBM * NV; e += kThreads) {
+        const int m = e / NV, v = e % NV, rr = rih[m] - ky, cc = riw[m] - kx;
+        const bool ok = feeds(m, rr, cc);
+        const Tc* p = dconv + (ok ? ((rn[m] * g.Hc + rr / g.sh) * g.Wc + cc / g.sw) * g.Co + co0 + v * V : 0);
+        async::copy16<true>(s + m * L::LDA + v * V, p, ok);
+      }
+    } else {
+      const int kk = tid % C::BK;
+      const int64_t k = k0 + kk;
+      int ky = 0, kx = 0;
+      int64_t co = 0;
+      if (k < K) {
+        const int64_t q = k / g.Co;
+        co = k - q * g.Co, ky = int(q / g.kw), kx = int(q % g.kw);
+      }
+      for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
+        const int rr = rih[m] - ky, cc = riw[m] - kx;
+        const bool ok = k < K && feeds(m, rr, cc);
+        if constexpr (kSrc == kFused) {
+          s[m * L::LDA + kk] = to_c<C>(ok ? unpooled_at<acc_t>(g, gy, code, rn[m], rr / g.sh, cc / g.sw, co) : acc_t(0));
+        } else {
+          s[m * L::LDA + kk] = ok ? dconv[((rn[m] * g.Hc + rr / g.sh) * g.Wc + cc / g.sw) * g.Co + co] : to_c<C>(acc_t(0));
+        }
+      }
     }
   };
   auto load_b = [&](Tc* s, int64_t k0) { load_rows<C, L, kAsync>(s, wt, Kdp, ci0, g.Ci, k0); };
@@ -544,10 +597,15 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
 // Partial weight gradients: part[s] (Co x K, k = (ky kw + kx) Ci + ci) = sum over conv positions
 // [s p_chunk, (s + 1) p_chunk) of unpooled gradient (Co) x input patch (K). Block: 128 output
 // channels x BN columns of K x one split.
-template <typename T, bool kTF32>
+// kSrc: kFused (un-pooled inside the loader, version 1), kDconv (elements of dconv) or kDconvVec
+// (16-byte loads of dconv along the channels, Co a multiple of 16 bytes of Tc); kVecX: the patches
+// by 16-byte loads along ci (Ci a multiple of 16 bytes of T). A 16-byte load holds one position's
+// consecutive channels, which the tile stores down a column (k = position contiguous): lanes take
+// consecutive positions, so that their 2- or 4-byte stores fall in distinct banks.
+template <typename T, bool kTF32, int kSrc, bool kVecX>
 __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_impl(
-    const T* __restrict__ gy, const uint8_t* __restrict__ code, const T* __restrict__ x,
-    typename Cfg<T, kTF32>::acc* __restrict__ part, Shape g, int64_t p_chunk) {
+    const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
+    const T* __restrict__ x, typename Cfg<T, kTF32>::acc* __restrict__ part, Shape g, int64_t p_chunk) {
   using C = Cfg<T, kTF32>;
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
@@ -577,24 +635,53 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_im
     return Pos{p / HWc, int((p % HWc) / g.Wc), int(p % g.Wc)};
   };
   auto load_a = [&](Tc* s, int64_t k0) {  // A[co][p]: the unpooled gradient
-    const Pos ps = position(k0);
     const int kk = tid % C::BK;
-    for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
-      acc_t v = acc_t(0);
-      if (ps.n >= 0 && co0 + m < g.Co) v = unpooled_at<acc_t>(g, gy, code, ps.n, ps.r, ps.c, co0 + m);
-      s[m * L::LDA + kk] = to_c<C>(v);
+    const int64_t p = k0 + kk;  // dconv's row of position p: p Co (positions are n, r, c in order)
+    if constexpr (kSrc == kDconvVec) {
+      constexpr int V = 16 / int(sizeof(Tc));
+#pragma unroll 1
+      for (int v = tid / C::BK; v < kBM / V; v += kThreads / C::BK) {
+        uint4 val = {0u, 0u, 0u, 0u};
+        if (p < pend && co0 + v * V < g.Co) val = __ldg(reinterpret_cast<const uint4*>(dconv + p * g.Co + co0 + v * V));
+        const Tc* e = reinterpret_cast<const Tc*>(&val);
+#pragma unroll
+        for (int i = 0; i < V; ++i) s[(v * V + i) * L::LDA + kk] = e[i];
+      }
+    } else {
+      const Pos ps = position(k0);
+      for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
+        const bool ok = ps.n >= 0 && co0 + m < g.Co;
+        if constexpr (kSrc == kFused)
+          s[m * L::LDA + kk] = to_c<C>(ok ? unpooled_at<acc_t>(g, gy, code, ps.n, ps.r, ps.c, co0 + m) : acc_t(0));
+        else
+          s[m * L::LDA + kk] = ok ? dconv[p * g.Co + co0 + m] : to_c<C>(acc_t(0));
+      }
     }
   };
   auto load_b = [&](Tc* s, int64_t k0) {  // B[k][p]: the input patch of position p
     const Pos ps = position(k0);
     const int kk = tid % C::BK;
     const int ih0 = int(input_start(ps.r, g.sh, g.ph)), iw0 = int(input_start(ps.c, g.sw, g.pw));
-    for (int j = tid / C::BK; j < C::BN; j += kThreads / C::BK) {
-      acc_t v = acc_t(0);
-      const int ih = ih0 + cky[j], iw = iw0 + ckx[j];
-      if (ps.n >= 0 && cci[j] >= 0 && patch_inside<T>(g, ih, iw))
-        v = to_acc(x[((ps.n * g.H + ih) * g.W + iw) * g.Ci + cci[j]]);
-      s[j * L::LDB + kk] = to_c<C>(v);
+    if constexpr (kVecX) {  // V consecutive columns k share (ky, kx): one 16-byte load of x each
+      constexpr int V = 16 / int(sizeof(T));
+#pragma unroll 1
+      for (int v = tid / C::BK; v < C::BN / V; v += kThreads / C::BK) {
+        const int j = v * V, ih = ih0 + cky[j], iw = iw0 + ckx[j];
+        uint4 val = {0u, 0u, 0u, 0u};
+        if (ps.n >= 0 && cci[j] >= 0 && patch_inside<T>(g, ih, iw))
+          val = __ldg(reinterpret_cast<const uint4*>(x + ((ps.n * g.H + ih) * g.W + iw) * g.Ci + cci[j]));
+        const T* e = reinterpret_cast<const T*>(&val);
+#pragma unroll
+        for (int i = 0; i < V; ++i) s[(j + i) * L::LDB + kk] = to_c<C>(to_acc(e[i]));
+      }
+    } else {
+      for (int j = tid / C::BK; j < C::BN; j += kThreads / C::BK) {
+        acc_t v = acc_t(0);
+        const int ih = ih0 + cky[j], iw = iw0 + ckx[j];
+        if (ps.n >= 0 && cci[j] >= 0 && patch_inside<T>(g, ih, iw))
+          v = to_acc(x[((ps.n * g.H + ih) * g.W + iw) * g.Ci + cci[j]]);
+        s[j * L::LDB + kk] = to_c<C>(v);
+      }
     }
   };
   Accum<C> acc;
@@ -688,11 +775,22 @@ Splits backward_splits(const BackwardArgs& a) {
   return s;
 }
 
+// Workspace: the weight gradient's partial sums, the bias gradient's, then (version 2, when dx or
+// dw is asked) the un-pooled gradient dconv; each part starts 16-byte aligned.
+struct Workspace {
+  int64_t w, b, dconv, total;  // byte offsets of the parts, and the size
+};
+
 template <class C>
-int64_t workspace_bytes(const BackwardArgs& a, const Splits& s) {
-  const int64_t K = a.g.kh * a.g.kw * a.g.Ci, acc = sizeof(typename C::acc);
-  const int64_t w = a.dw ? s.w_splits * a.g.Co * K * acc : 0, b = a.db ? s.b_splits * a.g.Co * acc : 0;
-  return ceil_div(w, 16) * 16 + b;
+Workspace workspace_of(const BackwardArgs& a, const Splits& s) {
+  const Shape& g = a.g;
+  const int64_t K = g.kh * g.kw * g.Ci, acc = sizeof(typename C::acc);
+  const int64_t w = a.dw ? s.w_splits * g.Co * K * acc : 0, b = a.db ? s.b_splits * g.Co * acc : 0;
+  const int64_t d = a.version >= 2 && (a.dx || a.dw) ? g.N * g.Hc * g.Wc * g.Co * int64_t(sizeof(typename C::Tc)) : 0;
+  Workspace ws{0, ceil_div(w, 16) * 16, 0, 0};
+  ws.dconv = ws.b + ceil_div(b, 16) * 16;
+  ws.total = ws.dconv + d;
+  return ws;
 }
 
 dim3 grid_of(int64_t x, int64_t y, int64_t z = 1) { return dim3(unsigned(x), unsigned(y), unsigned(z)); }
@@ -709,9 +807,10 @@ cudaError_t forward(const ForwardArgs& a, cudaStream_t stream) {
   auto* out = static_cast<T*>(a.out);
   auto* code = static_cast<uint8_t*>(a.code);
   const bool vec = g.Ci % C::BK == 0;
-  if (a.async_copy && vec)
+  const bool async_copy = a.version >= 2;
+  if (async_copy && vec)
     PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, true>)(x, w, a.Kp, bias, out, code, g, t);
-  else if (a.async_copy)
+  else if (async_copy)
     PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, true>)(x, w, a.Kp, bias, out, code, g, t);
   else if (vec)
     PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, false>)(x, w, a.Kp, bias, out, code, g, t);
@@ -724,14 +823,26 @@ template <typename T, bool kTF32>
 cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
   using C = Cfg<T, kTF32>;
   using acc_t = typename C::acc;
+  using Tc = typename C::Tc;
   const Shape& g = a.g;
   const Splits s = backward_splits<C>(a);
+  const Workspace wl = workspace_of<C>(a, s);
   const auto* gy = static_cast<const T*>(a.gy);
   const auto* code = static_cast<const uint8_t*>(a.code);
   const int64_t K = g.kh * g.kw * g.Ci;
   auto* ws = static_cast<unsigned char*>(a.workspace);
-  auto* wpart = reinterpret_cast<acc_t*>(ws);
-  auto* bpart = reinterpret_cast<acc_t*>(ws + (a.dw ? ceil_div(s.w_splits * g.Co * K * int64_t(sizeof(acc_t)), 16) * 16 : 0));
+  auto* wpart = reinterpret_cast<acc_t*>(ws + wl.w);
+  auto* bpart = reinterpret_cast<acc_t*>(ws + wl.b);
+  const bool v2 = a.version >= 2 && (a.dx || a.dw);
+  auto* dconv = v2 ? reinterpret_cast<Tc*>(ws + wl.dconv) : nullptr;
+  const auto* x = static_cast<const T*>(a.x);
+  const auto* wt = static_cast<const Tc*>(a.wt);
+  auto* dx = static_cast<T*>(a.dx);
+  if (const int64_t total = g.N * g.Hc * g.Wc * g.Co; v2 && total > 0) {
+    const int64_t blocks = ceil_div(total, kThreads);
+    PYA_LAUNCH(grid_of(blocks < 65536 ? blocks : 65536, 1), kThreads, 0, stream,
+               conv_relu_maxpool_unpool_kernel_impl<T, kTF32>)(gy, code, dconv, g);
+  }
   if (a.db) {
     PYA_LAUNCH(grid_of(ceil_div(g.Co, 64), s.b_splits), kThreads, 0, stream,
                conv_relu_maxpool_bias_grad_kernel_impl<T, acc_t>)(gy, code, bpart, g, s.b_rows);
@@ -739,18 +850,29 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
         bpart, s.b_splits, g.Co, static_cast<T*>(a.db), g, false);
   }
   if (a.dw) {
-    PYA_LAUNCH(grid_of(ceil_div(K, C::BN), ceil_div(g.Co, kBM), s.w_splits), kThreads, 0, stream,
-               conv_relu_maxpool_wgrad_kernel_impl<T, kTF32>)(gy, code, static_cast<const T*>(a.x), wpart, g, s.w_chunk);
+    const dim3 grid = grid_of(ceil_div(K, C::BN), ceil_div(g.Co, kBM), s.w_splits);
+    const bool vec_a = g.Co % (16 / int64_t(sizeof(Tc))) == 0, vec_x = g.Ci % (16 / int64_t(sizeof(T))) == 0;
+    if (!v2)
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kFused, false>)(gy, code, dconv, x, wpart, g, s.w_chunk);
+    else if (vec_a && vec_x)
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, true>)(gy, code, dconv, x, wpart, g, s.w_chunk);
+    else if (vec_a)
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, false>)(gy, code, dconv, x, wpart, g, s.w_chunk);
+    else if (vec_x)
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, true>)(gy, code, dconv, x, wpart, g, s.w_chunk);
+    else
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, false>)(gy, code, dconv, x, wpart, g, s.w_chunk);
     PYA_LAUNCH(grid_of(ceil_div(g.Co * K, kThreads), 1), kThreads, 0, stream, conv_relu_maxpool_reduce_kernel_impl<T, acc_t>)(
         wpart, s.w_splits, g.Co * K, static_cast<T*>(a.dw), g, true);
   }
   if (a.dx) {
     const dim3 grid = grid_of(ceil_div(g.N * g.H * g.W, kBM), ceil_div(g.Ci, C::BN));
-    const auto* wt = static_cast<const typename C::Tc*>(a.wt);
-    if (a.async_copy)
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true>)(gy, code, wt, a.Kdp, static_cast<T*>(a.dx), g);
+    if (!v2)
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, false, kFused>)(gy, code, dconv, wt, a.Kdp, dx, g);
+    else if (g.Co % C::BK == 0)
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVec>)(gy, code, dconv, wt, a.Kdp, dx, g);
     else
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, false>)(gy, code, wt, a.Kdp, static_cast<T*>(a.dx), g);
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconv>)(gy, code, dconv, wt, a.Kdp, dx, g);
   }
   return cudaGetLastError();
 }
@@ -786,7 +908,7 @@ cudaError_t launch_conv_relu_maxpool_backward(const BackwardArgs& a, cudaStream_
 int64_t conv_relu_maxpool_backward_workspace_bytes(const BackwardArgs& a) {
   return dispatch(a.dtype, a.tf32, [&](auto c, auto*) {
     using C = decltype(c);
-    return workspace_bytes<C>(a, backward_splits<C>(a));
+    return workspace_of<C>(a, backward_splits<C>(a)).total;
   });
 }
 

@@ -27,7 +27,7 @@ struct Shape {
 struct ForwardArgs {
   DType dtype;
   bool tf32;          // float32 on the tensor cores (TF32 inputs, float accumulation)
-  bool async_copy;    // 16-byte operand copies by cp.async, 3 stages; false: loads + stores, 2 stages
+  int version;        // 2: cp.async operand copies, 3 stages; 1: the first version (loads + stores, 2)
   Shape g;
   const void* x;      // N x H x W x Ci, dtype
   const void* w;      // Co x Kp, compute type; column k = (ky kw + kx) Ci + ci, zero past K = kh kw Ci
@@ -40,7 +40,8 @@ struct ForwardArgs {
 struct BackwardArgs {
   DType dtype;
   bool tf32;
-  bool async_copy;     // as in ForwardArgs (the data gradient's weight rows)
+  int version;         // 2: the un-pooled gradient materialised once in the workspace, then GEMMs
+                       // that read it (16-byte copies); 1: un-pooled inside the GEMM loaders
   Shape g;
   int sm_count;        // multiprocessors: sizes the weight gradient's split over positions
   const void* gy;      // N x Hp x Wp x Co, dtype
@@ -56,7 +57,8 @@ struct BackwardArgs {
 
 cudaError_t launch_conv_relu_maxpool_forward(const ForwardArgs& a, cudaStream_t stream);
 cudaError_t launch_conv_relu_maxpool_backward(const BackwardArgs& a, cudaStream_t stream);
-// Bytes of workspace the backward needs (the weight and bias gradients' partial sums).
+// Bytes of workspace the backward needs (the weight and bias gradients' partial sums; version 2:
+// also the un-pooled gradient, N Hc Wc Co elements of the compute type).
 int64_t conv_relu_maxpool_backward_workspace_bytes(const BackwardArgs& a);
 // Rounding of K for the packed weights: a multiple of this many elements of the compute type.
 int64_t conv_relu_maxpool_k_multiple(DType dtype, bool tf32);

@@ -14,9 +14,9 @@
 // <schedule>_launches.txt. Exit status 3 with the message on stderr when a kernel fails.
 //
 // crm keys: dtype=f32|f16|bf16|f64 tf32=0|1 N Ci H W Co kh kw sh sw ph pw pkh pkw psh psw bias=0|1
-// need=<3 chars of 0|1: dx, dw, db> sm_count schedule, async=0|1 (cp.async or the first version's
-// loads; default 1). Inputs in DIR (NHWC, as the CUDA wrapper makes them): x.bin, w.bin (Co x Kp,
-// compute type), bias.bin (acc), wt.bin (Ci x Kdp, compute type), gy.bin. Outputs:
+// need=<3 chars of 0|1: dx, dw, db> sm_count schedule, version=1|2 (the kernels' first version or
+// the second; default 2). Inputs in DIR (NHWC, as the CUDA wrapper makes them): x.bin, w.bin
+// (Co x Kp, compute type), bias.bin (acc), wt.bin (Ci x Kdp, compute type), gy.bin. Outputs:
 // DIR/<schedule>_{out,code,dx,dw,db}.bin.
 #include "cuda/emulation.h"
 #include "cuda/softmax_cross_entropy_kernels.h"
@@ -148,7 +148,7 @@ int run_crm(const std::string& dir, std::map<std::string, std::string>& kv) {
   g.Hp = crm::pool_out_size(g.Hc, g.pkh, g.psh), g.Wp = crm::pool_out_size(g.Wc, g.pkw, g.psw);
   const int64_t wcode = crm::code_width(g.Wp, g.pkh, g.pkw);
   const bool tf32 = i64("tf32") != 0, has_bias = i64("bias") != 0;
-  const bool async_copy = !kv.count("async") || i64("async") != 0;
+  const int version = kv.count("version") ? int(i64("version")) : 2;
   const std::string need = kv.at("need");
   const std::string x_in = read_file(dir + "/x.bin"), w_in = read_file(dir + "/w.bin"), wt_in = read_file(dir + "/wt.bin");
   const std::string b_in = has_bias ? read_file(dir + "/bias.bin") : std::string(), gy_in = read_file(dir + "/gy.bin");
@@ -157,13 +157,13 @@ int run_crm(const std::string& dir, std::map<std::string, std::string>& kv) {
   const size_t nout = size_t(g.N * g.Hp * g.Wp * g.Co), ncode = size_t(g.N * g.Hp * wcode * g.Co);
   Buffer out(nout * es, 0), code(ncode, 0);
   crm::ForwardArgs f{};
-  f.dtype = dtype, f.tf32 = tf32, f.async_copy = async_copy, f.g = g, f.x = x.p, f.w = w.p, f.Kp = int64_t(w_in.size() / cs) / g.Co;
+  f.dtype = dtype, f.tf32 = tf32, f.version = version, f.g = g, f.x = x.p, f.w = w.p, f.Kp = int64_t(w_in.size() / cs) / g.Co;
   f.bias = has_bias ? bias.p : nullptr, f.out = out.p, f.code = code.p;
   if (crm::launch_conv_relu_maxpool_forward(f, nullptr) != cudaSuccess) return 4;
   Buffer dx(need[0] == '1' ? x_in.size() : 0, 0), dw(need[1] == '1' ? size_t(g.Co * g.Ci * g.kh * g.kw) * es : 0, 0);
   Buffer db(need[2] == '1' ? size_t(g.Co) * es : 0, 0);
   crm::BackwardArgs b{};
-  b.dtype = dtype, b.tf32 = tf32, b.async_copy = async_copy, b.g = g, b.sm_count = int(i64("sm_count"));
+  b.dtype = dtype, b.tf32 = tf32, b.version = version, b.g = g, b.sm_count = int(i64("sm_count"));
   b.gy = gy.p, b.code = code.p, b.x = x.p, b.wt = wt.p, b.Kdp = int64_t(wt_in.size() / cs) / g.Ci;
   b.dx = need[0] == '1' ? dx.p : nullptr, b.dw = need[1] == '1' ? dw.p : nullptr, b.db = need[2] == '1' ? db.p : nullptr;
   Buffer ws(size_t(crm::conv_relu_maxpool_backward_workspace_bytes(b)), 0);
