@@ -27,23 +27,25 @@
 // it, ~20% for 3/2 pooling), minimal bytes = input + weights + pooled output + codes; backward
 // twice the flops, reading gy, the codes, x and the weights and writing dx and dw.
 // Operand pipeline (block_gemm), version 2: cp.async (cuda/async_copy.h) copies the 16-byte input
-// gathers, the weight rows and dgrad's dconv gathers straight into a ring of 3 shared-memory stages,
-// two K steps ahead of the tensor cores, one barrier per step. Element gathers (conv1's 3 channels)
-// and wgrad's tiles, which arrive as 16-byte loads along the channels but are stored transposed (k =
-// conv position contiguous), still go through registers. TF32 rounds on the fragments, after the
-// copy. Version 1 (loads and stores, 2 stages, un-pooling in the loaders) stays selectable,
-// PYALEXNET_CONV_VERSION=1, so that one GPU run times both (bench/compare.py's ours_v1); both give
-// the same bits (tests).
+// gathers, the weight rows, dgrad's dconv gathers and wgrad's tiles straight into a ring of 3
+// shared-memory stages, two K steps ahead of the tensor cores, one barrier per step. wgrad's
+// operands run along the channels (m and n), so its tiles are k-major (a row per conv position) and
+// read as col-major A / row-major B fragments. Element gathers (conv1's 3 channels; wgrad where Co
+// or Ci is not a multiple of 16 bytes, its 16-byte loads then stored transposed) still go through
+// registers. TF32 rounds on the fragments, after the copy. Version 1 (loads and stores, 2 stages,
+// un-pooling in the loaders) stays selectable, PYALEXNET_CONV_VERSION=1, so that one GPU run times
+// both (bench/compare.py's ours_v1); both give the same bits (tests).
 // ptxas -v (nvcc 13.0, sm_90; `python bench/kernel_report.py --filter conv`): no spills and no
-// local memory in any kernel. The three GEMM kernels carry __launch_bounds__(256, 2): at most 128
+// local memory in any kernel (sm_80: 8-16 bytes of spill in the TF32 element-gather forward, conv1
+// on an A100, since the fragments are rounded after loading). The three GEMM kernels carry __launch_bounds__(256, 2): at most 128
 // registers; without the bound ptxas picked 80 for some version-1 variants and spilled 8-56 bytes.
 // Registers: forward 94-128; dgrad 102-128 in version 1, 71-119 in version 2; wgrad 110-128 and
-// 78-112; unpool 63. Static shared memory: 34-37 KB with 2 stages, 48,128 bytes with 3 (40 KB in
+// 72-112; unpool 63. Static shared memory: 34-37 KB with 2 stages, 48,128 bytes with 3 (40 KB in
 // float64), under the 48 KB static limit. Occupancy: the registers allow 2 blocks = 16 of 64 warps
 // per SM (25%); their 2 x 48 KB fit an SM's 228 KB (H100; 164 KB A100).
 // SASS: HMMA in every bf16/f16 (16 per K step) and TF32 (32 per K step) variant, none in the FP32/
-// FP64 FMA ones (128 FFMA / 64 DFMA per K step); LDGSTS (cp.async) in version 2's forward and
-// dgrad, LDG.E.128 in its wgrad and in version 1's 16-byte gathers and weight rows.
+// FP64 FMA ones (128 FFMA / 64 DFMA per K step); LDGSTS (cp.async) in version 2's forward, dgrad
+// and k-major wgrad, LDG.E.128 in its transposing wgrad and in version 1's 16-byte gathers.
 // Performance model (H100 SXM: ~990 TFLOP/s dense bf16 through wgmma, of which WMMA/mma.sync reach
 // about two thirds; ~495 TF32; ~67 FP32; 3.35 TB/s HBM; not yet measured: no GPU has run these
 // kernels). ImageNet conv2 at batch 128 is 57 GFLOP forward, 58 us at the bf16 peak; every AlexNet
@@ -61,17 +63,15 @@
 //   four code bytes and gradients): ~1000 instructions per thread per K step against ~400 cycles of
 //   tensor work per block, so both GEMMs run at ~10-15% of the peak (ImageNet conv2: ~770 us).
 // - Backward, version 2: the unpool kernel does that once per conv output (conv2: 18M outputs,
-//   ~50 us, instruction-bound; 36 MB written); dgrad then gathers dconv by cp.async like the
-//   forward (~50% of the peak: ~115 us), wgrad by 16-byte loads through registers with one step of
-//   prefetch (~30%: ~190 us): ~355 us, ~2x version 1.
+//   ~50 us, instruction-bound; 36 MB written); dgrad and wgrad then copy their tiles by cp.async
+//   like the forward (~50% of the peak: ~115 us each): ~280 us, ~2.7x version 1.
 // - The bars: ImageNet conv2's forward (+20% halo) at ~50% of the peak takes ~140 us, against an
 //   estimated ~125 us for cuDNN's conv (~65% of the peak) -> relu -> max_pool2d (two memory passes
-//   over the 36 MB conv output): short of 1.3x; fwd+bwd ~495 us against ~350 us: ~0.7x, short of
+//   over the 36 MB conv output): short of 1.3x; fwd+bwd ~420 us against ~350 us: ~0.8x, short of
 //   1.0x. Next, by expected gain: wgmma with TMA on sm_90 (the other third of the peak, and no
 //   fragment reads through the LSU), ldmatrix + mma.sync with 64 x 64 warp tiles (half the
-//   shared-memory reads per MAC), wgrad's tiles by cp.async in k-major layouts (WMMA col-major
-//   fragments) instead of transposing through registers, a vectorised unpool kernel, and less halo
-//   recomputation for 3/2 pooling.
+//   shared-memory reads per MAC), a vectorised unpool kernel (or un-pooling fused into the
+//   epilogue of a pooled-gradient pass), and less halo recomputation for 3/2 pooling.
 // Compiled without nvcc (tests/emulation), the same source runs in the CPU emulation of CUDA.
 #include <cstdint>
 #include <limits>
@@ -138,12 +138,19 @@ template <> struct Cfg<double, false> {
 // pointer 32-byte aligned and every 16-byte store aligned; the padding spreads rows over banks.
 // S = 3 (cp.async: two K steps in flight while a third is multiplied) fits the 48 KB of static shared
 // memory in every dtype: 45 KB of stages + 2 KB of the forward's row table.
-template <class C, int S = 2>
+// kKMajor: A stored BK x kBM and B BK x BN (m and n contiguous, 16 bytes of padding a row), for
+// operands whose 16-byte vectors run along m or n (wgrad's channels), read as col-major A and
+// row-major B fragments.
+template <class C, int S = 2, bool kKM = false>
 struct Lay {
   using Tc = typename C::Tc;
   using acc = typename C::acc;
-  static constexpr int LDA = C::BK + C::PADK, LDB = LDA, LDC = C::BN + (C::kMma ? 4 : 1);
-  static constexpr int kStage = kBM * LDA + C::BN * LDB;  // elements of one stage (A then B)
+  static constexpr bool kKMajor = kKM;
+  static constexpr int PADT = 16 / int(sizeof(Tc));
+  static constexpr int LDA = kKM ? kBM + PADT : C::BK + C::PADK, LDB = kKM ? C::BN + PADT : LDA;
+  static constexpr int LDC = C::BN + (C::kMma ? 4 : 1);
+  static constexpr int kASize = kKM ? C::BK * LDA : kBM * LDA;  // elements of A in one stage
+  static constexpr int kStage = kASize + (kKM ? C::BK * LDB : C::BN * LDB);  // one stage: A then B
   static constexpr int kStages = S;
   static constexpr int kAB = S * kStage * int(sizeof(Tc));
   static constexpr int kC = kBM * LDC * int(sizeof(acc));
@@ -175,13 +182,15 @@ template <class C> __device__ __forceinline__ void put16(typename C::Tc* dst, ui
 // The block's 128 x BN result. Tensor cores: warp w owns the 32 x 32 sub-tile at rows 32 (w % 4),
 // columns 32 (w / 4), as 2 x 2 WMMA fragments; a warp whose rows all lie past the tile's valid rows
 // skips its products. FMA: thread t owns rows t / NT + MT i and columns t % NT + NT j.
-template <class C, bool kMma = C::kMma> struct Accum;
+template <class C, class L, bool kMma = C::kMma> struct Accum;
 
-template <class C> struct Accum<C, true> {
+template <class C, class L> struct Accum<C, L, true> {
   using Tc = typename C::Tc;
-  using L = Lay<C>;
-  using FA = wmma::fragment<wmma::matrix_a, 16, 16, C::WK, typename C::frag, wmma::row_major>;
-  using FB = wmma::fragment<wmma::matrix_b, 16, 16, C::WK, typename C::frag, wmma::col_major>;
+  static constexpr bool kKM = L::kKMajor;
+  using FA = wmma::fragment<wmma::matrix_a, 16, 16, C::WK, typename C::frag,
+                            std::conditional_t<kKM, wmma::col_major, wmma::row_major>>;
+  using FB = wmma::fragment<wmma::matrix_b, 16, 16, C::WK, typename C::frag,
+                            std::conditional_t<kKM, wmma::row_major, wmma::col_major>>;
   using FC = wmma::fragment<wmma::accumulator, 16, 16, C::WK, float>;
   FC f[2][2];
   int wm, wn;
@@ -198,9 +207,15 @@ template <class C> struct Accum<C, true> {
       FA a[2];
       FB b[2];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], sA + (wm * 32 + i * 16) * L::LDA + kk, L::LDA);
+      for (int i = 0; i < 2; ++i) {
+        const int m = wm * 32 + i * 16;
+        wmma::load_matrix_sync(a[i], sA + (kKM ? kk * L::LDA + m : m * L::LDA + kk), L::LDA);
+      }
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], sB + (wn * 32 + j * 16) * L::LDB + kk, L::LDB);
+      for (int j = 0; j < 2; ++j) {
+        const int n = wn * 32 + j * 16;
+        wmma::load_matrix_sync(b[j], sB + (kKM ? kk * L::LDB + n : n * L::LDB + kk), L::LDB);
+      }
       if constexpr (C::kTf32) {  // cp.async lands raw floats: round each to TF32 (nearest, ties away) here
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
@@ -224,10 +239,10 @@ template <class C> struct Accum<C, true> {
   }
 };
 
-template <class C> struct Accum<C, false> {
+template <class C, class L> struct Accum<C, L, false> {
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
-  using L = Lay<C>;
+  static constexpr bool kKM = L::kKMajor;
   static constexpr int NT = C::BN / 4, MT = kThreads / NT, TM = kBM / MT;
   acc_t v[TM][4];
   int tm, tn;
@@ -241,9 +256,9 @@ template <class C> struct Accum<C, false> {
     for (int k = 0; k < C::BK; ++k) {
       acc_t a[TM], b[4];
 #pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = sA[(tm + i * MT) * L::LDA + k];
+      for (int i = 0; i < TM; ++i) a[i] = kKM ? sA[k * L::LDA + tm + i * MT] : sA[(tm + i * MT) * L::LDA + k];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = sB[(tn + j * NT) * L::LDB + k];
+      for (int j = 0; j < 4; ++j) b[j] = kKM ? sB[k * L::LDB + tn + j * NT] : sB[(tn + j * NT) * L::LDB + k];
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -264,11 +279,11 @@ template <class C> struct Accum<C, false> {
 // S = 2 with storing loaders: the first version (the loads of step i + 1 stall each thread before its
 // products of step i). S = 3 with cp.async: two steps in flight, nothing in registers.
 template <class C, class L, class LoadA, class LoadB>
-__device__ void block_gemm(Accum<C>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
+__device__ void block_gemm(Accum<C, L>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
                            const LoadA& load_a, const LoadB& load_b) {
   constexpr int S = L::kStages;
   auto a_of = [&](int64_t st) { return stages + st * L::kStage; };
-  auto b_of = [&](int64_t st) { return stages + st * L::kStage + kBM * L::LDA; };
+  auto b_of = [&](int64_t st) { return stages + st * L::kStage + L::kASize; };
   if (kbeg >= kend) return;
   const int64_t steps = (kend - kbeg + C::BK - 1) / C::BK;
   auto load = [&](int64_t i) {  // step i into stage i % S, if there is a step i
@@ -437,7 +452,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
       }
     };
     auto load_b = [&](Tc* s, int64_t k0) { load_rows<C, L, kAsync>(s, w, Kp, co0, g.Co, k0); };
-    Accum<C> acc;
+    Accum<C, L> acc;
     acc.init();
     block_gemm<C, L>(acc, stages, 0, Kp, mvalid, load_a, load_b);
     acc.store(sC);
@@ -582,7 +597,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
     }
   };
   auto load_b = [&](Tc* s, int64_t k0) { load_rows<C, L, kAsync>(s, wt, Kdp, ci0, g.Ci, k0); };
-  Accum<C> acc;
+  Accum<C, L> acc;
   acc.init();
   const int64_t left = total - pix0;
   block_gemm<C, L>(acc, stages, 0, Kdp, int(left < kBM ? left : kBM), load_a, load_b);
@@ -599,9 +614,10 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
 // channels x BN columns of K x one split.
 // kSrc: kFused (un-pooled inside the loader, version 1), kDconv (elements of dconv) or kDconvVec
 // (16-byte loads of dconv along the channels, Co a multiple of 16 bytes of Tc); kVecX: the patches
-// by 16-byte loads along ci (Ci a multiple of 16 bytes of T). A 16-byte load holds one position's
-// consecutive channels, which the tile stores down a column (k = position contiguous): lanes take
-// consecutive positions, so that their 2- or 4-byte stores fall in distinct banks.
+// by 16-byte loads along ci (Ci a multiple of 16 bytes of T). With both, the tiles are k-major
+// (Lay's kKMajor: a row per conv position) and filled by cp.async through 3 stages. With one, its
+// 16-byte loads go through registers and are stored down a column (k = position contiguous): lanes
+// take consecutive positions, so that their 2- or 4-byte stores fall in distinct banks.
 template <typename T, bool kTF32, int kSrc, bool kVecX>
 __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_impl(
     const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
@@ -609,7 +625,8 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_im
   using C = Cfg<T, kTF32>;
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
-  using L = Lay<C>;
+  constexpr bool kKM = kSrc == kDconvVec && kVecX;
+  using L = Lay<C, kKM ? 3 : 2, kKM>;
   __align__(128) __shared__ unsigned char smem[L::kBytes];
   __shared__ int cky[C::BN], ckx[C::BN], cci[C::BN];  // per tile column k: (ky, kx, ci), ci -1 past K
   Tc* stages = reinterpret_cast<Tc*>(smem);
@@ -637,7 +654,16 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_im
   auto load_a = [&](Tc* s, int64_t k0) {  // A[co][p]: the unpooled gradient
     const int kk = tid % C::BK;
     const int64_t p = k0 + kk;  // dconv's row of position p: p Co (positions are n, r, c in order)
-    if constexpr (kSrc == kDconvVec) {
+    if constexpr (kKM) {  // row kk of the tile = kBM channels of position k0 + kk: 16-byte copies
+      constexpr int V = 16 / int(sizeof(Tc)), NV = kBM / V;
+#pragma unroll 1
+      for (int e = tid; e < C::BK * NV; e += kThreads) {
+        const int r = e / NV, v = e % NV;
+        const int64_t pr = k0 + r, co = co0 + v * V;
+        const bool ok = pr < pend && co < g.Co;
+        async::copy16<false>(s + r * L::LDA + v * V, dconv + (ok ? pr * g.Co + co : 0), ok);
+      }
+    } else if constexpr (kSrc == kDconvVec) {
       constexpr int V = 16 / int(sizeof(Tc));
 #pragma unroll 1
       for (int v = tid / C::BK; v < kBM / V; v += kThreads / C::BK) {
@@ -659,6 +685,18 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_im
     }
   };
   auto load_b = [&](Tc* s, int64_t k0) {  // B[k][p]: the input patch of position p
+    if constexpr (kKM) {  // row kk of the tile = BN columns k of position k0 + kk: 16-byte copies
+      constexpr int V = 16 / int(sizeof(T)), NV = C::BN / V;
+#pragma unroll 1
+      for (int e = tid; e < C::BK * NV; e += kThreads) {
+        const int r = e / NV, j = (e % NV) * V;
+        const int64_t pr = k0 + r, n = pr / HWc, rc = pr % HWc;
+        const int ih = int(input_start(rc / g.Wc, g.sh, g.ph)) + cky[j], iw = int(input_start(rc % g.Wc, g.sw, g.pw)) + ckx[j];
+        const bool ok = pr < pend && cci[j] >= 0 && patch_inside<T>(g, ih, iw);
+        async::copy16<true>(s + r * L::LDB + j, x + (ok ? ((n * g.H + ih) * g.W + iw) * g.Ci + cci[j] : 0), ok);
+      }
+      return;
+    }
     const Pos ps = position(k0);
     const int kk = tid % C::BK;
     const int ih0 = int(input_start(ps.r, g.sh, g.ph)), iw0 = int(input_start(ps.c, g.sw, g.pw));
@@ -684,7 +722,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_im
       }
     }
   };
-  Accum<C> acc;
+  Accum<C, L> acc;
   acc.init();
   const int64_t left = g.Co - co0;
   block_gemm<C, L>(acc, stages, pbeg, pend, int(left < kBM ? left : kBM), load_a, load_b);
