@@ -38,6 +38,8 @@ EMULATED_TESTS = {
                                                 f"{_CRM}::test_only_the_asked_gradients"],
     "conv_relu_maxpool_unpool_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
                                              f"{_CRM}::test_both_versions_give_the_same_bits"],
+    "conv_relu_maxpool_unpool_vec_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
+                                                 f"{_CRM}::test_both_versions_give_the_same_bits"],
     "conv_relu_maxpool_reduce_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
                                              f"{_CRM}::test_many_splits_of_the_weight_gradient"],
 }

@@ -52,6 +52,8 @@ CASES = {
     # 64 output channels, a multiple of every K step: the version-2 data gradient copies 16-byte
     # vectors of the un-pooled gradient; stride 2 leaves input pixels that no conv output reads
     "co_multiple_of_k_step": Cfg(2, 16, 11, 10, 64, (3, 3), (2, 2), (1, 1), (2, 2), (1, 2)),
+    # 1x1 windows with 32 channels: the mask bits un-pooled 16 bytes of channels at a time
+    "mask_bits_vec": Cfg(2, 8, 9, 20, 32, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 2)),
     "rect_everything": SPECIAL["rect_everything"],
     "padding_beyond_row": SPECIAL["padding_beyond_row"],
 }

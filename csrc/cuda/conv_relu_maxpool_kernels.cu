@@ -40,7 +40,7 @@
 // on an A100, since the fragments are rounded after loading). The three GEMM kernels carry __launch_bounds__(256, 2): at most 128
 // registers; without the bound ptxas picked 80 for some version-1 variants and spilled 8-56 bytes.
 // Registers: forward 94-128; dgrad 102-128 in version 1, 71-119 in version 2; wgrad 110-128 and
-// 72-112; unpool 63. Static shared memory: 34-37 KB with 2 stages, 48,128 bytes with 3 (40 KB in
+// 72-112; unpool 62-64. Static shared memory: 34-37 KB with 2 stages, 48,128 bytes with 3 (40 KB in
 // float64), under the 48 KB static limit. Occupancy: the registers allow 2 blocks = 16 of 64 warps
 // per SM (25%); their 2 x 48 KB fit an SM's 228 KB (H100; 164 KB A100).
 // SASS: HMMA in every bf16/f16 (16 per K step) and TF32 (32 per K step) variant, none in the FP32/
@@ -62,16 +62,17 @@
 // - Backward, version 1: every A element of dgrad and wgrad is an un-pooling (two divisions, up to
 //   four code bytes and gradients): ~1000 instructions per thread per K step against ~400 cycles of
 //   tensor work per block, so both GEMMs run at ~10-15% of the peak (ImageNet conv2: ~770 us).
-// - Backward, version 2: the unpool kernel does that once per conv output (conv2: 18M outputs,
-//   ~50 us, instruction-bound; 36 MB written); dgrad and wgrad then copy their tiles by cp.async
-//   like the forward (~50% of the peak: ~115 us each): ~280 us, ~2.7x version 1.
+// - Backward, version 2: the unpool kernel does that once per conv output, 16 bytes of channels per
+//   thread (the window arithmetic and its 64-bit divisions once per 8 bf16 channels; per element
+//   it was ~300 instructions, ~180 us for conv2's 18M outputs): ~15-25 us, near the memory bound
+//   (36 MB written, ~20 MB of gradients and codes read); dgrad and wgrad then copy their tiles by
+//   cp.async like the forward (~50% of the peak: ~115 us each): ~250 us, ~3x version 1.
 // - The bars: ImageNet conv2's forward (+20% halo) at ~50% of the peak takes ~140 us, against an
 //   estimated ~125 us for cuDNN's conv (~65% of the peak) -> relu -> max_pool2d (two memory passes
-//   over the 36 MB conv output): short of 1.3x; fwd+bwd ~420 us against ~350 us: ~0.8x, short of
+//   over the 36 MB conv output): short of 1.3x; fwd+bwd ~390 us against ~350 us: ~0.9x, short of
 //   1.0x. Next, by expected gain: wgmma with TMA on sm_90 (the other third of the peak, and no
 //   fragment reads through the LSU), ldmatrix + mma.sync with 64 x 64 warp tiles (half the
-//   shared-memory reads per MAC), a vectorised unpool kernel (or un-pooling fused into the
-//   epilogue of a pooled-gradient pass), and less halo recomputation for 3/2 pooling.
+//   shared-memory reads per MAC), and less halo recomputation for 3/2 pooling.
 // Compiled without nvcc (tests/emulation), the same source runs in the CPU emulation of CUDA.
 #include <cstdint>
 #include <limits>
@@ -529,6 +530,60 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_unpool_kernel_impl
   }
 }
 
+// The same, V = 16 bytes of T channels per thread (Co a multiple of V): the window arithmetic and
+// its 64-bit divisions once per V channels, 16-byte loads of gy, V-byte loads of the codes, 16-byte
+// stores; the same sums in the same order as unpooled_gradient, so the same bits.
+template <typename T, bool kTF32>
+__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_unpool_vec_kernel_impl(
+    const T* __restrict__ gy, const uint8_t* __restrict__ code, typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
+    Shape g) {
+  using C = Cfg<T, kTF32>;
+  using Tc = typename C::Tc;
+  using acc_t = typename C::acc;
+  constexpr int V = 16 / int(sizeof(T));
+  static_assert(sizeof(Tc) == sizeof(T), "dconv holds V channels in 16 bytes too");
+  struct alignas(V) Codes { uint8_t b[V]; };
+  struct alignas(16) Vals { T e[V]; };
+  struct alignas(16) Outs { Tc e[V]; };
+  const int64_t CV = g.Co / V, total = g.N * g.Hc * g.Wc * CV;
+  const bool bits = is_bitmask(g.pkh, g.pkw);
+  const int64_t wcode = code_width(g.Wp, g.pkh, g.pkw);
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
+    const int64_t co = (i % CV) * V, pos = i / CV, c = pos % g.Wc, nr = pos / g.Wc, r = nr % g.Hc, n = nr / g.Hc;
+    acc_t sum[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) sum[e] = acc_t(0);
+    if (bits) {
+      const int64_t p = r / g.psh, q = c / g.psw;
+      if (r % g.psh == 0 && c % g.psw == 0 && p < g.Hp && q < g.Wp) {
+        const Codes cb = *reinterpret_cast<const Codes*>(code + ((n * g.Hp + p) * wcode + (q >> 3)) * g.Co + co);
+        const Vals gv = *reinterpret_cast<const Vals*>(gy + ((n * g.Hp + p) * g.Wp + q) * g.Co + co);
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          if ((cb.b[e] >> (q & 7)) & 1) sum[e] = to_acc(gv.e[e]);
+      }
+    } else {
+      int64_t p0, p1, q0, q1;
+      covering_windows(r, g.pkh, g.psh, g.Hp, p0, p1);
+      covering_windows(c, g.pkw, g.psw, g.Wp, q0, q1);
+      for (int64_t p = p0; p <= p1; ++p)
+        for (int64_t q = q0; q <= q1; ++q) {
+          const uint8_t want = encode(r - window_start(p, g.psh), c - window_start(q, g.psw), g.pkw);
+          const int64_t at = ((n * g.Hp + p) * g.Wp + q) * g.Co + co;
+          const Codes cb = *reinterpret_cast<const Codes*>(code + at);
+          const Vals gv = *reinterpret_cast<const Vals*>(gy + at);
+#pragma unroll
+          for (int e = 0; e < V; ++e)
+            if (cb.b[e] == want) sum[e] += to_acc(gv.e[e]);
+        }
+    }
+    Outs o;
+#pragma unroll
+    for (int e = 0; e < V; ++e) o.e[e] = to_c<C>(sum[e]);
+    *reinterpret_cast<Outs*>(dconv + pos * g.Co + co) = o;
+  }
+}
+
 // Where the A operands of the backward GEMMs come from: kFused, un-pooled inside the loader (version
 // 1); kDconv, elements of the materialised dconv; kDconvVec, 16-byte cp.async copies of it (the
 // channel count a multiple of the K step).
@@ -877,9 +932,16 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
   const auto* wt = static_cast<const Tc*>(a.wt);
   auto* dx = static_cast<T*>(a.dx);
   if (const int64_t total = g.N * g.Hc * g.Wc * g.Co; v2 && total > 0) {
-    const int64_t blocks = ceil_div(total, kThreads);
-    PYA_LAUNCH(grid_of(blocks < 65536 ? blocks : 65536, 1), kThreads, 0, stream,
-               conv_relu_maxpool_unpool_kernel_impl<T, kTF32>)(gy, code, dconv, g);
+    constexpr int64_t V = 16 / int64_t(sizeof(T));
+    if (g.Co % V == 0) {
+      const int64_t blocks = ceil_div(total / V, kThreads);
+      PYA_LAUNCH(grid_of(blocks < 65536 ? blocks : 65536, 1), kThreads, 0, stream,
+                 conv_relu_maxpool_unpool_vec_kernel_impl<T, kTF32>)(gy, code, dconv, g);
+    } else {
+      const int64_t blocks = ceil_div(total, kThreads);
+      PYA_LAUNCH(grid_of(blocks < 65536 ? blocks : 65536, 1), kThreads, 0, stream,
+                 conv_relu_maxpool_unpool_kernel_impl<T, kTF32>)(gy, code, dconv, g);
+    }
   }
   if (a.db) {
     PYA_LAUNCH(grid_of(ceil_div(g.Co, 64), s.b_splits), kThreads, 0, stream,
