@@ -213,6 +213,15 @@ def test_both_versions_give_the_same_bits(name, dtype, tf32, monkeypatch):
             assert torch.equal(a, e), f"{name} {what}: max diff {(a.double() - e.double()).abs().max().item()}"
 
 
+def test_sizes_past_32_bits_are_refused():
+    """The kernels index image rows and K in 32-bit arithmetic: a padded height of 2^31 is refused
+    with the sizes named, before any launch (the conv output itself is tiny: stride 2^30)."""
+    x = torch.randn(1, 1, 1, 2, device=DEV)
+    w = torch.randn(1, 1, 1, 1, device=DEV)
+    with pytest.raises(RuntimeError, match=r"below 2\^31, .*padded H x W = 2147483649 x 2"):
+        FWD(x, w, None, [2**30, 1], [2**30, 0], [1, 1], [1, 1])
+
+
 def test_version_setting_is_checked(monkeypatch):
     c = Cfg(1, 3, 8, 8, 4, (3, 3))
     x, w, b = _cuda(*exact_inputs(c, torch.float32))

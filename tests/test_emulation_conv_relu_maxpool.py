@@ -15,6 +15,7 @@ Its kernels are listed in tests/test_emulation.py's EMULATED_TESTS (the coverage
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -180,6 +181,27 @@ def test_random_configurations(tmp_path, fresh_seed, dtype):
         d = tmp_path / str(i)
         d.mkdir()
         _check_gaussian(c, dtype, d, str(c))
+
+
+@pytest.mark.parametrize("mode", [(torch.bfloat16, False), (torch.float32, True)], ids=["bf16", "tf32"])
+def test_random_configurations_both_versions(tmp_path, fresh_seed, mode):
+    """Random configurations, half of them with channel counts rounded up to a multiple of 8 or 32
+    (the 16-byte and K-step paths): version 2 gives version 1's bits, every output."""
+    dtype, tf32 = mode
+    rng = random.Random(fresh_seed)
+    for i in range(2):
+        c = draw_cfg(rng, max_macs=3e5)
+        if rng.random() < 0.5:
+            m = rng.choice((8, 32))
+            c = dataclasses.replace(c, Ci=-(-c.Ci // m) * m, Co=-(-c.Co // m) * m)
+        x, w, b = gaussian_inputs(c, dtype)
+        gy = torch.randn(c.N, c.Co, *c.out_size(), dtype=torch.float64).to(dtype)
+        d1, d2 = tmp_path / f"{i}v1", tmp_path / f"{i}v2"
+        d1.mkdir(), d2.mkdir()
+        old = emulate(c, x, w, b, gy, d1, tf32=tf32, version=1)
+        new = emulate(c, x, w, b, gy, d2, tf32=tf32)
+        for k in ("out", "code", "dx", "dw", "db"):
+            assert torch.equal(new[k], old[k]), f"{c} {k}: {(new[k].double() - old[k].double()).abs().max().item()}"
 
 
 @pytest.mark.parametrize("need", ("100", "010", "001", "011"))

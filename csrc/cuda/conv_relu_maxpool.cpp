@@ -52,6 +52,16 @@ int kernels_version() {
   return v[0] - '0';
 }
 
+// The kernels index image rows, columns and GEMM K (kh kw Ci forward, kh kw Co for the data
+// gradient) in 32-bit arithmetic; offsets into tensors stay 64-bit.
+void check_32bit_sizes(const Geometry& g) {
+  const int64_t lim = (int64_t(1) << 31) - 1024;  // room for K's padding to the K step
+  TORCH_CHECK(g.K() < lim && g.kh * g.kw * g.Co < lim && g.H + 2 * g.ph < lim && g.W + 2 * g.pw < lim,
+              "conv_relu_maxpool (CUDA): kernel height x width x channels and the padded image size must be "
+              "below 2^31, got kh kw Ci = ", g.K(), ", kh kw Co = ", g.kh * g.kw * g.Co, ", padded H x W = ",
+              g.H + 2 * g.ph, " x ", g.W + 2 * g.pw);
+}
+
 // NHWC, contiguous, 16-byte aligned (the kernels' vector loads), in x's dtype.
 at::Tensor nhwc(const at::Tensor& x, at::ScalarType dtype) {
   at::Tensor t = x.to(dtype).contiguous(kCL);
@@ -86,6 +96,7 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cuda(
     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef pool_kernel,
     c10::IntArrayRef pool_stride) {
   const Geometry g = check_inputs(x, weight, bias, stride, padding, pool_kernel, pool_stride);
+  check_32bit_sizes(g);
   c10::cuda::CUDAGuard guard(x.device());
   const at::MemoryFormat mf = output_format(x);
   at::Tensor out = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options().memory_format(kCL));
@@ -114,6 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cuda(
     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef pool_kernel,
     c10::IntArrayRef pool_stride, std::array<bool, 3> output_mask) {
   const Geometry g = check_backward_inputs(grad_out, x, weight, code, stride, padding, pool_kernel, pool_stride);
+  check_32bit_sizes(g);
   c10::cuda::CUDAGuard guard(x.device());
   const bool need_x = output_mask[0], need_w = output_mask[1], need_b = output_mask[2];
   const at::MemoryFormat mf = output_format(x);

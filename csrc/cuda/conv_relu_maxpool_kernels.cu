@@ -73,6 +73,8 @@
 //   1.0x. Next, by expected gain: wgmma with TMA on sm_90 (the other third of the peak, and no
 //   fragment reads through the LSU), ldmatrix + mma.sync with 64 x 64 warp tiles (half the
 //   shared-memory reads per MAC), and less halo recomputation for 3/2 pooling.
+// Index arithmetic inside the K loops is 32-bit (K, image rows and columns < 2^31, which the
+// wrapper checks; offsets stay 64-bit), and dgrad divides by the stride only where it is not 1.
 // Compiled without nvcc (tests/emulation), the same source runs in the CPU emulation of CUDA.
 #include <cstdint>
 #include <limits>
@@ -397,6 +399,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
   const int64_t r0 = tp * t.PH * g.psh, c0 = tq * t.PW * g.psw;       // the tile's first conv row/col
   const int64_t per = t.CH * t.CW, Mt = t.G * per;
   const int64_t K = g.kh * g.kw * g.Ci, img = g.H * g.W * g.Ci, wcode = code_width(g.Wp, g.pkh, g.pkw);
+  const int Ci32 = int(g.Ci), kw32 = int(g.kw);
   acc_t run_m = -std::numeric_limits<acc_t>::infinity();  // the running maximum of a multi-pass window
   int64_t run_at = 0;
 
@@ -419,8 +422,8 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
     auto load_a = [&](Tc* s, int64_t k0) {
       if constexpr (kVec) {  // one (ky, kx) and BK consecutive channels: four 16-byte loads a row
         constexpr int V = 16 / int(sizeof(T)), NV = C::BK / V;
-        const int64_t kk = k0 / g.Ci;
-        const int ci0 = int(k0 - kk * g.Ci), ky = int(kk / g.kw), kx = int(kk % g.kw);
+        const int kk = int(k0) / Ci32;  // 32-bit: K < 2^31 (checked on the host), cheaper divisions
+        const int ci0 = int(k0) - kk * Ci32, ky = kk / kw32, kx = kk % kw32;
 #pragma unroll 1
         for (int e = tid; e < kBM * NV; e += kThreads) {
           const int m = e / NV, v = e % NV;
@@ -437,11 +440,11 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
         }
       } else {  // element gathers; each thread keeps one column k of the step (BK divides kThreads)
         const int kk = tid % C::BK;
-        const int64_t k = k0 + kk;
+        const int k = int(k0) + kk;
         int ky = 0, kx = 0, ci = 0;
         if (k < K) {
-          const int64_t q = k / g.Ci;
-          ci = int(k - q * g.Ci), ky = int(q / g.kw), kx = int(q % g.kw);
+          const int q = k / Ci32;
+          ci = k - q * Ci32, ky = q / kw32, kx = q % kw32;
         }
         for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
           const int ih = rih[m] + ky, iw = riw[m] + kx;
@@ -615,38 +618,43 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
     rih[tid] = int((pix % HW) / g.W + g.ph), riw[tid] = int(pix % g.W + g.pw);
   }
   __syncthreads();
-  // Conv output (rr / sh, cc / sw) of image n feeds input pixel row m at (ky, kx) if it exists.
-  auto feeds = [&](int m, int rr, int cc) {
-    return rn[m] >= 0 && rr >= 0 && cc >= 0 && rr % g.sh == 0 && cc % g.sw == 0 && rr / g.sh < g.Hc && cc / g.sw < g.Wc;
+  // Conv output (pr, pc) = (rr / sh, cc / sw) of image rn[m] feeds input pixel row m at (ky, kx) if
+  // it exists. 32-bit arithmetic, and no division at all for stride 1 (every AlexNet layer whose
+  // input needs a gradient).
+  const int sh = int(g.sh), sw = int(g.sw), Hc32 = int(g.Hc), Wc32 = int(g.Wc), Co32 = int(g.Co), kw32 = int(g.kw);
+  const bool unit = sh == 1 && sw == 1;
+  auto feeds = [&](int m, int rr, int cc, int& pr, int& pc) {
+    pr = unit ? rr : rr / sh, pc = unit ? cc : cc / sw;
+    return rn[m] >= 0 && rr >= 0 && cc >= 0 && (unit || (pr * sh == rr && pc * sw == cc)) && pr < Hc32 && pc < Wc32;
   };
   auto load_a = [&](Tc* s, int64_t k0) {
     if constexpr (kSrc == kDconvVec) {  // one (ky, kx) and BK consecutive channels: 16-byte copies
       constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V;
-      const int64_t kk = k0 / g.Co;
-      const int co0 = int(k0 - kk * g.Co), ky = int(kk / g.kw), kx = int(kk % g.kw);
+      const int kk = int(k0) / Co32;  // K < 2^31 (checked on the host)
+      const int co0 = int(k0) - kk * Co32, ky = kk / kw32, kx = kk % kw32;
 #pragma unroll 1
       for (int e = tid; e < kBM * NV; e += kThreads) {
-        const int m = e / NV, v = e % NV, rr = rih[m] - ky, cc = riw[m] - kx;
-        const bool ok = feeds(m, rr, cc);
-        const Tc* p = dconv + (ok ? ((rn[m] * g.Hc + rr / g.sh) * g.Wc + cc / g.sw) * g.Co + co0 + v * V : 0);
+        const int m = e / NV, v = e % NV;
+        int pr, pc;
+        const bool ok = feeds(m, rih[m] - ky, riw[m] - kx, pr, pc);
+        const Tc* p = dconv + (ok ? ((rn[m] * g.Hc + pr) * g.Wc + pc) * g.Co + co0 + v * V : 0);
         async::copy16<true>(s + m * L::LDA + v * V, p, ok);
       }
     } else {
       const int kk = tid % C::BK;
-      const int64_t k = k0 + kk;
-      int ky = 0, kx = 0;
-      int64_t co = 0;
+      const int k = int(k0) + kk;
+      int ky = 0, kx = 0, co = 0;
       if (k < K) {
-        const int64_t q = k / g.Co;
-        co = k - q * g.Co, ky = int(q / g.kw), kx = int(q % g.kw);
+        const int q = k / Co32;
+        co = k - q * Co32, ky = q / kw32, kx = q % kw32;
       }
       for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
-        const int rr = rih[m] - ky, cc = riw[m] - kx;
-        const bool ok = k < K && feeds(m, rr, cc);
+        int pr, pc;
+        const bool ok = feeds(m, rih[m] - ky, riw[m] - kx, pr, pc) && k < K;
         if constexpr (kSrc == kFused) {
-          s[m * L::LDA + kk] = to_c<C>(ok ? unpooled_at<acc_t>(g, gy, code, rn[m], rr / g.sh, cc / g.sw, co) : acc_t(0));
+          s[m * L::LDA + kk] = to_c<C>(ok ? unpooled_at<acc_t>(g, gy, code, rn[m], pr, pc, co) : acc_t(0));
         } else {
-          s[m * L::LDA + kk] = ok ? dconv[((rn[m] * g.Hc + rr / g.sh) * g.Wc + cc / g.sw) * g.Co + co] : to_c<C>(acc_t(0));
+          s[m * L::LDA + kk] = ok ? dconv[((rn[m] * g.Hc + pr) * g.Wc + pc) * g.Co + co] : to_c<C>(acc_t(0));
         }
       }
     }
