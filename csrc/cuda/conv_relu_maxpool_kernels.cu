@@ -329,6 +329,16 @@ __device__ void load_rows(typename C::Tc* s, const typename C::Tc* __restrict__ 
   }
 }
 
+// Column k of a GEMM K axis ordered (ky, kx, c) over nc channels: its (ky, kx, c). 32-bit: K < 2^31
+// (the wrapper checks).
+struct KPos {
+  int ky, kx, c;
+};
+__device__ __forceinline__ KPos k_position(int k, int nc, int kw) {
+  const int q = k / nc;
+  return {q / kw, q % kw, k - q * nc};
+}
+
 // Input element (ih, iw, ci) of an image at base, zero in the padding.
 template <typename T>
 __device__ __forceinline__ bool patch_inside(const Shape& g, int ih, int iw) {
@@ -422,8 +432,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
     auto load_a = [&](Tc* s, int64_t k0) {
       if constexpr (kVec) {  // one (ky, kx) and BK consecutive channels: four 16-byte loads a row
         constexpr int V = 16 / int(sizeof(T)), NV = C::BK / V;
-        const int kk = int(k0) / Ci32;  // 32-bit: K < 2^31 (checked on the host), cheaper divisions
-        const int ci0 = int(k0) - kk * Ci32, ky = kk / kw32, kx = kk % kw32;
+        const auto [ky, kx, ci0] = k_position(int(k0), Ci32, kw32);
 #pragma unroll 1
         for (int e = tid; e < kBM * NV; e += kThreads) {
           const int m = e / NV, v = e % NV;
@@ -441,11 +450,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
       } else {  // element gathers; each thread keeps one column k of the step (BK divides kThreads)
         const int kk = tid % C::BK;
         const int k = int(k0) + kk;
-        int ky = 0, kx = 0, ci = 0;
-        if (k < K) {
-          const int q = k / Ci32;
-          ci = k - q * Ci32, ky = q / kw32, kx = q % kw32;
-        }
+        const auto [ky, kx, ci] = k < K ? k_position(k, Ci32, kw32) : KPos{0, 0, 0};
         for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
           const int ih = rih[m] + ky, iw = riw[m] + kx;
           acc_t v = acc_t(0);
@@ -630,8 +635,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
   auto load_a = [&](Tc* s, int64_t k0) {
     if constexpr (kSrc == kDconvVec) {  // one (ky, kx) and BK consecutive channels: 16-byte copies
       constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V;
-      const int kk = int(k0) / Co32;  // K < 2^31 (checked on the host)
-      const int co0 = int(k0) - kk * Co32, ky = kk / kw32, kx = kk % kw32;
+      const auto [ky, kx, co0] = k_position(int(k0), Co32, kw32);
 #pragma unroll 1
       for (int e = tid; e < kBM * NV; e += kThreads) {
         const int m = e / NV, v = e % NV;
@@ -643,11 +647,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
     } else {
       const int kk = tid % C::BK;
       const int k = int(k0) + kk;
-      int ky = 0, kx = 0, co = 0;
-      if (k < K) {
-        const int q = k / Co32;
-        co = k - q * Co32, ky = q / kw32, kx = q % kw32;
-      }
+      const auto [ky, kx, co] = k < K ? k_position(k, Co32, kw32) : KPos{0, 0, 0};
       for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
         int pr, pc;
         const bool ok = feeds(m, rih[m] - ky, riw[m] - kx, pr, pc) && k < K;
