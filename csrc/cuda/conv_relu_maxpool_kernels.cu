@@ -39,7 +39,7 @@
 // local memory in any kernel (sm_80: 8-16 bytes of spill in the TF32 element-gather forward, conv1
 // on an A100, since the fragments are rounded after loading). The three GEMM kernels carry __launch_bounds__(256, 2): at most 128
 // registers; without the bound ptxas picked 80 for some version-1 variants and spilled 8-56 bytes.
-// Registers: forward 94-128; dgrad 102-128 in version 1, 71-119 in version 2; wgrad 110-128 and
+// Registers: forward 92-128; dgrad 102-128 in version 1, 71-119 in version 2; wgrad 110-128 and
 // 72-112; unpool 62-64. Static shared memory: 34-37 KB with 2 stages, 48,128 bytes with 3 (40 KB in
 // float64), under the 48 KB static limit. Occupancy: the registers allow 2 blocks = 16 of 64 warps
 // per SM (25%); their 2 x 48 KB fit an SM's 228 KB (H100; 164 KB A100).
@@ -73,8 +73,9 @@
 //   1.0x. Next, by expected gain: wgmma with TMA on sm_90 (the other third of the peak, and no
 //   fragment reads through the LSU), ldmatrix + mma.sync with 64 x 64 warp tiles (half the
 //   shared-memory reads per MAC), and less halo recomputation for 3/2 pooling.
-// Index arithmetic inside the K loops is 32-bit (K, image rows and columns < 2^31, which the
-// wrapper checks; offsets stay 64-bit), and dgrad divides by the stride only where it is not 1.
+// Index arithmetic inside the K loops and the forward's epilogue is 32-bit (K, image rows and
+// columns < 2^31, which the wrapper checks; tile-local indices < kBM x BN; offsets stay 64-bit),
+// and dgrad divides by the stride only where it is not 1.
 // Compiled without nvcc (tests/emulation), the same source runs in the CPU emulation of CUDA.
 #include <cstdint>
 #include <limits>
@@ -473,11 +474,11 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
         for (int i = 0; i < mvalid; ++i) max_update<acc_t>(sC[i * L::LDC + tid] + bv, m0 + i, run_m, run_at);
       }
     } else if (bits) {  // 1x1 windows: bias + ReLU, and 8 mask bits to a byte
-      const int64_t bytes = (t.PW + 7) / 8, P8 = t.G * t.PH * bytes;
-      for (int64_t e = tid; e < P8 * C::BN; e += kThreads) {
-        const int j = int(e % C::BN);
-        const int64_t pi = e / C::BN, gg = pi / (t.PH * bytes), rem = pi % (t.PH * bytes);
-        const int64_t pp = rem / bytes, bq = rem % bytes;
+      // Tile-local indices (a tile holds at most kBM conv outputs) in 32-bit arithmetic.
+      const int bytes = int(t.PW + 7) / 8, PHB = int(t.PH) * bytes, P8 = int(t.G) * PHB;
+      for (int e = tid; e < P8 * C::BN; e += kThreads) {
+        const int j = e % C::BN, pi = e / C::BN, gg = pi / PHB, rem = pi - gg * PHB, pp = rem / bytes;
+        const int bq = rem - pp * bytes;
         const int64_t co = co0 + j, n = gi * t.G + gg, p = tp * t.PH + pp, q0 = tq * t.PW + 8 * bq;
         if (co >= g.Co || n >= g.N || p >= g.Hp || q0 >= g.Wp) continue;
         const acc_t bv = bias ? bias[co] : acc_t(0);
@@ -490,20 +491,22 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
         code[((n * g.Hp + p) * wcode + q0 / 8) * g.Co + co] = byte;
       }
     } else {  // bias + ReLU + max-pool of each window, channel fastest: coalesced NHWC writes
-      const int64_t P = t.G * t.PH * t.PW;
-      for (int64_t e = tid; e < P * C::BN; e += kThreads) {
-        const int j = int(e % C::BN);
-        const int64_t pi = e / C::BN, gg = pi / (t.PH * t.PW), rem = pi % (t.PH * t.PW);
-        const int64_t pp = rem / t.PW, pq = rem % t.PW;
+      // Tile-local indices (a tile holds at most kBM conv outputs) in 32-bit arithmetic.
+      const int PW = int(t.PW), PHW = int(t.PH) * PW, P = int(t.G) * PHW, CW = int(t.CW);
+      const int pkh = int(g.pkh), pkw = int(g.pkw), psh = int(g.psh), psw = int(g.psw);
+      for (int e = tid; e < P * C::BN; e += kThreads) {
+        const int j = e % C::BN, pi = e / C::BN, gg = pi / PHW, rem = pi - gg * PHW, pp = rem / PW;
+        const int pq = rem - pp * PW;
         const int64_t co = co0 + j, n = gi * t.G + gg, p = tp * t.PH + pp, q = tq * t.PW + pq;
         if (co >= g.Co || n >= g.N || p >= g.Hp || q >= g.Wp) continue;
         const acc_t bv = bias ? bias[co] : acc_t(0);
-        const acc_t* win = sC + (gg * per + pp * g.psh * t.CW + pq * g.psw) * L::LDC + j;
+        const acc_t* win = sC + (gg * int(per) + pp * psh * CW + pq * psw) * L::LDC + j;
         acc_t mx = -std::numeric_limits<acc_t>::infinity();
         int64_t at = 0;
-        for (int64_t dy = 0; dy < g.pkh; ++dy)
-          for (int64_t dx = 0; dx < g.pkw; ++dx)
-            max_update<acc_t>(win[(dy * t.CW + dx) * L::LDC] + bv, dy * g.pkw + dx, mx, at);
+#pragma unroll 1
+        for (int dy = 0; dy < pkh; ++dy)
+#pragma unroll 1
+          for (int dx = 0; dx < pkw; ++dx) max_update<acc_t>(win[(dy * CW + dx) * L::LDC] + bv, dy * pkw + dx, mx, at);
         const int64_t o = ((n * g.Hp + p) * g.Wp + q) * g.Co + co;
         out[o] = from_acc<T>(pooled_value(mx));
         code[o] = pooled_code(mx, at);
