@@ -60,7 +60,8 @@ class Config:
     compile: bool = option(False, "torch.compile the model")
     seed: int = option(0, "seed of weights, shuffling and augmentation")
     deterministic: bool = option(False, "torch.use_deterministic_algorithms(True)")
-    progress: bool = option(True, "a tqdm progress bar per epoch (--no-progress: one line per epoch)")
+    progress: Optional[bool] = option(None, "a tqdm progress bar per epoch (default: when the output is a "
+                                      "terminal; --no-progress: one line per epoch)")
     # evaluation and checkpoints
     eval_only: bool = option(False, "only evaluate (weights from --resume or --pretrained)")
     checkpoint_dir: Optional[str] = option(None, "write checkpoints here: every epoch (and every "
@@ -83,10 +84,13 @@ def parse_args(argv=None, description: str = "") -> Config:
     for f in dataclasses.fields(Config):
         flag, meta = "--" + f.name.replace("_", "-"), dict(f.metadata)
         if f.type in (bool, "bool", "Optional[bool]"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"])
-            continue
-        kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
-        p.add_argument(flag, type=kind, default=f.default, **meta)
+            action = p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                    help=meta["help"])
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+            action = p.add_argument(flag, type=kind, default=f.default, **meta)
+        if f.default is not None and "default" not in action.help:  # (Python 3.10 adds it to booleans)
+            action.help += " (default: %(default)s)"
     return Config(**vars(p.parse_args(argv)))
 
 

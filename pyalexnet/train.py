@@ -238,7 +238,7 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
             if cfg.freeze_features:  # frozen features: BatchNorm keeps its running statistics too
                 model.features.eval()
             t0, seen0 = time.perf_counter(), 0
-            bar = _progress(range(start, steps_per_epoch), cfg.progress and d.main, epoch, cfg.epochs,
+            bar = _progress(range(start, steps_per_epoch), cfg.progress if d.main else False, epoch, cfg.epochs,
                             start, steps_per_epoch)
             for b in bar:
                 idx = order[b * global_batch:(b + 1) * global_batch]
@@ -338,7 +338,11 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
     return summary
 
 
-def _progress(it, show: bool, epoch: int, epochs: int, initial: int, total: int):
+def _progress(it, show: Optional[bool], epoch: int, epochs: int, initial: int, total: int):
+    """A tqdm bar over `it` when asked for, or by default (show None) when stderr is a terminal: in a
+    log file a bar is a stream of carriage-return fragments."""
+    if show is None:
+        show = sys.stderr.isatty()
     if tqdm is None or not show:
         return _NoBar(it)
     return tqdm(it, initial=initial, total=total, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True)

@@ -3,8 +3,10 @@ report, metrics log, plots, checkpoints, resume, eval-only, transfer learning, e
 accuracy bars are the `slow` tests at the end (`pytest -m slow`)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyalexnet import checkpoint, evaluate, synthetic, train
+from pyalexnet import checkpoint, config, evaluate, synthetic, train
 from pyalexnet.models import alexnet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +34,37 @@ def test_help_explains_every_option():
               "--eval-only", "--log", "--plot", "--pretrained", "--freeze-features", "--label-smoothing"):
         assert f in out, f
     assert "python -m pyalexnet.train --dataset cifar10" in out  # the docstring's examples
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        config.parse_args(["--help"])
+    text = capsys.readouterr().out
+    blocks = {}  # option -> its help text, from the line that names it to the next option's
+    for block in re.split(r"\n(?=  --)", text.split("options:")[1]):
+        blocks[block.split()[0].rstrip(",")] = " ".join(block.split())
+    for f in dataclasses.fields(config.Config):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in blocks, flag
+        if f.default is not None:
+            assert re.search(rf"\(default:? {re.escape(str(f.default))}\)", blocks[flag]), (flag, blocks[flag])
+        else:
+            assert "default" in blocks[flag] or f.name in ("data_dir", "pretrained", "resume", "log", "step_log",
+                                                            "plot", "checkpoint_dir"), (flag, blocks[flag])
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_only_on_a_terminal(monkeypatch, terminal):
+    """By default the bar shows only when stderr is a terminal: in a log file it would be a stream of
+    carriage-return fragments. --progress / --no-progress decide either way."""
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    assert config.parse_args([]).progress is None
+    bar = train._progress(range(3), None, 1, 1, 0, 3)
+    assert (type(bar).__name__ == "tqdm") == terminal
+    assert type(train._progress(range(3), True, 1, 1, 0, 3)).__name__ == "tqdm"
+    assert type(train._progress(range(3), False, 1, 1, 0, 3)).__name__ != "tqdm"
+    assert list(train._progress(range(3), None, 1, 1, 0, 3)) == [0, 1, 2]
 
 
 def test_short_run_prints_report_and_summary_and_writes_log_plots_checkpoints(tmp_path, capsys):
