@@ -26,6 +26,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # before torch is imported: the 
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -40,6 +41,12 @@ import softmax_cross_entropy  # noqa: E402
 import train_step  # noqa: E402
 from machine import describe, last_level_cache_bytes, measure_limits, slug  # noqa: E402
 from timing import Timer  # noqa: E402
+
+# torch.compile's C++ toolchain probe warns "No CUDA runtime is found, using CUDA_HOME=..." whenever
+# nvcc is installed on a machine without a GPU: nothing is wrong, the run is simply a CPU run (the
+# header line says which device), so that one message is dropped.
+logging.getLogger("torch.utils.cpp_extension").addFilter(
+    lambda record: not record.getMessage().startswith("No CUDA runtime is found"))
 
 SECTIONS = {"conv": conv_relu_maxpool, "loss": softmax_cross_entropy, "train": train_step}
 TIME_SHARES = {"conv": 0.55, "loss": 0.2, "train": 0.25}  # of --time-limit, passed on when unused
@@ -202,6 +209,7 @@ def main(argv=None) -> int:
         started, table = time.monotonic(), report.Table(name)
         rows += SECTIONS[name].run(cfg, timer, limits, table, failures)
         table.note(f"section {name}: {time.monotonic() - started:.0f} s")
+        table.legend()
     result = {"machine": machine, "limits": limits, "mode": args.mode, "argv": sys.argv[1:] if argv is None else argv,
               "config": {k: v for k, v in vars(args).items() if k not in ("json", "markdown", "save", "plot")},
               "rows": rows, "failures": failures, "wall_s": round(time.monotonic() - t0, 1),

@@ -72,6 +72,20 @@ TITLES = {
     "loss": "2. softmax cross-entropy: ours vs F.cross_entropy (eager, torch.compile)",
     "train": "3. training step of AlexNet: backend custom vs cudnn",
 }
+_TIMES = "times in ms (medians); speedup = the fastest verified baseline's time / ours (above 1: ours wins), best = that baseline"
+_RATES = ("TFLOP/s and GB/s: ours' achieved rates; %mm and %copy: those as shares of the matrix product rate and "
+          "the copy bandwidth measured at the start of this run")
+LEGENDS = {  # printed under each table: what its columns mean
+    "conv": [_TIMES + "; nchw / nhwc: conv2d -> relu -> max_pool2d in NCHW / channels_last, compile: under torch.compile",
+             _RATES,
+             "saved MiB o/eager: memory kept for backward, ours / the eager NCHW path",
+             "v2 x (GPU only): the kernels' version 1 time / version 2's (above 1: version 2 wins)"],
+    "loss": [_TIMES + "; eager: F.cross_entropy, compile: under torch.compile", _RATES],
+    "train": ["one AlexNet training step (forward, loss, backward, SGD update): custom = our kernels, cudnn = "
+              "PyTorch's ops (cuDNN on a GPU, oneDNN on a CPU); speedup = cudnn ms / custom ms",
+              "img/s c/cudnn: images per second, custom / cudnn; " + _RATES.split(";")[0],
+              "peak MiB c/cudnn: peak memory of the step; saved MiB c/cudnn: memory kept for backward"],
+}
 SHORT_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 KEYS = {"conv": 5, "loss": 3, "train": 3}  # leading columns that name the configuration
 
@@ -105,6 +119,13 @@ class Table:
     def note(self, text: str) -> None:
         self._start()
         print(f"  ({text})", file=self.out)
+
+    def legend(self) -> None:
+        """What the columns mean, under the table."""
+        if self.started:
+            for line in LEGENDS[self.section]:
+                print(f"  {line}", file=self.out)
+            self.out.flush()
 
 
 def _has(row, cell) -> bool:

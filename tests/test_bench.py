@@ -177,6 +177,14 @@ def test_tiny_run_of_every_section(tmp_path, capsys):
     if "skipped" not in train[0]:  # pyalexnet.models present
         assert train[0]["images_per_s"]["custom"] > 0 and train[0]["peak_bytes"]["cudnn"] > 0
     assert "1. conv + ReLU + max-pool" in text and "every timed variant verified" in text
+    for section, legend in report.LEGENDS.items():  # each table is followed by what its columns mean
+        table = text.split(report.TITLES[section])[1]
+        assert all(line in table for line in legend), section
+        explained = " ".join(legend)
+        for header, _, _ in report.COLUMNS[section]:  # every abbreviation of its headers is in it
+            for word in ("%mm", "%copy", "o/eager", "c/cudnn", "v2 x", "speedup", "best", "compile", "nchw",
+                         "nhwc", "eager", "TFLOP/s", "GB/s", "img/s", "peak MiB", "saved MiB"):
+                assert word not in header or word in explained, (section, header, word)
     md = (tmp_path / "r.md").read_text()
     assert "| cifar | conv1 | 3 | float32 |" in md and "| 64 x 10 | float32 |" in md
     saved = sorted(p.name for p in (tmp_path / "res").iterdir())
