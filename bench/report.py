@@ -83,7 +83,8 @@ LEGENDS = {  # printed under each table: what its columns mean
     "loss": [_TIMES + "; eager: F.cross_entropy, compile: under torch.compile", _RATES],
     "train": ["one AlexNet training step (forward, loss, backward, SGD update): custom = our kernels, cudnn = "
               "PyTorch's ops (cuDNN on a GPU, oneDNN on a CPU); speedup = cudnn ms / custom ms",
-              "img/s c/cudnn: images per second, custom / cudnn; " + _RATES.split(";")[0],
+              "img/s c/cudnn: images per second, custom / cudnn; TFLOP/s: custom's achieved rate, %mm: its share "
+              "of the matrix product rate measured at the start of this run",
               "peak MiB c/cudnn: peak memory of the step; saved MiB c/cudnn: memory kept for backward"],
 }
 SHORT_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}

@@ -47,11 +47,26 @@ CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(bool(why_no_cuda()), reason=w
 NO_GPU = "skipped (no GPU)"  # the report category of the CUDA tests that cannot run here
 
 
+def pytest_addoption(parser):
+    parser.addoption("--quick", action="store_true",
+                     help="a quick check: leave out the tests marked `thorough` (about a third of the run's time)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--quick"):
+        thorough = [item for item in items if "thorough" in item.keywords]
+        if thorough:
+            config.hook.pytest_deselected(items=thorough)
+            items[:] = [item for item in items if "thorough" not in item.keywords]
+
+
 def pytest_report_teststatus(report, config):
-    """A CUDA test skipped for want of a GPU prints no `s` and is not listed by -rs: hundreds of them
-    would hide the other skips. They are counted in the closing line and explained in one line."""
-    if report.when == "setup" and report.skipped and "cuda" in report.keywords and why_no_cuda() \
-            and why_no_cuda() in str(report.longrepr):
+    """A test skipped for want of a GPU (a `cuda` test, or one whose reason names the GPU) prints no `s`
+    and is not listed by -rs: hundreds of them would hide the other skips. They are counted in the
+    closing line and explained in one line."""
+    reason = str(report.longrepr) if report.skipped else ""
+    if report.when in ("setup", "call") and report.skipped and why_no_cuda() and (
+            "cuda" in report.keywords and why_no_cuda() in reason or "GPU" in reason):
         return NO_GPU, "", "SKIPPED (no GPU)"
     return None
 
@@ -59,8 +74,8 @@ def pytest_report_teststatus(report, config):
 def pytest_terminal_summary(terminalreporter):
     n = len(terminalreporter.stats.get(NO_GPU, []))
     if n:
-        terminalreporter.write_line(f"{n} CUDA tests skipped: {why_no_cuda()}; they run on a machine with a GPU "
-                                    "and a pyalexnet built with its CUDA kernels")
+        terminalreporter.write_line(f"{n} test{'s' * (n != 1)} skipped for want of a GPU: {why_no_cuda()}; they run on a machine "
+                                    "with a GPU and a pyalexnet built with its CUDA kernels")
 
 
 # ------------------------------------------------------------------------------------------------

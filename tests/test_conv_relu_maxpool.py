@@ -430,6 +430,7 @@ def test_compile_aot_eager_module():
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.thorough
 def test_compile_inductor(monkeypatch, tmp_path):
     """The default backend (inductor, which generates C++ here): one case, on a fresh inductor cache
     (a graph cached by an older build of the op must not be reused)."""

@@ -77,6 +77,7 @@ def _outputs(name: str, tmp_path, inputs, dtype) -> dict:
     return out
 
 
+@pytest.mark.thorough
 def test_missing_barrier_is_caught_by_the_two_schedules(tmp_path):
     """Thread t reads the shared value thread t + 1 wrote: without the barrier the result depends on
     the order the threads run in, so the two schedules disagree; with it they agree and are right."""

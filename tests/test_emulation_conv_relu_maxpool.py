@@ -58,6 +58,18 @@ CASES = {
     "rect_everything": SPECIAL["rect_everything"],
     "padding_beyond_row": SPECIAL["padding_beyond_row"],
 }
+BIG = {"conv1_like"}  # half a minute and more per mode: `thorough` where a test repeats it (pytest --quick)
+
+
+def cases(names):
+    """Case-name parameters, the big cases marked `thorough`."""
+    return [pytest.param(n, marks=pytest.mark.thorough) if n in BIG else n for n in names]
+
+
+def case_modes(names, quick_modes=()):
+    """(name, mode) parameters with ids name-mode; the big cases marked `thorough` but in quick_modes."""
+    return [pytest.param(n, m, id=f"{n}-{i}", marks=[pytest.mark.thorough] if n in BIG and i not in quick_modes
+                         else []) for n in names for m, i in zip(MODES, MODE_IDS)]
 
 
 def _pack(m: torch.Tensor, rows: int, dtype) -> torch.Tensor:
@@ -111,8 +123,7 @@ def _cpu(c: Cfg, x, w, b, gy):
     return {"out": out, "code": code, "dx": dx, "dw": dw, "db": db}
 
 
-@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name, mode", case_modes(sorted(CASES), quick_modes=("f32",)))
 def test_exact_inputs_match_the_cpu_kernels(tmp_path, name, mode):
     """Exact inputs: outputs, codes and all three gradients equal the CPU kernels' bit for bit."""
     dtype, tf32 = mode
@@ -129,7 +140,8 @@ def test_exact_inputs_match_the_cpu_kernels(tmp_path, name, mode):
 
 
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("name", ("conv1_like", "conv2_like", "k_tail", "co_multiple_of_k_step", "conv3_like_groups"))
+@pytest.mark.parametrize("name", cases(("conv1_like", "conv2_like", "k_tail", "co_multiple_of_k_step",
+                                         "conv3_like_groups")))
 def test_both_versions_give_the_same_bits(tmp_path, name, mode):
     """The kernels' two versions (cp.async through 3 stages and a materialised un-pooled gradient,
     the default; loads and stores through 2 stages and un-pooling inside the GEMM loaders) run the
@@ -167,7 +179,7 @@ def _check_gaussian(c: Cfg, dtype, tmp: Path, what: str):
 
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
-@pytest.mark.parametrize("name", ("conv1_like", "conv2_like", "conv3_like_groups", "window_in_passes"))
+@pytest.mark.parametrize("name", cases(("conv1_like", "conv2_like", "conv3_like_groups", "window_in_passes")))
 def test_gaussian_inputs_match_the_reference(tmp_path, name, dtype):
     _check_gaussian(CASES[name], dtype, tmp_path, name)
 

@@ -82,6 +82,7 @@ def reference(tmp_path_factory):
     return final_weights(d / "ck"), d / "steps.jsonl"
 
 
+@pytest.mark.thorough
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, reference):
     ck, log = tmp_path / "ck", tmp_path / "steps.jsonl"
     p = trainer(*RUN, "--checkpoint-dir", str(ck), "--checkpoint-every", "4", "--step-log", str(log))
@@ -100,6 +101,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, reference):
     assert_same_run(reference[0], final_weights(ck), reference[1], log)  # ... and redone identically
 
 
+@pytest.mark.thorough
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_finishes_the_step_writes_a_checkpoint_and_exits(tmp_path, reference, sig):
     ck, log = tmp_path / "ck", tmp_path / "steps.jsonl"
@@ -133,6 +135,7 @@ def test_checkpoint_every_without_a_folder_writes_to_checkpoints(tmp_path, monke
         "ckpt-e0001-s000000015.pt", "ckpt-e0001-s000000010.pt"]
 
 
+@pytest.mark.thorough
 def test_corrupt_newest_checkpoint_is_reported_and_the_previous_used(tmp_path, reference, capsys):
     ck, log = tmp_path / "ck", tmp_path / "steps.jsonl"
     s = train.main(RUN + ["--checkpoint-dir", str(ck), "--checkpoint-every", "5", "--keep-checkpoints", "2",
@@ -209,6 +212,7 @@ def torchrun(*args: str, n: int = 2) -> subprocess.CompletedProcess:
     return p
 
 
+@pytest.mark.thorough
 @pytest.mark.parametrize("images", [32, 13], ids=["16+16", "7+6"])
 def test_two_gloo_processes_match_one_process_with_the_combined_batch(tmp_path, images):
     """One global batch, even (16 + 16) or not (7 + 6: each rank's loss weighted by its share), with
@@ -237,6 +241,7 @@ def test_two_gloo_processes_match_one_process_with_the_combined_batch(tmp_path, 
     assert a["history"][0]["train_acc"] == b["history"][0]["train_acc"]
 
 
+@pytest.mark.thorough
 def test_resumed_two_process_run_continues_exactly(tmp_path):
     whole, part = tmp_path / "whole", tmp_path / "part"
     torchrun(*DDP_RUN, "--batch-size", "16", "--checkpoint-dir", str(whole))

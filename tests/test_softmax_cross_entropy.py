@@ -524,6 +524,7 @@ def test_module_bad_options():
 # ------------------------------------------------------------------------------------------------
 # Offsets past 2^31
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.thorough
 @pytest.mark.bigmem
 @pytest.mark.skipif(mem_available_gib() < 14, reason="needs 14 GiB of available memory (MemAvailable)")
 def test_offsets_past_2_31():

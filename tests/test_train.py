@@ -190,6 +190,7 @@ def _write_pairs_task(root: Path, n: int, seed: int) -> None:
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i}.png")
 
 
+@pytest.mark.thorough
 def test_fine_tuning_beats_training_from_scratch(tmp_path):
     pytest.importorskip("PIL")
     train.main(["--synthetic-size", "1600", "--epochs", "3", "--batch-size", "64", "--no-progress",
