@@ -73,19 +73,24 @@ PRESETS = {
                     train_batches="cifar:32,imagenet:2", train_dtypes="float32", min_run_time=0.05, rounds=1,
                     threads=1),
     },
-    # bench/gpu_check.sh (with --time-limit): every layer of both variants, bfloat16 at batch 128
-    # first, the compile column there only (each new shape costs Inductor seconds of compilation).
+    # bench/gpu_check.sh (with --time-limit): first the rows its bars need (the five ImageNet layers
+    # at batch 128 in bfloat16, forward and forward+backward, kernel versions 2 and 1; the loss at
+    # 16384 x 32768 and 16384 x 131072; a training step of each variant), then the rest as time
+    # allows. No compile column: each new shape costs Inductor seconds of compilation, more than
+    # the run has (`compare.py` alone measures it).
     "gpu-check": {
-        "cuda": dict(variants="cifar,imagenet", layers="", batches="128,32,256", dtypes="bfloat16,float32",
-                     shapes=ALL_SHAPES, compile_batches="128", compile_shapes="1024x1000,16384x32768",
-                     compile_dtypes="bfloat16",
-                     train_batches="cifar:256,imagenet:128", train_dtypes="bfloat16,float32", min_run_time=0.02,
-                     rounds=1),
+        "cuda": dict(variants="imagenet,cifar", layers="", batches="128,32,256", dtypes="bfloat16,float32",
+                     shapes=",".join(dict.fromkeys(["16384x32768", "16384x131072", *ALL_SHAPES.split(",")])), compile_batches="none", compile_shapes="none",
+                     compile_dtypes="none", train_batches="imagenet:128,cifar:256", train_dtypes="bfloat16,float32",
+                     min_run_time=0.02, rounds=1),
+        # the rehearsal on a CPU (gpu_check.sh --rehearsal): the same plumbing on the smallest rows
+        "cpu": dict(variants="imagenet", layers="conv3", batches="2", dtypes="float32", shapes="128x10",
+                    compile_batches="none", compile_shapes="none", compile_dtypes="none",
+                    train_batches="cifar:8", train_dtypes="float32", min_run_time=0.01, rounds=1, threads=1),
     },
 }
 PRESETS["quick"]["cuda"] = dict(PRESETS["quick"]["cpu"], batches="32,128", compile_batches="128",
                                 train_batches="cifar:128,imagenet:32", threads=None)
-PRESETS["gpu-check"]["cpu"] = PRESETS["quick"]["cpu"]
 
 
 @dataclass

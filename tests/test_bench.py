@@ -4,6 +4,7 @@ that takes seconds. CI also runs `compare.py --quick` itself (.ci/run)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import sys
 import time
@@ -222,8 +223,11 @@ def test_presets_and_filters():
     assert not cfg.compile_for((128, 10), torch.float32)  # quick: no compiled loss
     args, cfg = compare.parse(["--gpu-check", "--device", "cuda"])  # parsing needs no GPU
     assert cfg.batches == [128, 32, 256] and cfg.dtypes == [torch.bfloat16, torch.float32]
-    assert cfg.compile_for(128, torch.bfloat16) and not cfg.compile_for(128, torch.float32)
-    assert not cfg.compile_for(32, torch.bfloat16) and cfg.compile_for((16384, 32768), torch.bfloat16)
+    assert cfg.variants[0] == "imagenet" and cfg.shapes[:2] == [(16384, 32768), (16384, 131072)]
+    assert len(set(cfg.shapes)) == len(cfg.shapes) and list(cfg.train_batches) == ["imagenet", "cifar"]
+    assert not cfg.compile_for(128, torch.bfloat16) and not cfg.compile_for((16384, 32768), torch.bfloat16)
+    args, cfg = compare.parse(["--gpu-check", "--device", "cpu"])  # gpu_check.sh --rehearsal
+    assert cfg.batches == [2] and cfg.layers == {"conv3"} and args.threads == 1
     args, cfg = compare.parse(["--gpu-check", "--device", "cpu", "--batches", "5", "--no-compile"])
     assert cfg.batches == [5] and not cfg.compile_for(32, torch.float32)
     args, cfg = compare.parse(["--device", "cpu"])
@@ -277,21 +281,93 @@ def test_tiny_run_on_the_gpu(tmp_path):
     assert conv and all(r["times_s"]["ours_v1"] and report.version_gain(r) for r in conv)
 
 
+JUNIT = """<testsuites><testsuite name="pytest" tests="4" failures="1" errors="0" skipped="1">
+<testcase classname="tests.test_conv_relu_maxpool_cuda" name="test_alexnet_layers[imagenet_conv1-torch.bfloat16]" time="1.0"/>
+<testcase classname="tests.test_conv_relu_maxpool_cuda" name="test_alexnet_layers[imagenet_conv2-torch.bfloat16]" time="1.0">
+<failure message="AssertionError: out differs">trace</failure></testcase>
+<testcase classname="tests.test_softmax_cross_entropy_cuda" name="test_large[none]" time="0.1"><skipped message="memory"/></testcase>
+<testcase classname="tests.test_softmax_cross_entropy_cuda" name="test_current_stream" time="0.1"/>
+</testsuite></testsuites>"""
+
+
+def _gpu_check_work(tmp_path) -> Path:
+    """A work folder as gpu_check.sh leaves it after a GPU run with one failing test and one racy kernel."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "steps.tsv").write_text("step\tstatus\tseconds\tnote\nbuild\tok\t95\texit 0\n"
+                                    "cuda_tests\tfailed\t60\texit 1\nsanitizer_memcheck\tok\t40\texit 0\n"
+                                    "sanitizer_racecheck\tfailed\t50\texit 1\ntrain\tok\t20\texit 0\n"
+                                    "compare\tok\t150\texit 1\n")
+    (work / "machine.txt").write_text("date: 2026-12-02T16:00:00Z\nmode: gpu\ncard: NVIDIA H200, 143771 MiB, 580\n"
+                                      "torch: 2.11.0+cu130 | CUDA 13.0 | cuDNN 91000\n")
+    (work / "cuda_tests.xml").write_text(JUNIT)
+    (work / "sanitizer_memcheck.log").write_text("========= ERROR SUMMARY: 0 errors\n")
+    (work / "sanitizer_racecheck.log").write_text("========= ERROR SUMMARY: 2 errors\n")
+    (work / "train.jsonl").write_text('{"epoch": 1, "test_acc": 0.4, "images_per_s": 900.0}\n'
+                                      '{"epoch": 2, "test_acc": 0.55, "images_per_s": 1000.0}\n')
+    (work / "compare.json").write_text(json.dumps({**_result(), "failures": {"conv x ours": "AssertionError"}}))
+    return work
+
+
 def test_gpu_summary_reads_what_gpu_check_leaves(tmp_path, capsys):
     import gpu_summary
-    (tmp_path / "steps.tsv").write_text("step\tstatus\tseconds\nbuild\tok\t95\ncuda_tests\tFAILED (1)\t60\n"
-                                        "train_custom\tok\t20\nsanitizer_loss\tskipped\t0\n")
-    (tmp_path / "cuda_tests.xml").write_text(
-        '<testsuites><testsuite tests="10" failures="1" errors="0" skipped="2"/></testsuites>')
-    (tmp_path / "train-custom.jsonl").write_text('{"epoch": 1, "test_acc": 0.4, "images_per_s": 900.0}\n'
-                                                 '{"epoch": 2, "test_acc": 0.55, "images_per_s": 1000.0}\n')
-    (tmp_path / "compare.json").write_text(json.dumps({**_result(), "failures": {"conv x ours": "AssertionError"}}))
-    assert gpu_summary.main(tmp_path) == 0
-    out = capsys.readouterr().out
-    assert "cuda_tests             FAILED (1)         60  7 passed, 1 failed, 2 skipped" in out
-    assert "2 epochs: test acc 55.0%, 1000 img/s (last epoch)" in out
-    assert "conv     float32   fwd+bwd     1     2.00" in out and "FAILED conv x ours: AssertionError" in out
-    assert "train cifar batch 4 float32: images/s custom 4, cudnn 3; peak MiB custom 2, cudnn 4" in out
+    out = tmp_path / "out"
+    out.mkdir()
+    assert gpu_summary.main([str(_gpu_check_work(tmp_path)), "--out", str(out)]) == 0
+    md = (out / "summary.md").read_text()
+    assert capsys.readouterr().out.strip() == md.strip()
+    assert md.startswith("# gpu_check, 2026-12-02T16:00:00Z, NVIDIA H200, 143771 MiB, 580 (gpu)")
+    assert "| cuda_tests | failed | 60 | 2 passed, 1 failed, 1 skipped |" in md
+    assert "| sanitizer_memcheck | ok | 40 | clean |" in md and "| sanitizer_racecheck | failed | 50 | 2 errors |" in md
+    assert "| train | ok | 20 | 2 epochs: test acc 55.0%, 1000 img/s (last epoch) |" in md
+    assert "| tests.test_conv_relu_maxpool_cuda::test_alexnet_layers | 1 | 1 | 0 |" in md
+    assert "- FAILED tests.test_conv_relu_maxpool_cuda::test_alexnet_layers[imagenet_conv2-torch.bfloat16]: " \
+           "AssertionError: out differs" in md
+    assert "conv     float32   fwd+bwd     1     2.00" in md and "FAILED conv x ours: AssertionError" in md
+    assert "train cifar batch 4 float32: images/s custom 4, cudnn 3; peak MiB custom 2, cudnn 4" in md
+    r = json.loads((out / "gpu-check.json").read_text())
+    assert r["tests"]["cases"]["tests.test_softmax_cross_entropy_cuda::test_large[none]"] == "skipped"
+    assert r["sanitizer"]["racecheck"]["errors"] == 2 and r["sanitizer"]["memcheck"]["verdict"] == "clean"
+    assert r["machine"]["card"].startswith("NVIDIA H200") and r["compare"]["rows"]
+    assert gpu_summary.check_limits(out) == []
+
+
+def test_gpu_summary_of_a_rehearsal_and_an_unsupported_sanitizer(tmp_path):
+    import gpu_summary
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "steps.tsv").write_text("step\tstatus\tseconds\tnote\nsanitizer_memcheck\tskipped\t0\t"
+                                    "no compute-sanitizer\nsanitizer_racecheck\tfailed\t3\texit 1\n")
+    (work / "sanitizer_racecheck.log").write_text("Device not supported\n")
+    (work / "cuda_tests.xml").write_text("<testsuites><testsuite")  # cut off by a kill
+    md = gpu_summary.markdown(gpu_summary.collect(work))
+    assert "| sanitizer_memcheck | skipped | 0 | not run: no compute-sanitizer |" in md
+    assert "not run: the device is not supported by compute-sanitizer here" in md
+    assert "unreadable junit XML" in gpu_summary.collect(work)["tests"]["error"]
+
+
+def test_check_limits_of_what_a_device_run_returns(tmp_path, capsys):
+    import gpu_summary
+    out = tmp_path / "out"
+    (out / "a" / "b").mkdir(parents=True)
+    (out / "summary.md").write_text("x")
+    (out / "a" / "b" / "deep-enough.txt").write_text("x")
+    assert gpu_summary.check_limits(out) == []
+    assert gpu_summary.main([str(out), "--check-limits"]) == 0
+    (out / "a" / "b" / "c").mkdir()
+    (out / "a" / "b" / "c" / "too-deep.txt").write_text("x")
+    (out / "bad name.txt").write_text("x")
+    with open(out / "big.bin", "wb") as f:
+        f.truncate(gpu_summary.MAX_FILE_BYTES + 1)
+    for i in range(6):
+        (out / f"f{i}").write_text("x")
+    problems = " | ".join(gpu_summary.check_limits(out))
+    assert "too-deep.txt: more than 2 folders down" in problems and "bad name.txt: a name outside" in problems
+    assert "big.bin: 16777217 bytes, over 16777216" in problems and "11 files, over 8" in problems
+    (out / "summary.md").unlink()
+    assert "no summary.md" in " | ".join(gpu_summary.check_limits(out))
+    assert gpu_summary.main([str(out), "--check-limits"]) == 1
+    assert "FAILED the limits" in capsys.readouterr().out
 
 
 def test_version_gain_in_the_summaries(tmp_path, capsys):
@@ -305,7 +381,7 @@ def test_version_gain_in_the_summaries(tmp_path, capsys):
     md = report.markdown(result)
     assert "v2 gain fwd / fwd+bwd |" in md and "| 1.50 / 1.50 |" in md
     assert "v2 gain" not in report.markdown(_result())
-    (tmp_path / "steps.tsv").write_text("step\tstatus\tseconds\ncompare\tok\t100\n")
+    (tmp_path / "steps.tsv").write_text("step\tstatus\tseconds\tnote\ncompare\tok\t100\t\n")
     (tmp_path / "compare.json").write_text(json.dumps({**result, "failures": {}}))
-    assert gpu_summary.main(tmp_path) == 0
+    assert gpu_summary.main([str(tmp_path)]) == 0
     assert "conv float32 fwd+bwd: kernels version 2 / version 1, speed ratio geomean 1.50" in capsys.readouterr().out

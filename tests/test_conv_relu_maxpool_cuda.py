@@ -69,12 +69,18 @@ def check_cuda(c: Cfg, x, w, b, g, what: str, tf32: bool = False):
             assert_close_scaled(a, r, CONV_TOL[x.dtype], f"{what} {name}")
 
 
+def draws(n: int, quick: int) -> list:
+    """Random-draw indices 0..n-1; those from `quick` on are `thorough` (their float64 references
+    run on the CPU, most of such a test's time: `pytest -m cuda --quick` keeps the first ones)."""
+    return [d if d < quick else pytest.param(d, marks=pytest.mark.thorough) for d in range(n)]
+
+
 @pytest.fixture
 def rng(fresh_seed) -> random.Random:
     return random.Random(fresh_seed)
 
 
-@pytest.mark.parametrize("draw", range(40))
+@pytest.mark.parametrize("draw", draws(40, quick=10))
 def test_matches_reference_float64(rng, draw):
     c = draw_cfg(rng, max_macs=3e7)
     x, w, b = gaussian_inputs(c)
@@ -82,7 +88,7 @@ def test_matches_reference_float64(rng, draw):
 
 
 @pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
-@pytest.mark.parametrize("draw", range(10))
+@pytest.mark.parametrize("draw", draws(10, quick=3))
 def test_random_configs_every_dtype(rng, draw, dtype, tf32):
     c = draw_cfg(rng, max_macs=3e7)
     x, w, b = gaussian_inputs(c, dtype)
@@ -113,7 +119,8 @@ def test_alexnet_layers(name, dtype, tf32):
     check_cuda(c, x, w, b, torch.randn(c.N, c.Co, *c.out_size()).to(dtype), name, tf32)
 
 
-@pytest.mark.parametrize("name", GRADCHECK_CFGS)
+@pytest.mark.parametrize("name", [n if n in ("pool3s2_bias", "rectangular") else pytest.param(n, marks=pytest.mark.thorough)
+                                  for n in GRADCHECK_CFGS])
 def test_gradcheck(name):
     c = GRADCHECK_CFGS[name]
     x, w, b = draw_separated(c)

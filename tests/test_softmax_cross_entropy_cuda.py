@@ -241,7 +241,7 @@ def test_host_checks_on_cuda():
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("bad", (10, -3))
+@pytest.mark.parametrize("bad", (10, pytest.param(-3, marks=pytest.mark.thorough)))  # a Python start-up each
 def test_bad_target_traps(tmp_path, bad):
     """A target outside [0, C) that is not ignore_index: the kernel prints the target and traps, which
     poisons the CUDA context, so it runs in a subprocess. It must fail, name the target, and never
