@@ -341,6 +341,16 @@ def test_gpu_summary_of_a_rehearsal_and_an_unsupported_sanitizer(tmp_path):
     (work / "sanitizer_racecheck.log").write_text("Device not supported\n")
     (work / "cuda_tests.xml").write_text("<testsuites><testsuite")  # cut off by a kill
     md = gpu_summary.markdown(gpu_summary.collect(work))
+    assert "unreadable junit XML" in md
+    (work / "steps.tsv").write_text("step\tstatus\tseconds\tnote\ncuda_tests\ttimeout\t150\texit 124\n")
+    (work / "cuda_tests.xml").write_text(JUNIT)
+    (work / "cuda_tests.log").write_text("....\nKeyboardInterrupt\n= 2 passed, 1 failed in 150.2s =\n")
+    assert ("| cuda_tests | timeout | 150 | 2 passed, 1 failed, 1 skipped (stopped at its cap; pytest counted "
+            "2 passed, 1 failed in 150.2s) |") in gpu_summary.markdown(gpu_summary.collect(work))
+    (work / "steps.tsv").write_text("step\tstatus\tseconds\tnote\nsanitizer_memcheck\tskipped\t0\t"
+                                    "no compute-sanitizer\nsanitizer_racecheck\tfailed\t3\texit 1\n")
+    (work / "cuda_tests.xml").write_text("<testsuites><testsuite")
+    md = gpu_summary.markdown(gpu_summary.collect(work))
     assert "| sanitizer_memcheck | skipped | 0 | not run: no compute-sanitizer |" in md
     assert "not run: the device is not supported by compute-sanitizer here" in md
     assert "unreadable junit XML" in gpu_summary.collect(work)["tests"]["error"]
