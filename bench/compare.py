@@ -33,6 +33,12 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+# torch's C++ extension helpers (imported with torch.compile) warn "No CUDA runtime is found, using
+# CUDA_HOME=..." whenever nvcc is installed on a machine without a GPU: nothing is wrong, the run is
+# simply a CPU run (the header line names the device), so that one message is dropped.
+logging.getLogger("torch.utils.cpp_extension").addFilter(
+    lambda record: not record.getMessage().startswith("No CUDA runtime is found"))
+
 import torch  # noqa: E402
 
 import conv_relu_maxpool  # noqa: E402
@@ -41,12 +47,6 @@ import softmax_cross_entropy  # noqa: E402
 import train_step  # noqa: E402
 from machine import describe, last_level_cache_bytes, measure_limits, slug  # noqa: E402
 from timing import Timer  # noqa: E402
-
-# torch.compile's C++ toolchain probe warns "No CUDA runtime is found, using CUDA_HOME=..." whenever
-# nvcc is installed on a machine without a GPU: nothing is wrong, the run is simply a CPU run (the
-# header line says which device), so that one message is dropped.
-logging.getLogger("torch.utils.cpp_extension").addFilter(
-    lambda record: not record.getMessage().startswith("No CUDA runtime is found"))
 
 SECTIONS = {"conv": conv_relu_maxpool, "loss": softmax_cross_entropy, "train": train_step}
 TIME_SHARES = {"conv": 0.55, "loss": 0.2, "train": 0.25}  # of --time-limit, passed on when unused
