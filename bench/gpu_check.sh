@@ -92,7 +92,8 @@ pack
 # --- build: this card's architecture only, all cores ---------------------------------------------
 arch=$("$PY" -c "import torch; p = torch.cuda.get_device_capability(); print(f'{p[0]}{p[1]}')" 2>/dev/null)
 export PYALEXNET_CUDA_ARCHS=${PYALEXNET_CUDA_ARCHS:-${arch:-90}}  # the rehearsal builds for an H100/H200
-run build "$(limit_of build)" env PYALEXNET_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps -v .
+run build "$(limit_of build)" env PYALEXNET_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps -v \
+  -C build-dir=build/gpu-check .
 run info "$(limit_of info)" "$PY" -c "import pyalexnet; print(pyalexnet.build_info())"
 pack
 
