@@ -8,6 +8,7 @@ the path), the package runs the tree's Python modules with the installed build's
 once it has checked that this build was compiled from the tree's kernel sources; otherwise the
 import stops with one line that says to reinstall.
 """
+import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
@@ -76,9 +77,20 @@ def _load_extension():
     if source_tree:
         _check_sources(build)
     _check_torch(build)  # before _C: a mismatching torch would fail there with a symbol error
+    _check_extension_beside(build)
     from . import _C
 
     return _C, build
+
+
+def _check_extension_beside(build) -> None:
+    """Refuses a _C that is not the one beside the checked _build_config (a stray file from an old
+    in-place build would shadow it), before it is loaded."""
+    spec = _importlib_util.find_spec(__name__ + "._C")
+    there = _os.path.dirname(_os.path.abspath(build.__file__))
+    if spec is not None and _os.path.dirname(_os.path.abspath(spec.origin)) != there:
+        raise ImportError(f"pyalexnet's compiled extension {spec.origin} does not belong to the build in "
+                          f"{there}: remove it, or run `{_INSTALL}` in {_ROOT}.")
 
 
 _C, _build_config = _load_extension()

@@ -3,6 +3,7 @@ torch-version mismatch error, and what importing the source tree does: run the i
 when it was compiled from the tree's kernel sources, stop with one line otherwise."""
 from __future__ import annotations
 
+import importlib.machinery
 import re
 import shutil
 import subprocess
@@ -171,3 +172,24 @@ def test_source_tree_without_any_install(tmp_path):
     assert r.stdout.strip() == (f"pyalexnet is imported from the source tree {tree / 'pyalexnet'}, which holds no "
                                 f"compiled extension, and no installed pyalexnet was found on sys.path: run "
                                 f"`pip install .` in {tree} first.")
+
+
+def test_stray_extension_in_the_source_tree_is_refused(tmp_path):
+    """A _C left in the source package by an old in-place build, without its _build_config: it would
+    shadow the installed, checked one, so the import stops before loading it."""
+    tree = _source_copy(tmp_path)
+    stray = tree / "pyalexnet" / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    stray.write_bytes(b"")  # never loaded: an empty file would fail to load
+    r = _python("""
+        import sys
+        try:
+            import pyalexnet
+        except ImportError as e:
+            assert "pyalexnet._C" not in sys.modules
+            print(e)
+        else:
+            sys.exit("a stray _C was accepted")
+        """, cwd=tree)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert r.stdout.startswith(f"pyalexnet's compiled extension {stray} does not belong to the build in ")
+    assert f"remove it, or run `pip install .` in {tree}." in r.stdout
