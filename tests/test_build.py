@@ -26,6 +26,25 @@ def _python(code: str, cwd) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+def _import_error(cwd, before: str = "pass") -> str:
+    """The ImportError of `import pyalexnet` in a fresh Python in cwd after the statement `before`;
+    fails when the import succeeds or loaded _C first."""
+    r = _python(f"""
+        import os, sys
+        import torch
+        {before}
+        try:
+            import pyalexnet
+        except ImportError as e:
+            assert "pyalexnet._C" not in sys.modules, "_C was loaded before the check"
+            print(e)
+        else:
+            sys.exit("import pyalexnet succeeded")
+        """, cwd=cwd)
+    assert r.returncode == 0, r.stderr + r.stdout
+    return r.stdout.strip()
+
+
 def test_build_info_keys_and_types():
     info = pyalexnet.build_info()
     assert set(info) == {"torch_version", "cuda", "cuda_version", "cuda_archs", "compiler", "source_hash",
@@ -63,20 +82,7 @@ def test_torch_version_mismatch(tmp_path):
     """A torch other than the one pyalexnet was built against: ImportError naming both versions and
     the rebuild command, raised before _C (whose symbols would not match) is loaded."""
     built = pyalexnet._build_config.TORCH_VERSION
-    r = _python("""
-        import sys
-        import torch
-        torch.__version__ = "0.0.0-fake"
-        try:
-            import pyalexnet
-        except ImportError as e:
-            assert "pyalexnet._C" not in sys.modules, "_C was loaded before the version check"
-            print(e)
-        else:
-            sys.exit("import pyalexnet succeeded against a mismatching torch")
-        """, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr + r.stdout
-    message = r.stdout
+    message = _import_error(tmp_path, before='torch.__version__ = "0.0.0-fake"')
     assert f"compiled against torch {built}" in message
     assert "torch 0.0.0-fake is installed" in message
     assert REBUILD in message
@@ -155,23 +161,12 @@ def test_source_tree_without_any_install(tmp_path):
     """No installed pyalexnet anywhere on sys.path: an ImportError that says to install, not a bare
     missing-module error."""
     tree = _source_copy(tmp_path)
-    r = _python("""
-        import os, sys
-        import torch
-        sys.path[:] = [p for p in sys.path if p in ("", os.getcwd())
-                       or not os.path.isdir(os.path.join(p, "pyalexnet"))]
-        try:
-            import pyalexnet
-        except ImportError as e:
-            assert "pyalexnet._C" not in sys.modules
-            print(e)
-        else:
-            sys.exit("import pyalexnet succeeded without a compiled extension")
-        """, cwd=tree)
-    assert r.returncode == 0, r.stderr + r.stdout
-    assert r.stdout.strip() == (f"pyalexnet is imported from the source tree {tree / 'pyalexnet'}, which holds no "
-                                f"compiled extension, and no installed pyalexnet was found on sys.path: run "
-                                f"`pip install .` in {tree} first.")
+    hide = ("sys.path[:] = [p for p in sys.path if p in ('', os.getcwd()) "
+            "or not os.path.isdir(os.path.join(p, 'pyalexnet'))]")
+    message = _import_error(tree, before=hide)
+    assert message == (f"pyalexnet is imported from the source tree {tree / 'pyalexnet'}, which holds no "
+                       f"compiled extension, and no installed pyalexnet was found on sys.path: run "
+                       f"`pip install .` in {tree} first.")
 
 
 def test_stray_extension_in_the_source_tree_is_refused(tmp_path):
@@ -180,16 +175,6 @@ def test_stray_extension_in_the_source_tree_is_refused(tmp_path):
     tree = _source_copy(tmp_path)
     stray = tree / "pyalexnet" / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])
     stray.write_bytes(b"")  # never loaded: an empty file would fail to load
-    r = _python("""
-        import sys
-        try:
-            import pyalexnet
-        except ImportError as e:
-            assert "pyalexnet._C" not in sys.modules
-            print(e)
-        else:
-            sys.exit("a stray _C was accepted")
-        """, cwd=tree)
-    assert r.returncode == 0, r.stderr + r.stdout
-    assert r.stdout.startswith(f"pyalexnet's compiled extension {stray} does not belong to the build in ")
-    assert f"remove it, or run `pip install .` in {tree}." in r.stdout
+    message = _import_error(tree)
+    assert message.startswith(f"pyalexnet's compiled extension {stray} does not belong to the build in ")
+    assert f"remove it, or run `pip install .` in {tree}." in message
