@@ -8,6 +8,7 @@ and PYALEXNET_TEST_SEED=<seed> replays it.
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 from pathlib import Path
@@ -33,6 +34,7 @@ REDUCED = (torch.float16, torch.bfloat16)
 TOLERANCES = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5)}
 
 
+@functools.cache  # asked for every test report (pytest_report_teststatus); the answer never changes
 def why_no_cuda() -> str:
     """Why the CUDA kernels cannot be tested here, or "" when they can."""
     if not torch.cuda.is_available():
@@ -45,6 +47,12 @@ def why_no_cuda() -> str:
 # The marks of a CUDA test module: `pytestmark = CUDA_MARKS`.
 CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(bool(why_no_cuda()), reason=why_no_cuda() or "-")]
 NO_GPU = "skipped (no GPU)"  # the report category of the CUDA tests that cannot run here
+
+
+def thorough_unless(values, quick) -> list:
+    """Parameters for values; those for which quick(value) is false are marked `thorough`, so that
+    `pytest --quick` leaves them out."""
+    return [v if quick(v) else pytest.param(v, marks=pytest.mark.thorough) for v in values]
 
 
 def pytest_addoption(parser):

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from conftest import CUDA_MARKS, REDUCED, assert_matches
+from conftest import CUDA_MARKS, REDUCED, assert_matches, thorough_unless
 from test_conv_relu_maxpool import (CONV_TOL, GRADCHECK_CFGS, SPECIAL, Cfg, assert_close_scaled, draw_cfg, draw_separated, eager,
                                     exact_inputs, gaussian_inputs, nonzero_ints, reference, run)
 from pyalexnet.ops import conv_relu_maxpool
@@ -69,18 +69,14 @@ def check_cuda(c: Cfg, x, w, b, g, what: str, tf32: bool = False):
             assert_close_scaled(a, r, CONV_TOL[x.dtype], f"{what} {name}")
 
 
-def draws(n: int, quick: int) -> list:
-    """Random-draw indices 0..n-1; those from `quick` on are `thorough` (their float64 references
-    run on the CPU, most of such a test's time: `pytest -m cuda --quick` keeps the first ones)."""
-    return [d if d < quick else pytest.param(d, marks=pytest.mark.thorough) for d in range(n)]
-
-
 @pytest.fixture
 def rng(fresh_seed) -> random.Random:
     return random.Random(fresh_seed)
 
 
-@pytest.mark.parametrize("draw", draws(40, quick=10))
+# Random draws past the first few are `thorough`: their float64 references run on the CPU, most of
+# such a test's time (`pytest -m cuda --quick` keeps the first ones).
+@pytest.mark.parametrize("draw", thorough_unless(range(40), lambda d: d < 10))
 def test_matches_reference_float64(rng, draw):
     c = draw_cfg(rng, max_macs=3e7)
     x, w, b = gaussian_inputs(c)
@@ -88,7 +84,7 @@ def test_matches_reference_float64(rng, draw):
 
 
 @pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
-@pytest.mark.parametrize("draw", draws(10, quick=3))
+@pytest.mark.parametrize("draw", thorough_unless(range(10), lambda d: d < 3))
 def test_random_configs_every_dtype(rng, draw, dtype, tf32):
     c = draw_cfg(rng, max_macs=3e7)
     x, w, b = gaussian_inputs(c, dtype)
@@ -119,8 +115,7 @@ def test_alexnet_layers(name, dtype, tf32):
     check_cuda(c, x, w, b, torch.randn(c.N, c.Co, *c.out_size()).to(dtype), name, tf32)
 
 
-@pytest.mark.parametrize("name", [n if n in ("pool3s2_bias", "rectangular") else pytest.param(n, marks=pytest.mark.thorough)
-                                  for n in GRADCHECK_CFGS])
+@pytest.mark.parametrize("name", thorough_unless(GRADCHECK_CFGS, lambda n: n in ("pool3s2_bias", "rectangular")))
 def test_gradcheck(name):
     c = GRADCHECK_CFGS[name]
     x, w, b = draw_separated(c)

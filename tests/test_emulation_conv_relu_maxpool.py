@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REDUCED, assert_matches
+from conftest import REDUCED, assert_matches, thorough_unless
 from emulation import harness
 from test_conv_relu_maxpool import (CONV_TOL, SPECIAL, Cfg, assert_close_scaled, draw_cfg, exact_inputs, eager,
                                     gaussian_inputs, nonzero_ints, reference, run)
@@ -59,11 +59,6 @@ CASES = {
     "padding_beyond_row": SPECIAL["padding_beyond_row"],
 }
 BIG = {"conv1_like"}  # half a minute and more per mode: `thorough` where a test repeats it (pytest --quick)
-
-
-def cases(names):
-    """Case-name parameters, the big cases marked `thorough`."""
-    return [pytest.param(n, marks=pytest.mark.thorough) if n in BIG else n for n in names]
 
 
 def case_modes(names, quick_modes=()):
@@ -140,8 +135,8 @@ def test_exact_inputs_match_the_cpu_kernels(tmp_path, name, mode):
 
 
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("name", cases(("conv1_like", "conv2_like", "k_tail", "co_multiple_of_k_step",
-                                         "conv3_like_groups")))
+@pytest.mark.parametrize("name", thorough_unless(("conv1_like", "conv2_like", "k_tail", "co_multiple_of_k_step",
+                                                   "conv3_like_groups"), lambda n: n not in BIG))
 def test_both_versions_give_the_same_bits(tmp_path, name, mode):
     """The kernels' two versions (cp.async through 3 stages and a materialised un-pooled gradient,
     the default; loads and stores through 2 stages and un-pooling inside the GEMM loaders) run the
@@ -179,7 +174,8 @@ def _check_gaussian(c: Cfg, dtype, tmp: Path, what: str):
 
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
-@pytest.mark.parametrize("name", cases(("conv1_like", "conv2_like", "conv3_like_groups", "window_in_passes")))
+@pytest.mark.parametrize("name", thorough_unless(("conv1_like", "conv2_like", "conv3_like_groups", "window_in_passes"),
+                                                  lambda n: n not in BIG))
 def test_gaussian_inputs_match_the_reference(tmp_path, name, dtype):
     _check_gaussian(CASES[name], dtype, tmp_path, name)
 
