@@ -80,8 +80,9 @@ PRESETS = {
     # the run has (`compare.py` alone measures it).
     "gpu-check": {
         "cuda": dict(variants="imagenet,cifar", layers="", batches="128,32,256", dtypes="bfloat16,float32",
-                     shapes=",".join(dict.fromkeys(["16384x32768", "16384x131072", *ALL_SHAPES.split(",")])), compile_batches="none", compile_shapes="none",
-                     compile_dtypes="none", train_batches="imagenet:128,cifar:256", train_dtypes="bfloat16,float32",
+                     shapes=",".join(dict.fromkeys(["16384x32768", "16384x131072", *ALL_SHAPES.split(",")])),
+                     compile_batches="none", compile_shapes="none", compile_dtypes="none",
+                     train_batches="imagenet:128,cifar:256", train_dtypes="bfloat16,float32",
                      min_run_time=0.02, rounds=1),
         # the rehearsal on a CPU (gpu_check.sh --rehearsal): the same plumbing on the smallest rows
         "cpu": dict(variants="imagenet", layers="conv3", batches="2", dtypes="float32", shapes="128x10",

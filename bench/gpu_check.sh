@@ -90,7 +90,7 @@ cp "$WORK/probe.log" "$WORK/machine.txt"; sed 's/^/  /' "$WORK/machine.txt"
 pack
 
 # --- build: this card's architecture only, all cores ---------------------------------------------
-arch=$("$PY" -c "import torch; p = torch.cuda.get_device_capability(); print(f'{p[0]}{p[1]}')" 2>/dev/null)
+arch=$(sed -n 's/.*| capability \([0-9][0-9]*\)$/\1/p' "$WORK/machine.txt")  # the probe's, e.g. 90
 export PYALEXNET_CUDA_ARCHS=${PYALEXNET_CUDA_ARCHS:-${arch:-90}}  # the rehearsal builds for an H100/H200
 run build "$(limit_of build)" env PYALEXNET_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps -v \
   -C build-dir=build/gpu-check .
