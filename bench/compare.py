@@ -39,14 +39,16 @@ from pathlib import Path  # noqa: E402
 logging.getLogger("torch.utils.cpp_extension").addFilter(
     lambda record: not record.getMessage().startswith("No CUDA runtime is found"))
 
+if __name__ == "__main__" and not __package__:  # `python bench/compare.py`: run as bench.compare,
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # with the repository root where bench/ was
+    __package__ = "bench"
+    import bench  # noqa: E402,F401
+
 import torch  # noqa: E402
 
-import conv_relu_maxpool  # noqa: E402
-import report  # noqa: E402
-import softmax_cross_entropy  # noqa: E402
-import train_step  # noqa: E402
-from machine import describe, last_level_cache_bytes, measure_limits, slug  # noqa: E402
-from timing import Timer  # noqa: E402
+from . import conv_relu_maxpool, report, softmax_cross_entropy, train_step  # noqa: E402
+from .machine import describe, last_level_cache_bytes, measure_limits, slug  # noqa: E402
+from .timing import Timer  # noqa: E402
 
 SECTIONS = {"conv": conv_relu_maxpool, "loss": softmax_cross_entropy, "train": train_step}
 TIME_SHARES = {"conv": 0.55, "loss": 0.2, "train": 0.25}  # of --time-limit, passed on when unused

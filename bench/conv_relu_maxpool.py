@@ -1,7 +1,7 @@
 """compare.py section "conv": the fused conv2d + ReLU + max-pool against conv2d -> relu -> max_pool2d.
 
-At every conv layer of both AlexNet variants (LAYERS, the one table of them; tests/test_bench.py
-checks it against pyalexnet.models). Variants, each verified against eager NCHW before it is timed:
+At every conv layer of both AlexNet variants (pyalexnet.layers.LAYERS, the table the models are
+built from). Variants, each verified against eager NCHW before it is timed:
 
     ours      pyalexnet.ops.conv_relu_maxpool, input in the layout our kernels compute in on that
               device (channels_last input and weights on a GPU, NCHW on the CPU)
@@ -16,74 +16,40 @@ checks it against pyalexnet.models). Variants, each verified against eager NCHW 
 Passes: fwd (under no_grad), bwd (on a retained graph), fwd+bwd. The first layer's input needs no
 gradient, as in training. Verified (checks.py): output and gradients as accurate as eager NCHW's
 against float64, and ours exact in float64 on four images. Also reported: the bytes each variant saves for backward beyond its
-inputs and weights. `python bench/conv_relu_maxpool.py ARGS` is `python bench/compare.py --sections conv ARGS`.
+inputs and weights. Run it alone with `python bench/compare.py --sections conv`.
 """
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 import torch
 import torch._functorch.config
 import torch.nn.functional as F
 
-from checks import assert_as_accurate, attempt, precision
-from rows import run_each, speed_row
-
+from pyalexnet.layers import LAYERS, ConvLayer
 from pyalexnet.ops import conv_relu_maxpool
 
-
-class Layer(NamedTuple):
-    name: str
-    cin: int
-    cout: int
-    k: int
-    stride: int
-    pad: int
-    pool_k: int   # 1 with pool_s 1: no pooling
-    pool_s: int
-    hw: int       # input height = width
-
-    @property
-    def conv_hw(self) -> int:
-        return (self.hw + 2 * self.pad - self.k) // self.stride + 1
-
-    @property
-    def out_hw(self) -> int:
-        return self.conv_hw if self.pool_k == self.pool_s == 1 else (self.conv_hw - self.pool_k) // self.pool_s + 1
-
-    def flops(self, batch: int, pass_: str, input_grad: bool) -> int:
-        """Forward: 2 N Hc Wc Co Ci kh kw; backward: the weight gradient, plus as much again for the
-        input gradient when it is needed."""
-        f = 2 * batch * self.conv_hw**2 * self.cout * self.cin * self.k**2
-        b = f * (2 if input_grad else 1)
-        return {"fwd": f, "bwd": b, "fwd+bwd": f + b}[pass_]
-
-    def min_bytes(self, batch: int, pass_: str, input_grad: bool, elt: int) -> int:
-        """Bytes no implementation can avoid: forward reads x, w, b and writes the pooled output;
-        backward reads the output gradient, x and w and writes dw, db (and dx)."""
-        x, w, y = batch * self.cin * self.hw**2, self.cout * (self.cin * self.k**2 + 1), batch * self.cout * self.out_hw**2
-        f, b = x + w + y, y + x + 2 * w + (x if input_grad else 0)
-        return elt * {"fwd": f, "bwd": b, "fwd+bwd": f + b}[pass_]
+from .checks import assert_as_accurate, attempt, precision
+from .rows import run_each, speed_row
 
 
-# The five conv layers of each variant of pyalexnet.models.alexnet, with their input sizes.
-LAYERS = {
-    "cifar": [
-        Layer("conv1", 3, 64, 3, 1, 1, 3, 2, 32),
-        Layer("conv2", 64, 128, 3, 1, 1, 3, 2, 15),
-        Layer("conv3", 128, 192, 3, 1, 1, 1, 1, 7),
-        Layer("conv4", 192, 192, 3, 1, 1, 1, 1, 7),
-        Layer("conv5", 192, 128, 3, 1, 1, 3, 2, 7),
-    ],
-    "imagenet": [
-        Layer("conv1", 3, 64, 11, 4, 2, 3, 2, 224),
-        Layer("conv2", 64, 192, 5, 1, 2, 3, 2, 27),
-        Layer("conv3", 192, 384, 3, 1, 1, 1, 1, 13),
-        Layer("conv4", 384, 256, 3, 1, 1, 1, 1, 13),
-        Layer("conv5", 256, 256, 3, 1, 1, 3, 2, 13),
-    ],
-}
+def flops(layer: ConvLayer, batch: int, pass_: str, input_grad: bool) -> int:
+    """Forward: 2 N Hc Wc Co Ci kh kw; backward: the weight gradient, plus as much again for the
+    input gradient when it is needed."""
+    f = 2 * batch * layer.conv_hw**2 * layer.cout * layer.cin * layer.k**2
+    b = f * (2 if input_grad else 1)
+    return {"fwd": f, "bwd": b, "fwd+bwd": f + b}[pass_]
+
+
+def min_bytes(layer: ConvLayer, batch: int, pass_: str, input_grad: bool, elt: int) -> int:
+    """Bytes no implementation can avoid: forward reads x, w, b and writes the pooled output;
+    backward reads the output gradient, x and w and writes dw, db (and dx)."""
+    x, y = batch * layer.cin * layer.hw**2, batch * layer.cout * layer.out_hw**2
+    w = layer.cout * (layer.cin * layer.k**2 + 1)
+    f, b = x + w + y, y + x + 2 * w + (x if input_grad else 0)
+    return elt * {"fwd": f, "bwd": b, "fwd+bwd": f + b}[pass_]
+
+
 PASSES = ("fwd", "bwd", "fwd+bwd")
 
 
@@ -125,11 +91,11 @@ def saved_bytes(fn, keep) -> int:
     return sum(seen.values())
 
 
-def verify_float64(layer: Layer, x, w, b) -> None:
+def verify_float64(layer: ConvLayer, x, w, b) -> None:
     """Ours against eager in float64 on up to four images: output and every gradient, tightly."""
     x64, w64, b64 = (t.detach()[:4] if i == 0 else t.detach() for i, t in enumerate((x, w, b)))
     x64, w64, b64 = (t.double().requires_grad_() for t in (x64, w64, b64))
-    a = layer_args(layer)
+    a = layer.args()
     yo, yb = conv_relu_maxpool(x64, w64, b64, *a), eager(x64, w64, b64, *a)
     torch.testing.assert_close(yo, yb)
     g = torch.randn_like(yb)
@@ -156,10 +122,6 @@ def first_version(fn):
     return run
 
 
-def layer_args(layer: Layer):
-    return layer.stride, layer.pad, layer.pool_k, layer.pool_s
-
-
 def run(cfg, timer, limits, table, failures) -> list[dict]:
     def items():
         for dtype in cfg.dtypes:
@@ -178,12 +140,12 @@ def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
     dev = cfg.device
     cl = torch.channels_last
     ours_layout = "nhwc" if dev.type == "cuda" else "nchw"
-    variants = {"ours": (lambda *s: conv_relu_maxpool(*s, *layer_args(layer)), ours_layout),
-                "nchw": (lambda *s: eager(*s, *layer_args(layer)), "nchw"),
-                "nhwc": (lambda *s: eager(*s, *layer_args(layer)), "nhwc")}
+    variants = {"ours": (lambda *s: conv_relu_maxpool(*s, *layer.args()), ours_layout),
+                "nchw": (lambda *s: eager(*s, *layer.args()), "nchw"),
+                "nhwc": (lambda *s: eager(*s, *layer.args()), "nhwc")}
     if cfg.compile_for(batch, dtype):
         c = compiled_eager()
-        variants["compile"] = (lambda *s: c(*s, *layer_args(layer)), ours_layout)
+        variants["compile"] = (lambda *s: c(*s, *layer.args()), ours_layout)
     if dev.type == "cuda":
         variants[FIRST_VERSION] = variants["ours"]
 
@@ -206,7 +168,7 @@ def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
     # -- verify every variant on the first input set: as accurate as eager NCHW, against float64 ---
     names = ["output", *(["dx"] if input_grad else []), "dw", "db"]
     ref_in = [t.detach().double().requires_grad_(t.requires_grad) for t in sets["nchw"][0]]
-    ref_y = eager(*ref_in, *layer_args(layer))
+    ref_y = eager(*ref_in, *layer.args())
     ref = [ref_y, *torch.autograd.grad(ref_y, grads_of(ref_in), gs["nchw"].double())]
 
     def result(fn, lay):
@@ -239,7 +201,7 @@ def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
 
     failed = {n: failures[f"{_label(key)} {n}"] for n in variants if not ok[n]}
     rows = [speed_row({**key, "ours_layout": ours_layout}, p, times[p], variants, limits,
-                      layer.flops(batch, p, input_grad), layer.min_bytes(batch, p, input_grad, dtype.itemsize),
+                      flops(layer, batch, p, input_grad), min_bytes(layer, batch, p, input_grad, dtype.itemsize),
                       failed) for p in PASSES]
     rows[-1]["saved_bytes"] = saved
     return rows
@@ -258,9 +220,3 @@ def _fwd_bwd(fn, g, grads_of):
 def _label(key: dict) -> str:
     return f"conv {key['variant']} {key['layer']} batch {key['batch']} {key['dtype']}"
 
-
-if __name__ == "__main__":
-    import sys
-
-    import compare
-    sys.exit(compare.main(["--sections", "conv", *sys.argv[1:]]))

@@ -7,8 +7,8 @@ too large for the memory is a row with `skipped`; one that raised is a row with 
 """
 from __future__ import annotations
 
-from machine import share
-from timing import OutOfTime
+from .machine import share
+from .timing import OutOfTime
 
 
 def run_each(items, timer, table, failures: dict) -> list[dict]:

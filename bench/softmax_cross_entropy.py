@@ -11,18 +11,18 @@ F.cross_entropy's against float64, checks.py):
 The op reads N x C logits once forward and once more backward (writing the gradient), so its limit
 is memory bandwidth: rows state GB/s against the measured copy rate, no TFLOP/s. A shape whose
 tensors would not fit in the memory available is skipped, saying so.
-`python bench/softmax_cross_entropy.py ARGS` is `python bench/compare.py --sections loss ARGS`.
+Run it alone with `python bench/compare.py --sections loss`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from checks import assert_as_accurate, attempt
-from machine import available_bytes
-from rows import run_each, speed_row
-
 from pyalexnet.ops import softmax_cross_entropy
+
+from .checks import assert_as_accurate, attempt
+from .machine import available_bytes
+from .rows import run_each, speed_row
 
 SHAPES = [(128, 10), (1024, 10), (128, 1000), (1024, 1000), (4096, 1000), (4096, 32768),
           (16384, 32768), (16384, 131072)]
@@ -98,9 +98,3 @@ def _fwd_bwd(fn):
         return torch.autograd.grad(fn(x, t), x)
     return run
 
-
-if __name__ == "__main__":
-    import sys
-
-    import compare
-    sys.exit(compare.main(["--sections", "loss", *sys.argv[1:]]))

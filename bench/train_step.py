@@ -9,14 +9,11 @@ non-zero: in eval mode, custom's loss and every gradient are as accurate as cudn
 net in float64. Reported: images/s,
 peak memory during a step (weights, gradients and optimizer state included; on the CPU from the
 profiler's allocation record) and the bytes the forward saves for backward.
-
-pyalexnet.models is imported only here, when the section runs: without it the section is skipped.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import json
 import os
 import sys
@@ -25,31 +22,26 @@ import tempfile
 import torch
 from torch import nn
 
-from checks import assert_as_accurate, attempt, precision
-from conv_relu_maxpool import saved_bytes
-from rows import run_each, speed_row
-
+from pyalexnet import models
+from pyalexnet.layers import INPUT_SIZE
 from pyalexnet.nn import ConvReLUMaxPool2d, SoftmaxCrossEntropyLoss
 
+from .checks import assert_as_accurate, attempt, precision
+from .conv_relu_maxpool import saved_bytes
+from .rows import run_each, speed_row
+
 BACKENDS = ("custom", "cudnn")
-SIZES = {"cifar": (32, 10), "imagenet": (224, 1000)}  # input pixels, classes
+CLASSES = {"cifar": 10, "imagenet": 1000}
 
 
 def run(cfg, timer, limits, table, failures) -> list[dict]:
-    try:
-        models = importlib.import_module("pyalexnet.models")
-    except Exception as e:  # noqa: BLE001 - issue 6 may not have landed: skip, saying why
-        row = {"section": "train", "skipped": f"pyalexnet.models unavailable ({type(e).__name__}: {e})"}
-        table.note(row["skipped"])
-        return [row]
-
     def items():
         for dtype in cfg.train_dtypes:
             for variant, batch in cfg.train_batches.items():
                 key = dict(section="train", variant=variant, batch=batch, dtype=str(dtype).removeprefix("torch."))
                 label = f"train {variant} batch {batch} {key['dtype']}"
                 yield key, label, lambda a=(variant, batch, dtype, key, label): _one(
-                    models, cfg, timer, limits, *a, failures)
+                    cfg, timer, limits, *a, failures)
     torch.set_flush_denormal(True)  # as pyalexnet.train does: denormals are slow on CPUs
     try:
         return run_each(items(), timer, table, failures)
@@ -57,9 +49,9 @@ def run(cfg, timer, limits, table, failures) -> list[dict]:
         torch.set_flush_denormal(False)  # PyTorch's default, for whatever runs next
 
 
-def _one(models, cfg, timer, limits, variant, batch, dtype, key, label, failures):
+def _one(cfg, timer, limits, variant, batch, dtype, key, label, failures):
     dev = cfg.device
-    hw, classes = SIZES[variant]
+    hw, classes = INPUT_SIZE[variant], CLASSES[variant]
     layout = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     torch.manual_seed(0)
     nets = {b: models.alexnet(classes, variant, backend=b) for b in BACKENDS}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import data
+from .layers import INPUT_SIZE
 from .models import BACKENDS, VARIANTS
 
 __all__ = ["Config", "ConfigError", "parse_args", "check_config", "SAME_RUN"]
@@ -27,7 +28,7 @@ class Config:
     holdout: Optional[int] = option(None, "test on the last N training images (default: 5000 for cifar10, "
                                  "whose test batch is held back; else the dataset's own test split)")
     synthetic_size: int = option(2000, "training images generated for --dataset synthetic (plus 20%% for test)")
-    image_size: int = option(224, "imagefolder: pixels of the square each image is resized and cropped to")
+    image_size: int = option(INPUT_SIZE["imagenet"], "imagefolder: pixels of the square each image is resized and cropped to")
     bad_images: str = option("error", "imagefolder: a truncated, corrupt or oversized image stops the run "
                           "(error) or is reported and left out (skip)", choices=("error", "skip"))
     # model
@@ -124,7 +125,8 @@ def check_config(cfg: Config) -> None:
     need(not cfg.freeze_features or bool(cfg.pretrained or cfg.resume),
          "--freeze-features needs --pretrained PATH (frozen random features would learn nothing)")
     if cfg.variant == "imagenet" and cfg.dataset != "imagefolder":
-        need(False, f"--variant imagenet takes 224x224 images; --dataset {cfg.dataset} has 32x32 ones "
+        side = INPUT_SIZE["imagenet"]
+        need(False, f"--variant imagenet takes {side}x{side} images; --dataset {cfg.dataset} has 32x32 ones "
                     "(use --variant cifar)")
 
 

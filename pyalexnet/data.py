@@ -21,7 +21,6 @@ import math
 import pickle
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -30,41 +29,16 @@ import torch
 from torch import Tensor
 
 from . import synthetic
+from .imagefolder import MAX_PIXELS, load_imagefolder
+from .images import BAD_IMAGES, DataError, ImageData, check_int
 
 __all__ = ["ImageData", "DataError", "DATASETS", "BAD_IMAGES", "load_dataset", "shard", "augment",
            "normalize", "load_cifar10", "load_fashion_mnist", "RestrictedUnpickler"]
 
 DATASETS = ("synthetic", "cifar10", "fashion-mnist", "imagefolder")
-BAD_IMAGES = ("error", "skip")  # what an unreadable image of an imagefolder tree does (bad_images=)
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                          "sneaker", "bag", "ankle boot")
-
-
-class DataError(ValueError):
-    """A dataset file is missing or not in the expected format; the message names the file."""
-
-
-@dataclass
-class ImageData:
-    """Train and test images (uint8, N x C x H x W) and labels (int64, N), with what they need."""
-
-    name: str
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    classes: tuple
-    crop_padding: int = 4     # pixels of zero padding before the random crop (0: no crop)
-    flip: bool = True         # random horizontal flips
-    test_name: str = "test"   # what the test split is ("validation: last 5000 training images", ...)
-    skipped: tuple = ()       # (path, reason) of each bad image left out (imagefolder, bad_images="skip")
-
-    @property
-    def mean_std(self) -> tuple[Tensor, Tensor]:
-        """Per-channel mean and standard deviation of the training images, in [0, 1] units."""
-        x = self.train_x[:10000].float().div_(255)
-        return x.mean((0, 2, 3)), x.std((0, 2, 3)).clamp_min(1e-3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,12 +125,6 @@ def _check_folder(root: Path, what: str) -> None:
         raise DataError(f"{root}: no such folder (expected {what})")
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected {what})")
-
-
-def check_int(name: str, v, least: int, note: str = "") -> None:
-    """A ValueError unless v is an int (not a bool) >= least; note says what a value means."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
-        raise ValueError(f"{name} must be an int >= {least}{note}, got {v!r}")
 
 
 def _check_holdout(holdout) -> None:
@@ -271,7 +239,6 @@ def load_dataset(name: str, data_dir: Optional[str] = None, holdout: Optional[in
         return load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
     if not data_dir:
         raise DataError("--dataset imagefolder needs --data-dir (a folder of class folders)")
-    from .imagefolder import MAX_PIXELS, load_imagefolder
     return load_imagefolder(data_dir, image_size, holdout or 0, bad_images=bad_images,
                             max_pixels=MAX_PIXELS if max_pixels is None else max_pixels)
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import BAD_IMAGES, DataError, ImageData, check_int
+from .images import BAD_IMAGES, DataError, ImageData, check_int
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 MAX_PIXELS = 50_000_000  # default max_pixels: a 50-megapixel photo decodes to 150 MB of RGB

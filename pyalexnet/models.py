@@ -35,6 +35,7 @@ from torch import Tensor, nn
 import pyalexnet
 
 from . import ops
+from .layers import CONV_INDICES, FEATURES_LEN, LAYOUTS, POOL, Layout
 from .nn import ConvReLUMaxPool2d
 
 __all__ = ["AlexNet", "ConvBlock", "alexnet", "BACKENDS", "VARIANTS", "MIN_INPUT_SIZE",
@@ -50,20 +51,6 @@ CUDA_KERNELS_MISSING = (
     "or use backend='cudnn'.")
 _CUDA_BUILT = bool(pyalexnet.build_info()["cuda"])
 
-# (out_channels, kernel, stride, padding, pooled) of the five conv layers, and the classifier width.
-_LAYOUTS = {
-    "imagenet": dict(convs=[(64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
-                            (256, 3, 1, 1, False), (256, 3, 1, 1, True)], avgpool=6, hidden=4096,
-                     batchnorm=False),
-    "cifar": dict(convs=[(64, 3, 1, 1, True), (128, 3, 1, 1, True), (192, 3, 1, 1, False),
-                         (192, 3, 1, 1, False), (128, 3, 1, 1, True)], avgpool=3, hidden=4096,
-                  batchnorm=True),
-}
-# torchvision's indices of the five Conv2d modules in `features` (ReLU and MaxPool2d in between).
-_CONV_INDICES = (0, 3, 6, 8, 10)
-_FEATURES_LEN = 13
-
-
 class ConvBlock(ConvReLUMaxPool2d):
     """Conv2d -> ReLU -> MaxPool2d (pool 3/2, or none), by our fused op or by PyTorch's ops.
 
@@ -73,8 +60,7 @@ class ConvBlock(ConvReLUMaxPool2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0, pool: bool = True, backend: str = "custom"):
-        pk = 3 if pool else 1
-        ps = 2 if pool else 1
+        pk, ps = POOL if pool else (1, 1)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, pk, ps)
         self.backend = _check_backend(backend)
 
@@ -100,25 +86,25 @@ class ConvBlock(ConvReLUMaxPool2d):
         return f"{super().extra_repr()}, backend={self.backend!r}"
 
 
-def _smallest_input(layout: dict) -> int:
+def _smallest_input(layout: Layout) -> int:
     """The smallest image side for which every conv and pool of the layout has an output."""
     for side in range(1, 4096):
         h = side
-        for _, k, s, p, pooled in layout["convs"]:
+        for _, k, s, p, pooled in layout.convs:
             if h + 2 * p < k:
                 break
             h = (h + 2 * p - k) // s + 1
             if pooled:
-                if h < 3:
+                if h < POOL[0]:
                     break
-                h = (h - 3) // 2 + 1
+                h = (h - POOL[0]) // POOL[1] + 1
         else:
             return side
     raise AssertionError("no input size fits the layout")
 
 
 # The smallest input side of each variant: 63 pixels for imagenet, 15 for cifar.
-MIN_INPUT_SIZE = {variant: _smallest_input(layout) for variant, layout in _LAYOUTS.items()}
+MIN_INPUT_SIZE = {variant: _smallest_input(layout) for variant, layout in LAYOUTS.items()}
 
 
 def _check_backend(backend: str) -> str:
@@ -140,18 +126,18 @@ class AlexNet(nn.Module):
                              f"({type(num_classes).__name__})")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        layout = _LAYOUTS[variant]
+        layout = LAYOUTS[variant]
         self.variant, self.num_classes = variant, num_classes
-        features: list[nn.Module] = [nn.Identity() for _ in range(_FEATURES_LEN)]
+        features: list[nn.Module] = [nn.Identity() for _ in range(FEATURES_LEN)]
         c = 3
-        for i, (out, k, s, p, pooled) in zip(_CONV_INDICES, layout["convs"]):
+        for i, (out, k, s, p, pooled) in zip(CONV_INDICES, layout.convs):
             features[i] = ConvBlock(c, out, k, s, p, pooled, _check_backend(backend))
-            if layout["batchnorm"]:
+            if layout.batchnorm:
                 features[i + 1] = nn.BatchNorm2d(out)
             c = out
         self.features = nn.Sequential(*features)
-        self.avgpool = nn.AdaptiveAvgPool2d(layout["avgpool"])
-        hidden, flat = layout["hidden"], c * layout["avgpool"] ** 2
+        self.avgpool = nn.AdaptiveAvgPool2d(layout.avgpool)
+        hidden, flat = layout.hidden, c * layout.avgpool ** 2
         self.classifier = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(flat, hidden), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import os
+import subprocess
 import sys
 import time
 
@@ -14,16 +15,15 @@ import torch
 
 from conftest import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "bench"))
-import checks  # noqa: E402
-import compare  # noqa: E402
-import conv_relu_maxpool as conv_bench  # noqa: E402
-import machine  # noqa: E402
-import report  # noqa: E402
-import rows as bench_rows  # noqa: E402
-import softmax_cross_entropy as loss_bench  # noqa: E402
-from conv_relu_maxpool import LAYERS, Layer  # noqa: E402
-from timing import OutOfTime, Timer  # noqa: E402
+from pyalexnet.layers import LAYERS
+
+if str(REPO_ROOT) not in sys.path:  # the bench package; appended, so pyalexnet stays the installed one
+    sys.path.append(str(REPO_ROOT))
+from bench import checks, compare, gpu_summary, machine, report  # noqa: E402
+from bench import conv_relu_maxpool as conv_bench  # noqa: E402
+from bench import rows as bench_rows  # noqa: E402
+from bench import softmax_cross_entropy as loss_bench  # noqa: E402
+from bench.timing import OutOfTime, Timer  # noqa: E402
 
 TINY = ["--variants", "cifar", "--layers", "conv1,conv2", "--batches", "3", "--dtypes", "float32",
         "--shapes", "64x10,33x1000", "--no-compile", "--train-batches", "cifar:2", "--min-run-time", "0.01",
@@ -37,34 +37,19 @@ def restore_backend_flags():
     torch.backends.cudnn.benchmark = bench
 
 
-def test_layer_table_is_what_the_models_build():
-    """LAYERS is the one table of the conv layers: it must be what pyalexnet.models builds."""
-    models = pytest.importorskip("pyalexnet.models", reason="pyalexnet.models (issue 6) not installed")
-    for variant, (hw, classes) in (("cifar", (32, 10)), ("imagenet", (224, 1000))):
-        net = models.alexnet(classes, variant, backend="cudnn")
-        seen = []
-        hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].shape[-1]))) for m in net.conv_blocks()]
-        with torch.no_grad():
-            net.eval()(torch.randn(1, 3, hw, hw))
-        for h in hooks:
-            h.remove()
-        built = [Layer(f"conv{i + 1}", m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0],
-                       m.pool_kernel_size[0], m.pool_stride[0], size) for i, (m, size) in enumerate(seen)]
-        assert LAYERS[variant] == built, f"bench/conv_relu_maxpool.py LAYERS[{variant!r}] differs from the model"
-
-
 def test_layer_geometry_flops_and_bytes():
     c1 = LAYERS["imagenet"][0]
     assert (c1.conv_hw, c1.out_hw) == (55, 27)
     assert (LAYERS["cifar"][0].conv_hw, LAYERS["cifar"][0].out_hw) == (32, 15)
     assert LAYERS["cifar"][2].out_hw == LAYERS["cifar"][2].conv_hw == 7  # pool 1/1: no pooling
     c2 = LAYERS["imagenet"][1]  # 57 GFLOP forward at batch 128 (csrc/cuda/conv_relu_maxpool_kernels.cu)
-    assert c2.flops(128, "fwd", True) == 2 * 128 * 27 * 27 * 192 * 64 * 25
-    assert c2.flops(128, "bwd", True) == 2 * c2.flops(128, "fwd", True)
-    assert c2.flops(128, "bwd", False) == c2.flops(128, "fwd", True)
+    flops, min_bytes = conv_bench.flops, conv_bench.min_bytes
+    assert flops(c2, 128, "fwd", True) == 2 * 128 * 27 * 27 * 192 * 64 * 25
+    assert flops(c2, 128, "bwd", True) == 2 * flops(c2, 128, "fwd", True)
+    assert flops(c2, 128, "bwd", False) == flops(c2, 128, "fwd", True)
     x, w, y = 128 * 64 * 27 * 27, 192 * (64 * 25 + 1), 128 * 192 * 13 * 13
-    assert c2.min_bytes(128, "fwd", True, 2) == 2 * (x + w + y)
-    assert c2.min_bytes(128, "fwd+bwd", True, 4) == 4 * ((x + w + y) + (y + 2 * x + 2 * w))
+    assert min_bytes(c2, 128, "fwd", True, 2) == 2 * (x + w + y)
+    assert min_bytes(c2, 128, "fwd+bwd", True, 4) == 4 * ((x + w + y) + (y + 2 * x + 2 * w))
     assert loss_bench.min_bytes(4, 10, "fwd+bwd", 4) == 2 * (4 * 10 * 4 + 4 * 8) + 4 * 10 * 4
 
 
@@ -203,17 +188,28 @@ def test_a_wrong_kernel_fails_verification_and_is_not_timed(monkeypatch, tmp_pat
     assert "ours FAILED verification" in capsys.readouterr().out
 
 
-def test_train_section_is_skipped_without_models(monkeypatch, tmp_path):
-    import train_step
+def test_a_section_that_cannot_import_fails_the_run(tmp_path):
+    """`python bench/compare.py` with pyalexnet.models unimportable: exit status 1 and the error, no
+    skipped row and no exit 0."""
+    hide = ("import runpy, sys; sys.modules['pyalexnet.models'] = None; "
+            "sys.argv = ['bench/compare.py', '--sections', 'conv', '--help']; "
+            "runpy.run_path('bench/compare.py', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", hide], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "ModuleNotFoundError: import of pyalexnet.models halted" in r.stderr, r.stderr
 
-    def missing(name):
-        raise ModuleNotFoundError(f"No module named {name!r}")
-    monkeypatch.setattr(train_step.importlib, "import_module", missing)
-    out = tmp_path / "r.json"
-    assert compare.main(["--sections", "train", *TINY, "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert rows == [{"section": "train", "skipped": "pyalexnet.models unavailable "
-                                                    "(ModuleNotFoundError: No module named 'pyalexnet.models')"}]
+
+@pytest.mark.parametrize("where", ("root", "elsewhere"))
+def test_compare_runs_as_a_script_from_anywhere(where, tmp_path):
+    """`python bench/compare.py` (the bench package, run as a script) from the root and from another
+    folder; `python -m bench.compare` from the root."""
+    cwd = REPO_ROOT if where == "root" else tmp_path
+    commands = [[sys.executable, str(REPO_ROOT / "bench" / "compare.py"), "--help"]]
+    if where == "root":
+        commands.append([sys.executable, "-m", "bench.compare", "--help"])
+    for cmd in commands:
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "--sections" in r.stdout, r.stdout + r.stderr
 
 
 def test_presets_and_filters():
@@ -310,7 +306,6 @@ def _gpu_check_work(tmp_path) -> Path:
 
 
 def test_gpu_summary_reads_what_gpu_check_leaves(tmp_path, capsys):
-    import gpu_summary
     out = tmp_path / "out"
     out.mkdir()
     assert gpu_summary.main([str(_gpu_check_work(tmp_path)), "--out", str(out)]) == 0
@@ -333,7 +328,6 @@ def test_gpu_summary_reads_what_gpu_check_leaves(tmp_path, capsys):
 
 
 def test_gpu_summary_of_a_rehearsal_and_an_unsupported_sanitizer(tmp_path):
-    import gpu_summary
     work = tmp_path / "work"
     work.mkdir()
     (work / "steps.tsv").write_text("step\tstatus\tseconds\tnote\nsanitizer_memcheck\tskipped\t0\t"
@@ -357,7 +351,6 @@ def test_gpu_summary_of_a_rehearsal_and_an_unsupported_sanitizer(tmp_path):
 
 
 def test_check_limits_of_what_a_device_run_returns(tmp_path, capsys):
-    import gpu_summary
     out = tmp_path / "out"
     (out / "a" / "b").mkdir(parents=True)
     (out / "summary.md").write_text("x")
@@ -383,7 +376,6 @@ def test_check_limits_of_what_a_device_run_returns(tmp_path, capsys):
 def test_version_gain_in_the_summaries(tmp_path, capsys):
     """A GPU run times the conv kernels' version 1 beside ours: the markdown gets a v2 gain column
     and gpu_summary a line per dtype and pass."""
-    import gpu_summary
     result = _result()
     for r in result["rows"]:
         if r["section"] == "conv":

@@ -814,7 +814,7 @@ def test_backward_op_bad_args():
 # ------------------------------------------------------------------------------------------------
 # 7. nn.ConvReLUMaxPool2d
 # ------------------------------------------------------------------------------------------------
-LAYERS = {  # (in, out, kernel, stride, padding, pool kernel, pool stride)
+MODULE_CASES = {  # small geometries for the module's tests: (in, out, kernel, stride, padding, pool kernel, pool stride)
     "conv1": (3, 8, 11, 4, 2, 3, 2),
     "conv2": (8, 12, 5, 1, 2, 3, 2),
     "conv3": (12, 10, 3, 1, 1, 1, 1),
@@ -827,7 +827,7 @@ def _pair(v):
 
 
 def _modules(name, bias=True):
-    ci, co, k, s, p, pk, ps = LAYERS[name]
+    ci, co, k, s, p, pk, ps = MODULE_CASES[name]
     conv = torch.nn.Conv2d(ci, co, k, s, p, bias=bias, dtype=torch.float64)
     seq = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.MaxPool2d(pk, ps))
     fused = ConvReLUMaxPool2d(ci, co, k, s, p, pk, ps, bias=bias, dtype=torch.float64)
@@ -835,13 +835,13 @@ def _modules(name, bias=True):
 
 
 def _image(name, N=2):
-    ci, _, k, s, p, pk, ps = LAYERS[name]
+    ci, _, k, s, p, pk, ps = MODULE_CASES[name]
     hw = {"conv1": (67, 63), "conv2": (15, 13), "conv3": (7, 9), "rect": (12, 11)}[name]
     return gaussian(N, ci, *hw)
 
 
 @pytest.mark.parametrize("bias", (True, False), ids=("bias", "no_bias"))
-@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("name", MODULE_CASES)
 def test_module_state_dict_round_trip(name, bias):
     conv, seq, fused = _modules(name, bias)
     assert list(fused.state_dict()) == list(conv.state_dict()) == (["weight", "bias"] if bias else ["weight"])
@@ -868,10 +868,10 @@ def test_module_state_dict_round_trip(name, bias):
 
 
 @pytest.mark.parametrize("bias", (True, False), ids=("bias", "no_bias"))
-@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("name", MODULE_CASES)
 def test_module_init_matches_conv2d(name, bias, fresh_seed):
     """Same seed -> the same parameters as nn.Conv2d: same shapes, layout and initialisation."""
-    ci, co, k, s, p, pk, ps = LAYERS[name]
+    ci, co, k, s, p, pk, ps = MODULE_CASES[name]
     torch.manual_seed(fresh_seed)
     conv = torch.nn.Conv2d(ci, co, k, s, p, bias=bias)
     torch.manual_seed(fresh_seed)

@@ -14,6 +14,7 @@ import torch
 from conftest import CUDA_MARKS, REDUCED, assert_matches, thorough_unless
 from test_conv_relu_maxpool import (CONV_TOL, GRADCHECK_CFGS, SPECIAL, Cfg, assert_close_scaled, draw_cfg, draw_separated, eager,
                                     exact_inputs, gaussian_inputs, nonzero_ints, reference, run)
+from pyalexnet.layers import LAYERS, ConvLayer
 from pyalexnet.ops import conv_relu_maxpool
 
 
@@ -24,18 +25,18 @@ FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
 BWD = torch.ops.pyalexnet.conv_relu_maxpool_backward.default
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
-# AlexNet's conv layers at their real sizes (torchvision's ImageNet layout and the CIFAR variant of
-# bench/conv_relu_maxpool.py), with a small batch.
-ALEXNET_REAL = {
-    "imagenet_conv1": Cfg(4, 3, 224, 224, 64, (11, 11), (4, 4), (2, 2)),
-    "imagenet_conv2": Cfg(4, 64, 27, 27, 192, (5, 5), padding=(2, 2)),
-    "imagenet_conv3": Cfg(4, 192, 13, 13, 384, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
-    "imagenet_conv4": Cfg(4, 384, 13, 13, 256, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
-    "imagenet_conv5": Cfg(4, 256, 13, 13, 256, (3, 3), padding=(1, 1)),
-    "cifar_conv1": Cfg(8, 3, 32, 32, 64, (3, 3), padding=(1, 1)),
-    "cifar_conv2": Cfg(8, 64, 15, 15, 192, (3, 3), padding=(1, 1)),
-    "cifar_conv5": Cfg(8, 256, 7, 7, 256, (3, 3), padding=(1, 1)),
-}
+
+def _real(layer: ConvLayer, batch: int) -> Cfg:
+    """A conv layer of pyalexnet.layers.LAYERS at its real size, with a small batch."""
+    two = lambda v: (v, v)  # noqa: E731
+    return Cfg(batch, layer.cin, layer.hw, layer.hw, layer.cout, two(layer.k), two(layer.stride), two(layer.pad),
+               two(layer.pool_k), two(layer.pool_s))
+
+
+# AlexNet's conv layers at their real sizes (both variants; the cifar ones at a larger batch).
+ALEXNET_REAL = {f"{variant}_{layer.name}": _real(layer, 4 if variant == "imagenet" else 8)
+                for variant in ("imagenet", "cifar") for layer in LAYERS[variant]
+                if variant == "imagenet" or layer.name in ("conv1", "conv2", "conv5")}
 
 
 @pytest.fixture(params=[False, True], ids=["tf32_off", "tf32_on"])

@@ -25,15 +25,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pyalexnet.layers import LAYERS as ALEXNET
 from pyalexnet.ops import conv_relu_maxpool
 
-# AlexNet's layers at a reduced batch and image size: (N, Ci, H, W, Co, k, stride, pad, pool k, pool s).
-LAYERS = {
-    "conv1_pool3s2": (2, 3, 127, 127, 32, 11, 4, 2, 3, 2),
-    "conv2_pool3s2": (2, 32, 27, 27, 48, 5, 1, 2, 3, 2),
-    "conv3_pool1s1": (2, 48, 13, 13, 64, 3, 1, 1, 1, 1),
-    "conv5_pool3s2": (2, 64, 13, 13, 32, 3, 1, 1, 3, 2),
-}
+# ImageNet AlexNet's layers (kernel, stride, padding and pooling from pyalexnet.layers) at a reduced
+# batch, channel count and image size: (N, Ci, H, W, Co, k, stride, pad, pool k, pool s).
+_REDUCED = {"conv1": (3, 32, 127), "conv2": (32, 48, 27), "conv3": (48, 64, 13), "conv5": (64, 32, 13)}  # Ci, Co, H
+LAYERS = {f"{a.name}_pool{a.pool_k}s{a.pool_s}": (2, _REDUCED[a.name][0], _REDUCED[a.name][2], _REDUCED[a.name][2],
+                                                 _REDUCED[a.name][1], a.k, a.stride, a.pad, a.pool_k, a.pool_s)
+          for a in ALEXNET["imagenet"] if a.name in _REDUCED}
 
 
 def saved_extra_bytes(fn, *params) -> tuple[int, list]:

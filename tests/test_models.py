@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pyalexnet import models
+from pyalexnet.layers import INPUT_SIZE, LAYERS, ConvLayer
 from pyalexnet.models import alexnet
 
 # torchvision.models.alexnet's state_dict at 1000 classes: key -> shape.
@@ -35,6 +36,22 @@ def test_cifar_variant_shapes():
     assert m.features(torch.randn(1, 3, 32, 32)).shape[2:] == (3, 3)  # 32 -> 15 -> 7 -> 3
     assert m.classifier[1].out_features == 4096
     assert [type(m.features[i]).__name__ for i in (1, 4, 7, 9, 11)] == ["BatchNorm2d"] * 5
+
+
+def test_layer_table_is_what_the_models_build():
+    """pyalexnet.layers.LAYERS, the one table of the conv layers (with the input size each sees), is what
+the models build."""
+    for variant, hw in INPUT_SIZE.items():
+        net = alexnet(10, variant, backend="cudnn")
+        seen = []
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].shape[-1]))) for m in net.conv_blocks()]
+        with torch.no_grad():
+            net.eval()(torch.randn(1, 3, hw, hw))
+        for h in hooks:
+            h.remove()
+        built = [ConvLayer(f"conv{i + 1}", m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0],
+                       m.pool_kernel_size[0], m.pool_stride[0], size) for i, (m, size) in enumerate(seen)]
+        assert LAYERS[variant] == built, f"LAYERS[{variant!r}] differs from the model"
 
 
 def test_torchvision_weights_give_the_same_logits():
