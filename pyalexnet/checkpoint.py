@@ -21,6 +21,7 @@ import random
 import re
 import sys
 import tempfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -29,13 +30,56 @@ import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_pretrained", "CheckpointError", "checkpoint_path",
            "list_checkpoints", "prune_checkpoints", "read_latest", "read_checkpoint", "apply_checkpoint",
-           "rng_state", "set_rng_state"]
+           "rng_state", "set_rng_state", "RunState", "EpochState"]
 
 LAST_LAYER = "classifier.6."
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or does not fit the model; the message names it."""
+
+
+@dataclass
+class EpochState:
+    """An epoch cut short by a checkpoint: its data order, its shuffle/augmentation generator's state,
+    its running sums (loss sum, correct, images; float64) and the seconds it has taken so far."""
+    order: torch.Tensor
+    gen: torch.Tensor
+    sums: torch.Tensor
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what the trainer updates as it goes, a checkpoint keeps, and a resumed run
+    starts from. The last four fields describe the run that wrote a checkpoint (read on resume)."""
+    epoch: int = 0                          # epochs completed
+    step: int = 0                           # optimiser steps taken
+    batch: int = 0                          # batches done of the epoch under way (0 at an epoch's end)
+    epoch_state: Optional[EpochState] = None
+    best_acc: float = 0.0
+    history: list = field(default_factory=list)  # one row (dict) per epoch
+    rng: Optional[list] = None              # every rank's random generators (rng_state())
+    world_size: int = 1
+    batch_size: Optional[int] = None
+    config: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "RunState":
+        """The state a checkpoint holds; keys an older checkpoint lacks take their defaults."""
+        state = cls(**{f.name: ckpt[f.name] for f in fields(cls) if ckpt.get(f.name) is not None})
+        if isinstance(state.epoch_state, dict):
+            state.epoch_state = EpochState(**state.epoch_state)
+        return state
+
+    def to_checkpoint(self) -> dict:
+        """The checkpoint's keys for this state (plain types only: torch.load(weights_only=True))."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["epoch_state"] = self.epoch_state and self.epoch_state.to_dict()
+        return out
 
 
 def save_checkpoint(obj: dict, path) -> None:
@@ -131,7 +175,7 @@ def read_latest(target, warn=None) -> tuple[Path, dict]:
                           f"({len(candidates)} tried; expected ckpt-e*-s*.pt files written by the trainer)")
 
 
-def apply_checkpoint(ckpt: dict, path, model: torch.nn.Module, optimizer=None) -> dict:
+def apply_checkpoint(ckpt: dict, path, model: torch.nn.Module, optimizer=None) -> RunState:
     """Loads a read checkpoint into model (and optimizer); returns the rest of its state."""
     try:
         model.load_state_dict(ckpt["model"])
@@ -139,12 +183,10 @@ def apply_checkpoint(ckpt: dict, path, model: torch.nn.Module, optimizer=None) -
             optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: does not fit this model / optimiser: {e}") from None
-    defaults = (("epoch", 0), ("step", 0), ("batch", 0), ("epoch_state", None), ("rng", None),
-                ("best_acc", 0.0), ("history", []), ("world_size", 1), ("batch_size", None), ("config", {}))
-    return {k: ckpt.get(k, d) for k, d in defaults}
+    return RunState.from_checkpoint(ckpt)
 
 
-def load_checkpoint(path, model: torch.nn.Module, optimizer=None) -> dict:
+def load_checkpoint(path, model: torch.nn.Module, optimizer=None) -> RunState:
     """Loads the trainer checkpoint at path (a file, or the newest readable one in a folder) into
     model (and optimizer); returns its epoch, step, best_acc, history, ... to continue from."""
     path, ckpt = read_latest(path)

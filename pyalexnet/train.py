@@ -16,52 +16,29 @@ At the end it prints a per-class precision / recall / F1 report, the confusion m
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import math
-import os
 import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-try:
-    from tqdm import tqdm
-except ImportError:  # a machine without it (a GPU box with no package registry): one line per epoch
-    tqdm = None
-
 import pyalexnet
 
 from . import data, distributed, evaluate
+from .checkpoint import (CheckpointError, EpochState, RunState, apply_checkpoint, checkpoint_path, load_pretrained,
+                         prune_checkpoints, read_latest, rng_state, save_checkpoint, set_rng_state)
 from .config import SAME_RUN, Config, ConfigError, check_config, parse_args
-from .checkpoint import (CheckpointError, apply_checkpoint, checkpoint_path, load_pretrained, prune_checkpoints,
-                         read_latest, rng_state, save_checkpoint, set_rng_state)
 from .interrupt import StopRequest
+from .logs import MetricsLog, progress
 from .models import CUDA_KERNELS_MISSING, alexnet
 from .nn import SoftmaxCrossEntropyLoss
-
-
-class _NoBar:
-    """What the loop uses of a tqdm bar, for a machine without tqdm: the batches, nothing shown."""
-
-    def __init__(self, it):
-        self.it = it
-
-    def __iter__(self):
-        return iter(self.it)
-
-    def set_postfix(self, **kw):
-        pass
-
-    def close(self):
-        pass
 
 
 def native_bf16(dev: torch.device) -> bool:
@@ -106,8 +83,109 @@ def main(argv=None, cfg: Optional[Config] = None) -> dict:
 
 
 def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
+    """The whole run, top to bottom: set up, (resume,) train epoch by epoch, report."""
     t_start = time.perf_counter()
-    say = print if d.main else (lambda *a, **k: None)
+    say = print if d.main else _silent
+    set_up_torch(cfg, d, dev)
+    resume = read_resume(cfg, say)  # first: a bad checkpoint is reported before minutes of data loading
+    images = build_data(cfg, dev)
+    run = Run(cfg, d, dev, images, build_net(cfg, d, dev, images, say),
+              plan(cfg, d, len(images.train_x)), RunState(), say)
+    if resume is not None:
+        resume_from(run, *resume)
+    open_logs(run, resumed=resume is not None)
+    say(describe(run))
+    with StopRequest(announce=d.main) as stop:
+        while not cfg.eval_only and run.state.epoch < cfg.epochs and run.interrupted is None:
+            epoch = start_epoch(run)
+            train_epoch(run, epoch, stop)
+            if run.interrupted is None:
+                end_epoch(run, epoch, stop)
+    return final_report(run, time.perf_counter() - t_start)
+
+
+def _silent(*args, **kwargs) -> None:
+    """`say` on the processes other than rank 0: they print nothing."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The run's parts, built once
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Data:
+    """The dataset's uint8 images on the device, and how a batch of them becomes the model's input
+    there: crops and flips (training: from the epoch's generator), normalisation, memory format."""
+    ds: data.ImageData
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    memory_format: torch.memory_format
+
+    def prepare(self, xb: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+        if gen is not None:
+            xb = data.augment(xb, self.ds.crop_padding, self.ds.flip, gen)
+        return data.normalize(xb, self.mean, self.std).contiguous(memory_format=self.memory_format)
+
+
+@dataclass
+class Net:
+    """The network and what trains it."""
+    variant: str
+    model: torch.nn.Module     # the module whose weights a checkpoint keeps
+    run: Callable              # what a training step calls (DistributedDataParallel, torch.compile)
+    run_eval: Callable         # what evaluation calls (on rank 0 alone, so never the DDP wrapper)
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    bf16: bool
+    autocast: Callable
+
+
+@dataclass
+class Schedule:
+    """How the data is cut into steps, and the learning rate at each."""
+    peak_lr: float
+    shape: str               # onecycle, cosine or constant (after the warm-up)
+    global_batch: int        # images per step over all processes
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int              # steps
+
+    def lr(self, step: int) -> float:
+        return self.peak_lr * lr_factor(step, self.total_steps, self.warmup, self.shape)
+
+
+@dataclass
+class Run:
+    """One run of the trainer: its configuration, processes, data, network, schedule and state."""
+    cfg: Config
+    d: distributed.Dist
+    dev: torch.device
+    data: Data
+    net: Net
+    sched: Schedule
+    state: RunState
+    say: Callable
+    log: Optional[MetricsLog] = None       # one row per epoch (rank 0)
+    step_log: Optional[MetricsLog] = None  # one row per step (rank 0)
+    interrupted: Optional[str] = None      # the name of the signal that stopped the run
+    last_eval: Optional[tuple] = None      # the newest epoch's test loss, accuracy and predictions
+    train_seconds: float = 0.0
+    train_images: int = 0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return Path(self.cfg.checkpoint_dir or "checkpoints")
+
+    @property
+    def writing(self) -> bool:
+        """Whether checkpoints are written as the run goes (a signal's checkpoint is written anyway)."""
+        return bool(self.cfg.checkpoint_dir or self.cfg.checkpoint_every)
+
+
+def set_up_torch(cfg: Config, d: distributed.Dist, dev: torch.device) -> None:
     threads = cfg.threads or distributed.default_threads(d)
     if threads:
         torch.set_num_threads(threads)
@@ -115,315 +193,333 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
         torch.use_deterministic_algorithms(True)
     if dev.type == "cuda" and cfg.backend == "custom" and not pyalexnet.build_info()["cuda"]:
         raise ConfigError(CUDA_KERNELS_MISSING)
-    ckpt_dir = Path(cfg.checkpoint_dir or "checkpoints")
-    writing = bool(cfg.checkpoint_dir or cfg.checkpoint_every)  # checkpoints as the run goes
-    resume_path, ckpt = None, None
-    if cfg.resume:  # read first: a bad checkpoint is reported before minutes of data loading
-        resume_path, ckpt = read_latest(ckpt_dir if cfg.resume == "latest" else cfg.resume,
-                                        warn=lambda m: say(m, file=sys.stderr, flush=True))
 
-    # ---- data: uint8 images on the device, crops / flips / normalisation there, batch by batch ----
+
+def read_resume(cfg: Config, say: Callable) -> Optional[tuple[Path, dict]]:
+    """The checkpoint --resume names (its path and contents), or None."""
+    if not cfg.resume:
+        return None
+    target = Path(cfg.checkpoint_dir or "checkpoints") if cfg.resume == "latest" else cfg.resume
+    return read_latest(target, warn=lambda m: say(m, file=sys.stderr, flush=True))
+
+
+def build_data(cfg: Config, dev: torch.device) -> Data:
+    """The dataset, its uint8 images moved to the device once (batches are made there)."""
     ds = data.load_dataset(cfg.dataset, cfg.data_dir, cfg.holdout, cfg.synthetic_size, cfg.image_size,
                            cfg.seed, bad_images=cfg.bad_images)
-    train_x, train_y = ds.train_x.to(dev), ds.train_y.to(dev)
-    test_x, test_y = ds.test_x.to(dev), ds.test_y.to(dev)
     mean, std = (t.to(dev) for t in ds.mean_std)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return Data(ds, ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev), mean, std,
+                memory_format)
 
-    def prepare(xb: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
-        if gen is not None:
-            xb = data.augment(xb, ds.crop_padding, ds.flip, gen)
-        return data.normalize(xb, mean, std).contiguous(memory_format=memory_format)
 
-    # ---- model: the same initial weights on every rank; dropout draws its own stream per rank ----
+def build_net(cfg: Config, d: distributed.Dist, dev: torch.device, images: Data, say: Callable) -> Net:
+    """The model (the same initial weights on every rank; dropout draws its own stream per rank), its
+    wrappers, loss, optimiser and precision."""
     torch.manual_seed(cfg.seed)
     variant = cfg.variant or ("imagenet" if cfg.dataset == "imagefolder" else "cifar")
-    model = alexnet(len(ds.classes), variant, cfg.backend, cfg.dropout)
+    model = alexnet(len(images.ds.classes), variant, cfg.backend, cfg.dropout)
     if cfg.pretrained:
         for line in load_pretrained(model, cfg.pretrained):
             say(line)
     if cfg.freeze_features:
         model.features.requires_grad_(False)
-    model = model.to(dev, memory_format=memory_format)
+    model = model.to(dev, memory_format=images.memory_format)
     if d.enabled:
         model = distributed.convert_sync_batchnorm(model, dev)
     torch.manual_seed(cfg.seed * 1000 + 1 + d.rank)
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
            if d.enabled and not cfg.eval_only else model)
     run = torch.compile(ddp) if cfg.compile else ddp
-    run_eval = model if d.enabled else run
     criterion = (SoftmaxCrossEntropyLoss(label_smoothing=cfg.label_smoothing) if cfg.backend == "custom"
                  else torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
     bf16 = native_bf16(dev) if cfg.bf16 is None else cfg.bf16
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    return Net(variant, model, run, model if d.enabled else run, criterion, make_optimizer(cfg, model), bf16,
+               autocast)
 
-    # ---- optimisation ----
+
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW over the trained parameters; weight decay on weights only."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if p.dim() > 1], "weight_decay": cfg.weight_decay},
               {"params": [p for p in trainable if p.dim() <= 1], "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    global_batch = cfg.batch_size * d.world  # each rank takes its slice of every global batch
-    steps_per_epoch = math.ceil(len(train_x) / global_batch)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def plan(cfg: Config, d: distributed.Dist, n_train: int) -> Schedule:
+    """Each rank takes its slice of every global batch; the warm-up never outlasts the run."""
+    global_batch = cfg.batch_size * d.world
+    steps_per_epoch = math.ceil(n_train / global_batch)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
-    state = {"epoch": 0, "step": 0, "batch": 0, "epoch_state": None, "best_acc": 0.0, "history": []}
-    if ckpt is not None:
-        state = apply_checkpoint(ckpt, resume_path, model, None if cfg.eval_only else optimizer)
-        if not cfg.eval_only:
-            _check_resumable(cfg, d, state, resume_path, say)
-            if state["rng"] is not None:
-                set_rng_state(state["rng"][d.rank], dev)
-        say(f"resumed from {resume_path}: {state['epoch']} epoch(s) and {state['batch']} batch(es) done, "
-            f"step {state['step']}")
+    return Schedule(cfg.lr, cfg.schedule, global_batch, steps_per_epoch, total_steps, warmup)
 
-    say(f"pyalexnet {pyalexnet.__version__}: AlexNet-{variant} on {dev}"
-        f"{f' x {d.world} processes' if d.enabled else ''}, backend {cfg.backend}, "
-        f"{'bfloat16 autocast' if bf16 else 'float32'}, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters ({sum(p.numel() for p in trainable):,} "
-        f"trained); {ds.name}: {len(train_x)} training images, {len(test_x)} test ({ds.test_name})")
 
-    def test() -> tuple[float, float, torch.Tensor]:
-        pred, logits = evaluate.predict(run_eval, test_x, 2 * cfg.batch_size, prepare, autocast)
-        loss = F.cross_entropy(logits, test_y).item() if len(test_y) else float("nan")
-        return loss, (pred == test_y).float().mean().item(), pred
+def resume_from(run: Run, path: Path, ckpt: dict) -> None:
+    """The checkpoint's weights, optimiser state, progress and random generators, into this run."""
+    cfg, d = run.cfg, run.d
+    run.state = apply_checkpoint(ckpt, path, run.net.model, None if cfg.eval_only else run.net.optimizer)
+    if not cfg.eval_only:
+        check_resumable(cfg, d, run.state, path, run.say)
+        if run.state.rng is not None:
+            set_rng_state(run.state.rng[d.rank], run.dev)
+    run.say(f"resumed from {path}: {run.state.epoch} epoch(s) and {run.state.batch} batch(es) done, "
+            f"step {run.state.step}")
 
-    def save(epoch_state: Optional[dict], best: bool = False) -> Optional[Path]:
-        """A checkpoint of the run as it stands (every rank calls this: the RNG states are gathered)."""
-        rngs = [rng_state(dev)]
-        if d.enabled:
-            rngs = [None] * d.world
-            torch.distributed.all_gather_object(rngs, rng_state(dev))
-        if not d.main:
-            return None
-        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "config": dataclasses.asdict(cfg), "variant": variant, "classes": list(ds.classes),
-                "epoch": state["epoch"], "step": state["step"], "batch": state["batch"],
-                "epoch_state": epoch_state, "rng": rngs, "best_acc": state["best_acc"],
-                "history": state["history"], "world_size": d.world, "batch_size": cfg.batch_size}
-        path = checkpoint_path(ckpt_dir, state["epoch"] + (1 if epoch_state else 0), state["step"])
-        save_checkpoint(ckpt, path)
-        prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
-        if best:
-            save_checkpoint(ckpt, ckpt_dir / "best.pt")
-        return path
 
-    # ---- loop: one epoch at a time, its shuffle and augmentation drawn from a generator seeded by
-    # (seed, epoch) and identical on every rank; a checkpoint keeps its state mid-epoch ----
-    log = MetricsLog(cfg.log) if cfg.log and d.main and not cfg.eval_only else None
-    step_log = MetricsLog(cfg.step_log) if cfg.step_log and d.main and not cfg.eval_only else None
-    for lg, key in ((log, "epoch"), (step_log, "step")):
-        if lg is not None and ckpt is not None:
-            lg.drop_after(key, state[key])  # rows of work the checkpoint does not hold are redone
-    train_time, train_images = 0.0, 0
-    interrupted: Optional[str] = None
-    last_eval = None  # the newest epoch's test loss, accuracy and predictions (the final report's)
-    with StopRequest(announce=d.main) as stop:
-        while not cfg.eval_only and state["epoch"] < cfg.epochs and interrupted is None:
-            epoch = state["epoch"] + 1
-            gen = torch.Generator(device=dev).manual_seed(cfg.seed * 100_003 + epoch)
-            es = state["epoch_state"]
-            if es is not None:  # resume mid-epoch: its order, generator and sums as they were
-                order, start = es["order"].to(dev), state["batch"]
-                gen.set_state(es["gen"])
-                sums, elapsed = es["sums"].to(dev), es["seconds"]
-            else:
-                order, start = torch.randperm(len(train_x), device=dev, generator=gen), 0
-                sums, elapsed = torch.zeros(3, device=dev, dtype=torch.float64), 0.0
-            state["epoch_state"] = None
-            local = torch.zeros(3, device=dev, dtype=torch.float64)  # loss sum, correct, images
-            model.train()
-            if cfg.freeze_features:  # frozen features: BatchNorm keeps its running statistics too
-                model.features.eval()
-            t0, seen0 = time.perf_counter(), 0
-            bar = _progress(range(start, steps_per_epoch), cfg.progress if d.main else False, epoch, cfg.epochs,
-                            start, steps_per_epoch)
-            for b in bar:
-                idx = order[b * global_batch:(b + 1) * global_batch]
-                xb, yb = prepare(train_x[idx], gen), train_y[idx]
-                weight = 1.0
-                if d.enabled:  # this rank's slice; a short last batch is split as evenly as it goes
-                    lo, hi = data.shard(len(idx), d.rank, d.world)
-                    xb, yb = xb[lo:hi], yb[lo:hi]
-                    weight = (hi - lo) * d.world / len(idx)  # so the ranks' average is the global mean
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(state["step"], total_steps, warmup, cfg.schedule)
-                with autocast():
-                    logits = run(xb)
-                loss = criterion(logits.float(), yb)
-                optimizer.zero_grad(set_to_none=True)
-                (loss * weight if weight != 1.0 else loss).backward()
-                optimizer.step()
-                state["step"], state["batch"] = state["step"] + 1, b + 1
-                local += torch.stack([loss.detach().double() * len(yb), (logits.argmax(1) == yb).sum().double(),
-                                      torch.tensor(float(len(yb)), device=dev, dtype=torch.float64)])
-                seen0 += len(yb)
-                if cfg.step_log:  # every rank: the step's loss is summed over them
-                    step_loss = distributed.all_sum(loss.detach().double() * len(yb), d).item() / len(idx)
-                    if step_log is not None:
-                        step_log.write({"step": state["step"], "epoch": epoch, "batch": b + 1,
-                                        "loss": step_loss, "lr": optimizer.param_groups[0]["lr"]})
-                if b % 10 == 9 or b == steps_per_epoch - 1:  # reading the sums waits for the device
-                    tot = sums + distributed.all_sum(local, d)
-                    bar.set_postfix(loss=f"{tot[0].item() / tot[2].item():.3f}",
-                                    acc=f"{tot[1].item() / tot[2].item():.3f}",
-                                    img_s=f"{seen0 * d.world / (time.perf_counter() - t0):.0f}")
-                stopping = distributed.any_rank(bool(stop), d, dev)
-                every = cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0
-                if (stopping or (every and writing)) and b + 1 < steps_per_epoch:
-                    path = save({"order": order.cpu(), "gen": gen.get_state(),
-                                 "sums": (sums + distributed.all_sum(local, d)).cpu(),
-                                 "seconds": elapsed + time.perf_counter() - t0})
-                    if stopping:
-                        interrupted = stop.name or "SIGTERM"  # another rank's signal
-                        _say_interrupted(say, interrupted, path, state, steps_per_epoch)
-                        break
-            bar.close()
-            if interrupted is not None:
+def open_logs(run: Run, resumed: bool) -> None:
+    """The metrics logs (rank 0 of a training run); on resume, rows of work the checkpoint does not
+    hold are dropped, since the run does that work again."""
+    cfg = run.cfg
+    writes = run.d.main and not cfg.eval_only
+    run.log = MetricsLog(cfg.log) if cfg.log and writes else None
+    run.step_log = MetricsLog(cfg.step_log) if cfg.step_log and writes else None
+    for log, key in ((run.log, "epoch"), (run.step_log, "step")):
+        if log is not None and resumed:
+            log.drop_after(key, getattr(run.state, key))
+
+
+def describe(run: Run) -> str:
+    cfg, d, net, images = run.cfg, run.d, run.net, run.data
+    params = list(net.model.parameters())
+    return (f"pyalexnet {pyalexnet.__version__}: AlexNet-{net.variant} on {run.dev}"
+            f"{f' x {d.world} processes' if d.enabled else ''}, backend {cfg.backend}, "
+            f"{'bfloat16 autocast' if net.bf16 else 'float32'}, {sum(p.numel() for p in params):,} parameters "
+            f"({sum(p.numel() for p in params if p.requires_grad):,} trained); {images.ds.name}: "
+            f"{len(images.train_x)} training images, {len(images.test_x)} test ({images.ds.test_name})")
+
+
+# ------------------------------------------------------------------------------------------------
+# An epoch: its shuffle and augmentation drawn from a generator seeded by (seed, epoch), the same on
+# every rank; a checkpoint keeps its state mid-epoch
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Epoch:
+    """The epoch under way. Its running sums (loss sum, correct, images; float64 on the device) are
+    `sums`, carried over from before a resume, plus `local`, this process's since."""
+    number: int
+    order: torch.Tensor
+    gen: torch.Generator
+    start: int               # the first batch this process runs (later than 0 after a resume)
+    sums: torch.Tensor
+    elapsed: float           # seconds the epoch took before a resume
+    local: torch.Tensor
+    t0: float
+    seen: int = 0            # this process's images since t0
+
+    def totals(self, d: distributed.Dist) -> torch.Tensor:
+        """The running sums over all processes (reading them waits for the device)."""
+        return self.sums + distributed.all_sum(self.local, d)
+
+    def checkpoint_state(self, d: distributed.Dist) -> EpochState:
+        return EpochState(self.order.cpu(), self.gen.get_state(), self.totals(d).cpu(),
+                          self.elapsed + time.perf_counter() - self.t0)
+
+
+def start_epoch(run: Run) -> Epoch:
+    """The next epoch: fresh, or as a checkpoint left it mid-way (its order, generator and sums)."""
+    state, dev = run.state, run.dev
+    number = state.epoch + 1
+    gen = torch.Generator(device=dev).manual_seed(run.cfg.seed * 100_003 + number)
+    saved, state.epoch_state = state.epoch_state, None
+    zeros = torch.zeros(3, device=dev, dtype=torch.float64)
+    if saved is not None:
+        gen.set_state(saved.gen)
+        order, start, sums, elapsed = saved.order.to(dev), state.batch, saved.sums.to(dev), saved.seconds
+    else:
+        order = torch.randperm(len(run.data.train_x), device=dev, generator=gen)
+        start, sums, elapsed = 0, zeros.clone(), 0.0
+    run.net.model.train()
+    if run.cfg.freeze_features:  # frozen features: BatchNorm keeps its running statistics too
+        run.net.model.features.eval()
+    return Epoch(number, order, gen, start, sums, elapsed, zeros, time.perf_counter())
+
+
+def train_epoch(run: Run, ep: Epoch, stop: StopRequest) -> None:
+    """The epoch's batches; a checkpoint every --checkpoint-every steps, and a signal's checkpoint
+    and stop (run.interrupted set) when any rank received one."""
+    steps = run.sched.steps_per_epoch
+    bar = progress(range(ep.start, steps), run.cfg.progress if run.d.main else False, ep.number,
+                   run.cfg.epochs, ep.start, steps)
+    for b in bar:
+        train_step(run, ep, b)
+        if b % 10 == 9 or b == steps - 1:
+            tot = ep.totals(run.d)
+            bar.set_postfix(loss=f"{tot[0].item() / tot[2].item():.3f}", acc=f"{tot[1].item() / tot[2].item():.3f}",
+                            img_s=f"{ep.seen * run.d.world / (time.perf_counter() - ep.t0):.0f}")
+        stopping = distributed.any_rank(bool(stop), run.d, run.dev)
+        every = run.cfg.checkpoint_every and run.state.step % run.cfg.checkpoint_every == 0
+        if (stopping or (every and run.writing)) and b + 1 < steps:
+            path = save(run, ep.checkpoint_state(run.d))
+            if stopping:
+                interrupt(run, stop, path)
                 break
-            seconds = time.perf_counter() - t0
-            train_time, train_images = train_time + seconds, train_images + seen0 * d.world
-            tot = sums + distributed.all_sum(local, d)
-            test_loss, test_acc = float("nan"), 0.0
-            if d.main:
-                last_eval = test()
-                test_loss, test_acc, _ = last_eval
-            test_acc = distributed.all_sum(torch.tensor([test_acc], dtype=torch.float64, device=dev), d).item()
-            n = max(tot[2].item(), 1.0)
-            row = {"epoch": epoch, "train_loss": tot[0].item() / n, "train_acc": tot[1].item() / n,
-                   "test_loss": test_loss, "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"],
-                   "seconds": round(elapsed + seconds, 2), "images_per_s": round(seen0 * d.world / seconds, 1)}
-            state["epoch"], state["batch"] = epoch, 0
-            state["history"].append(row)
-            say(f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
-                f"  test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  {seconds:.1f} s "
-                f"({row['images_per_s']:.0f} img/s)", flush=True)
-            if log:
-                log.write(row)
-            # ---- checkpoint: every epoch (the last K kept), best.pt when the test accuracy improves ----
-            is_best = test_acc > state["best_acc"]
-            state["best_acc"] = max(state["best_acc"], test_acc)
-            stopping = distributed.any_rank(bool(stop), d, dev) and epoch < cfg.epochs
-            if writing or stopping:
-                path = save(None, best=is_best and writing)
-                if stopping:
-                    interrupted = stop.name or "SIGTERM"
-                    _say_interrupted(say, interrupted, path, state, steps_per_epoch)
-
-    # ---- evaluation: per-class report, confusion matrix, plots, summary (rank 0) ----
-    summary = {"dataset": ds.name, "variant": variant, "backend": cfg.backend, "device": str(dev),
-               "processes": d.world, "bf16": bf16, "threads": torch.get_num_threads() if dev.type == "cpu" else None,
-               "epochs": state["epoch"], "step": state["step"], "interrupted": interrupted}
-    if interrupted is not None or not d.main:
-        return summary
-    test_loss, test_acc, pred = last_eval or test()
-    cm = evaluate.confusion_matrix(pred, test_y, len(ds.classes))
-    print(f"\n{ds.name} {ds.test_name}: per-class report\n{evaluate.classification_report(cm, ds.classes)}")
-    print(f"\nconfusion matrix (rows: true class, columns: predicted)\n{evaluate.format_confusion(cm, ds.classes)}")
-    if cfg.plot:
-        confusion_png = str(Path(cfg.plot).with_suffix("")) + "-confusion.png"
-        if state["history"]:
-            evaluate.plot_curves(state["history"], cfg.plot)
-        evaluate.plot_confusion(cm, ds.classes, confusion_png)
-        print(f"plots: {cfg.plot if state['history'] else '(no epochs, no curves)'}, {confusion_png}")
-    summary.update({"final_test_acc": test_acc, "test_loss": test_loss,
-                    "best_test_acc": max(state["best_acc"], test_acc), "train_seconds": round(train_time, 1),
-                    "images_per_s": round(train_images / train_time, 1) if train_time else None,
-                    "wall_seconds": round(time.perf_counter() - t_start, 1)})
-    print("\nsummary: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                    for k, v in summary.items() if v is not None))
-    summary["confusion_matrix"] = cm
-    return summary
+    bar.close()
 
 
-def _progress(it, show: Optional[bool], epoch: int, epochs: int, initial: int, total: int):
-    """A tqdm bar over `it` when asked for, or by default (show None) when stderr is a terminal: in a
-    log file a bar is a stream of carriage-return fragments."""
-    if show is None:
-        show = sys.stderr.isatty()
-    if tqdm is None or not show:
-        return _NoBar(it)
-    return tqdm(it, initial=initial, total=total, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True)
+def train_step(run: Run, ep: Epoch, b: int) -> None:
+    """One optimiser step on the epoch's global batch b (this process's slice of it)."""
+    d, net, state = run.d, run.net, run.state
+    idx = ep.order[b * run.sched.global_batch:(b + 1) * run.sched.global_batch]
+    xb, yb = run.data.prepare(run.data.train_x[idx], ep.gen), run.data.train_y[idx]
+    weight = 1.0
+    if d.enabled:  # this rank's slice; a short last batch is split as evenly as it goes
+        lo, hi = data.shard(len(idx), d.rank, d.world)
+        xb, yb = xb[lo:hi], yb[lo:hi]
+        weight = (hi - lo) * d.world / len(idx)  # so the ranks' average is the global mean
+    for group in net.optimizer.param_groups:
+        group["lr"] = run.sched.lr(state.step)
+    with net.autocast():
+        logits = net.run(xb)
+    loss = net.criterion(logits.float(), yb)
+    net.optimizer.zero_grad(set_to_none=True)
+    (loss * weight if weight != 1.0 else loss).backward()
+    net.optimizer.step()
+    state.step, state.batch = state.step + 1, b + 1
+    ep.local += torch.stack([loss.detach().double() * len(yb), (logits.argmax(1) == yb).sum().double(),
+                             torch.tensor(float(len(yb)), device=run.dev, dtype=torch.float64)])
+    ep.seen += len(yb)
+    if run.cfg.step_log:  # every rank: the step's loss is summed over them
+        step_loss = distributed.all_sum(loss.detach().double() * len(yb), d).item() / len(idx)
+        if run.step_log is not None:
+            run.step_log.write({"step": state.step, "epoch": ep.number, "batch": b + 1, "loss": step_loss,
+                                "lr": net.optimizer.param_groups[0]["lr"]})
 
 
-def _check_resumable(cfg: Config, d: distributed.Dist, state: dict, path, say) -> None:
+def end_epoch(run: Run, ep: Epoch, stop: StopRequest) -> None:
+    """A finished epoch: evaluated, reported, logged, checkpointed."""
+    seconds = time.perf_counter() - ep.t0
+    run.train_seconds += seconds
+    run.train_images += ep.seen * run.d.world
+    test_loss, test_acc = float("nan"), 0.0
+    if run.d.main:
+        run.last_eval = test(run)
+        test_loss, test_acc, _ = run.last_eval
+    test_acc = distributed.all_sum(torch.tensor([test_acc], dtype=torch.float64, device=run.dev), run.d).item()
+    tot = ep.totals(run.d)
+    n = max(tot[2].item(), 1.0)
+    row = {"epoch": ep.number, "train_loss": tot[0].item() / n, "train_acc": tot[1].item() / n,
+           "test_loss": test_loss, "test_acc": test_acc, "lr": run.net.optimizer.param_groups[0]["lr"],
+           "seconds": round(ep.elapsed + seconds, 2), "images_per_s": round(ep.seen * run.d.world / seconds, 1)}
+    run.state.epoch, run.state.batch = ep.number, 0
+    run.state.history.append(row)
+    run.say(f"epoch {ep.number:3d}/{run.cfg.epochs}  train loss {row['train_loss']:.4f} acc "
+            f"{100 * row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  {seconds:.1f} s "
+            f"({row['images_per_s']:.0f} img/s)", flush=True)
+    if run.log:
+        run.log.write(row)
+    checkpoint_epoch(run, ep, test_acc, stop)
+
+
+def checkpoint_epoch(run: Run, ep: Epoch, test_acc: float, stop: StopRequest) -> None:
+    """Every epoch's checkpoint (the last K kept) and best.pt when the test accuracy improves; and a
+    signal's stop between epochs."""
+    is_best = test_acc > run.state.best_acc
+    run.state.best_acc = max(run.state.best_acc, test_acc)
+    stopping = distributed.any_rank(bool(stop), run.d, run.dev) and ep.number < run.cfg.epochs
+    if run.writing or stopping:
+        path = save(run, None, best=is_best and run.writing)
+        if stopping:
+            interrupt(run, stop, path)
+
+
+def test(run: Run) -> tuple[float, float, torch.Tensor]:
+    """Test loss, accuracy and predictions of the network as it stands."""
+    images = run.data
+    pred, logits = evaluate.predict(run.net.run_eval, images.test_x, 2 * run.cfg.batch_size, images.prepare,
+                                    run.net.autocast)
+    loss = F.cross_entropy(logits, images.test_y).item() if len(images.test_y) else float("nan")
+    return loss, (pred == images.test_y).float().mean().item(), pred
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints and signals
+# ------------------------------------------------------------------------------------------------
+def save(run: Run, epoch_state: Optional[EpochState], best: bool = False) -> Optional[Path]:
+    """A checkpoint of the run as it stands (every rank calls this: the RNG states are gathered);
+    its path on rank 0, None elsewhere."""
+    d, state = run.d, run.state
+    rngs = [rng_state(run.dev)]
+    if d.enabled:
+        rngs = [None] * d.world
+        torch.distributed.all_gather_object(rngs, rng_state(run.dev))
+    if not d.main:
+        return None
+    held = dataclasses.replace(state, epoch_state=epoch_state, rng=rngs, config=dataclasses.asdict(run.cfg),
+                               world_size=d.world, batch_size=run.cfg.batch_size)
+    ckpt = {"model": run.net.model.state_dict(), "optimizer": run.net.optimizer.state_dict(),
+            "variant": run.net.variant, "classes": list(run.data.ds.classes), **held.to_checkpoint()}
+    path = checkpoint_path(run.ckpt_dir, state.epoch + (1 if epoch_state else 0), state.step)
+    save_checkpoint(ckpt, path)
+    prune_checkpoints(run.ckpt_dir, run.cfg.keep_checkpoints)
+    if best:
+        save_checkpoint(ckpt, run.ckpt_dir / "best.pt")
+    return path
+
+
+def check_resumable(cfg: Config, d: distributed.Dist, state: RunState, path, say: Callable) -> None:
     """A resumed run must cut the data the same way; other differences are allowed but reported."""
-    if (state["batch_size"], state["world_size"]) not in ((cfg.batch_size, d.world), (None, 1)):
+    if (state.batch_size, state.world_size) not in ((cfg.batch_size, d.world), (None, 1)):
         raise CheckpointError(
-            f"{path}: written by a run of --batch-size {state['batch_size']} on {state['world_size']} "
+            f"{path}: written by a run of --batch-size {state.batch_size} on {state.world_size} "
             f"process(es); this one has --batch-size {cfg.batch_size} on {d.world}. Resume with the same "
             "batch size and process count (they fix each step's images and the schedule)")
-    old = state["config"] or {}
+    old = state.config or {}
     for k in SAME_RUN:
         if k in old and old[k] != getattr(cfg, k):
             say(f"warning: --{k.replace('_', '-')} is {getattr(cfg, k)!r} here and {old[k]!r} in the checkpoint; "
                 "continuing with this command line's value", file=sys.stderr)
 
 
-def _say_interrupted(say, signame: str, path, state: dict, steps_per_epoch: int) -> None:
-    say(f"\n{signame}: stopped after step {state['step']} (epoch {state['epoch'] + (1 if state['batch'] else 0)}, "
-        f"batch {state['batch'] or steps_per_epoch}/{steps_per_epoch}); checkpoint written: {path}\n"
-        f"To continue, run the same command with: --checkpoint-dir {path.parent} --resume latest",
-        file=sys.stderr, flush=True)
+def interrupt(run: Run, stop: StopRequest, path: Optional[Path]) -> None:
+    """The run stops after a signal's checkpoint: says where it is and how to continue."""
+    run.interrupted = stop.name or "SIGTERM"  # (another rank's signal)
+    state, steps = run.state, run.sched.steps_per_epoch
+    run.say(f"\n{run.interrupted}: stopped after step {state.step} (epoch {state.epoch + (1 if state.batch else 0)}, "
+            f"batch {state.batch or steps}/{steps}); checkpoint written: {path}\n"
+            f"To continue, run the same command with: --checkpoint-dir {path.parent if path else ''} --resume latest",
+            file=sys.stderr, flush=True)
 
 
-class MetricsLog:
-    """Appends rows (one per epoch, or per step) to a CSV file (path ends in .csv) or a JSON-lines file,
-    each row on disk when write returns (the file is closed after it)."""
-
-    def __init__(self, path: str):
-        self.path, self.csv = Path(path), path.endswith(".csv")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, row: dict) -> None:
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        with open(self.path, "a", newline="") as f:
-            if self.csv:
-                w = csv.DictWriter(f, fieldnames=list(row))
-                if new:
-                    w.writeheader()
-                w.writerow(row)
-            else:
-                f.write(json.dumps(row) + "\n")
-
-    def drop_after(self, key: str, last) -> None:
-        """Keeps the rows with row[key] <= last (a resumed run redoes the others), and drops a line
-        cut short by a crash; rewritten atomically."""
-        if not self.path.exists():
-            return
-        lines = self.path.read_text().splitlines()
-        if self.csv:
-            rows = list(csv.DictReader(lines))
-            kept = [r for r in rows if None not in r.values() and _num(r.get(key)) is not None
-                    and _num(r[key]) <= last]
-            out = io.StringIO()
-            if kept:
-                w = csv.DictWriter(out, fieldnames=list(kept[0]))
-                w.writeheader()
-                w.writerows(kept)
-            text = out.getvalue()
-        else:
-            kept = []
-            for line in lines:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and _num(row.get(key)) is not None and _num(row[key]) <= last:
-                    kept.append(line)
-            text = "".join(line + "\n" for line in kept)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.path)
+# ------------------------------------------------------------------------------------------------
+# The final report (rank 0): per-class report, confusion matrix, plots, summary
+# ------------------------------------------------------------------------------------------------
+def final_report(run: Run, wall_seconds: float) -> dict:
+    cfg, state = run.cfg, run.state
+    summary = {"dataset": run.data.ds.name, "variant": run.net.variant, "backend": cfg.backend,
+               "device": str(run.dev), "processes": run.d.world, "bf16": run.net.bf16,
+               "threads": torch.get_num_threads() if run.dev.type == "cpu" else None,
+               "epochs": state.epoch, "step": state.step, "interrupted": run.interrupted}
+    if run.interrupted is not None or not run.d.main:
+        return summary
+    test_loss, test_acc, pred = run.last_eval or test(run)
+    cm = class_report(run, pred)
+    summary.update({"final_test_acc": test_acc, "test_loss": test_loss,
+                    "best_test_acc": max(state.best_acc, test_acc), "train_seconds": round(run.train_seconds, 1),
+                    "images_per_s": round(run.train_images / run.train_seconds, 1) if run.train_seconds else None,
+                    "wall_seconds": round(wall_seconds, 1)})
+    print("\nsummary: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in summary.items() if v is not None))
+    summary["confusion_matrix"] = cm
+    return summary
 
 
-def _num(v) -> Optional[float]:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
+def class_report(run: Run, pred: torch.Tensor) -> torch.Tensor:
+    """Prints the per-class report and the confusion matrix, draws the plots; returns the matrix."""
+    ds, history = run.data.ds, run.state.history
+    cm = evaluate.confusion_matrix(pred, run.data.test_y, len(ds.classes))
+    print(f"\n{ds.name} {ds.test_name}: per-class report\n{evaluate.classification_report(cm, ds.classes)}")
+    print(f"\nconfusion matrix (rows: true class, columns: predicted)\n{evaluate.format_confusion(cm, ds.classes)}")
+    if run.cfg.plot:
+        confusion_png = str(Path(run.cfg.plot).with_suffix("")) + "-confusion.png"
+        if history:
+            evaluate.plot_curves(history, run.cfg.plot)
+        evaluate.plot_confusion(cm, ds.classes, confusion_png)
+        print(f"plots: {run.cfg.plot if history else '(no epochs, no curves)'}, {confusion_png}")
+    return cm
 
 
 def cli(argv=None) -> None:

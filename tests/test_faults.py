@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyalexnet import checkpoint, train
+from pyalexnet import checkpoint, logs, train
 
 # 360 training images in batches of 24: 15 steps an epoch, 45 in all.
 RUN = ["--synthetic-size", "360", "--batch-size", "24", "--epochs", "3", "--deterministic", "--threads", "1",
@@ -174,7 +174,7 @@ def test_checkpoint_holds_everything_a_run_needs(tmp_path):
     model = train.alexnet(10, "cifar")
     state = checkpoint.load_checkpoint(ck, model)
     newest = torch.load(checkpoint.list_checkpoints(ck)[0], weights_only=True)
-    assert state["step"] == newest["step"] == 15 and state["batch"] == 0
+    assert state.step == newest["step"] == 15 and state.batch == 0
     assert torch.equal(model.state_dict()["classifier.6.weight"], newest["model"]["classifier.6.weight"])
 
 
@@ -188,11 +188,11 @@ def test_resume_refuses_another_batch_size(tmp_path):
 def test_logs_keep_only_the_work_the_checkpoint_holds(tmp_path):
     log = tmp_path / "m.csv"
     log.write_text("epoch,train_loss\n1,2.0\n2,1.5\n3,1.")  # epoch 3 after the checkpoint, cut short
-    train.MetricsLog(str(log)).drop_after("epoch", 2)
+    logs.MetricsLog(str(log)).drop_after("epoch", 2)
     assert log.read_text().splitlines() == ["epoch,train_loss", "1,2.0", "2,1.5"]
     steps = tmp_path / "s.jsonl"
     steps.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"st')
-    train.MetricsLog(str(steps)).drop_after("step", 2)
+    logs.MetricsLog(str(steps)).drop_after("step", 2)
     assert steps.read_text() == '{"step": 1}\n{"step": 2}\n'
 
 
@@ -310,3 +310,34 @@ def test_unknown_or_malformed_flags_get_argparse_usage(args, message, capsys):
     with pytest.raises(SystemExit) as e:
         train.cli(args)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_older_checkpoint_without_the_newer_keys_resumes(tmp_path, capsys):
+    """A checkpoint of an earlier layout (no epoch_state, rng, world_size, batch_size, config): its
+    weights, optimiser state and progress are read into the run state, and the run goes on."""
+    ck = tmp_path / "ck"
+    train.main(RUN + ["--epochs", "1", "--checkpoint-dir", str(ck)])
+    path = checkpoint.list_checkpoints(ck)[0]
+    c = torch.load(path, weights_only=True)
+    old = {k: v for k, v in c.items() if k not in ("epoch_state", "rng", "world_size", "batch_size", "config")}
+    for p in ck.iterdir():
+        p.unlink()
+    checkpoint.save_checkpoint(old, ck / path.name)
+    state = checkpoint.RunState.from_checkpoint(old)
+    assert (state.epoch, state.step, state.epoch_state, state.world_size, state.batch_size) == (1, c["step"], None, 1, None)
+    s = train.main(RUN + ["--epochs", "2", "--checkpoint-dir", str(ck), "--resume", "latest"])
+    assert s["epochs"] == 2 and s["step"] == 2 * c["step"] and s["interrupted"] is None
+    assert f"resumed from {ck / path.name}: 1 epoch(s) and 0 batch(es) done" in capsys.readouterr().out
+
+
+def test_run_state_round_trips_through_a_checkpoint():
+    es = checkpoint.EpochState(torch.randperm(5), torch.Generator().get_state(), torch.rand(3, dtype=torch.float64), 2.5)
+    s = checkpoint.RunState(epoch=3, step=40, batch=7, epoch_state=es, best_acc=0.5, history=[{"epoch": 3}],
+                            rng=[{"torch": torch.get_rng_state()}], world_size=2, batch_size=16, config={"lr": 0.1})
+    c = s.to_checkpoint()
+    assert isinstance(c["epoch_state"], dict) and set(c["epoch_state"]) == {"order", "gen", "sums", "seconds"}
+    back = checkpoint.RunState.from_checkpoint(c)
+    assert isinstance(back.epoch_state, checkpoint.EpochState)
+    assert torch.equal(back.epoch_state.order, es.order) and back.epoch_state.seconds == 2.5
+    assert (back.epoch, back.step, back.batch, back.best_acc, back.history, back.world_size, back.batch_size,
+            back.config) == (3, 40, 7, 0.5, [{"epoch": 3}], 2, 16, {"lr": 0.1})

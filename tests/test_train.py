@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyalexnet import checkpoint, config, evaluate, synthetic, train
+from pyalexnet import checkpoint, config, evaluate, logs, synthetic, train
 from pyalexnet.models import alexnet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,11 +60,11 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, terminal):
     pytest.importorskip("tqdm")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
     assert config.parse_args([]).progress is None
-    bar = train._progress(range(3), None, 1, 1, 0, 3)
+    bar = logs.progress(range(3), None, 1, 1, 0, 3)
     assert (type(bar).__name__ == "tqdm") == terminal
-    assert type(train._progress(range(3), True, 1, 1, 0, 3)).__name__ == "tqdm"
-    assert type(train._progress(range(3), False, 1, 1, 0, 3)).__name__ != "tqdm"
-    assert list(train._progress(range(3), None, 1, 1, 0, 3)) == [0, 1, 2]
+    assert type(logs.progress(range(3), True, 1, 1, 0, 3)).__name__ == "tqdm"
+    assert type(logs.progress(range(3), False, 1, 1, 0, 3)).__name__ != "tqdm"
+    assert list(logs.progress(range(3), None, 1, 1, 0, 3)) == [0, 1, 2]
 
 
 def test_short_run_prints_report_and_summary_and_writes_log_plots_checkpoints(tmp_path, capsys):
