@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import pyalexnet
+from emulation import harness
+from emulation.coverage import expected_launches
 from pyalexnet.ops import softmax_cross_entropy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +91,30 @@ def pytest_terminal_summary(terminalreporter):
 # ------------------------------------------------------------------------------------------------
 # Inputs
 # ------------------------------------------------------------------------------------------------
+_CALL_PASSED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_PASSED] = report.passed
+    return report
+
+
+@pytest.fixture(autouse=True)
+def emulated_launches(request):
+    """A test that tests/emulation/coverage.py lists for some CUDA kernels must have launched them
+    (its driver runs' launch logs): otherwise the test errors, naming what it did launch."""
+    expected = expected_launches(request.node.nodeid)
+    harness.LAUNCHED.clear()
+    yield
+    if expected and request.node.stash.get(_CALL_PASSED, False):
+        missing = expected - harness.LAUNCHED
+        assert not missing, (f"tests/emulation/coverage.py lists this test for {sorted(missing)}, which its "
+                             f"driver runs never launched (they launched {sorted(harness.LAUNCHED)})")
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed():
     """Seeds torch (CPU and CUDA) afresh for every test and prints the seed, which pytest shows

@@ -4,61 +4,43 @@ barriers and warp collectives are reported (no hang), a spinning kernel meets th
 warp intrinsics, atomics, conversions and WMMA compute what the hardware computes.
 The kernels are in tests/emulation/selftest_kernels.cu; the build and runner in tests/emulation/.
 
-EMULATED_TESTS lists, for every CUDA kernel of the repository, the tests that run it in the emulation;
-test_every_cuda_kernel_has_an_emulated_test fails when a kernel is added without one."""
+EMULATED_TESTS (tests/emulation/coverage.py) lists, for every CUDA kernel of the repository, the tests
+that run it in the emulation; test_every_cuda_kernel_has_an_emulated_test fails when a kernel is added
+without one, and conftest.py fails a listed test that did not launch its kernels."""
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from emulation import harness
+from emulation.coverage import EMULATED_TESTS
 
 TESTS_DIR = harness.REPO_ROOT / "tests"
 
-# Every __global__ kernel of csrc/cuda/*.cu -> the emulated tests that launch it ("file::test").
-_XENT = "test_emulation_softmax_cross_entropy.py"
-_CRM = "test_emulation_conv_relu_maxpool.py"
-EMULATED_TESTS = {
-    "softmax_cross_entropy_forward_kernel_impl": [f"{_XENT}::test_matches_reference", f"{_XENT}::test_options",
-                                                  f"{_XENT}::test_bad_target"],
-    "softmax_cross_entropy_finalize_kernel_impl": [f"{_XENT}::test_matches_reference", f"{_XENT}::test_empty_batch"],
-    "softmax_cross_entropy_backward_kernel_impl": [f"{_XENT}::test_matches_reference", f"{_XENT}::test_options",
-                                                   f"{_XENT}::test_bad_target"],
-    "conv_relu_maxpool_forward_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
-                                              f"{_CRM}::test_gaussian_inputs_match_the_reference",
-                                              f"{_CRM}::test_both_versions_give_the_same_bits"],
-    "conv_relu_maxpool_dgrad_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
-                                            f"{_CRM}::test_only_the_asked_gradients",
-                                            f"{_CRM}::test_both_versions_give_the_same_bits"],
-    "conv_relu_maxpool_wgrad_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
-                                            f"{_CRM}::test_many_splits_of_the_weight_gradient",
-                                            f"{_CRM}::test_both_versions_give_the_same_bits"],
-    "conv_relu_maxpool_bias_grad_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
-                                                f"{_CRM}::test_only_the_asked_gradients"],
-    "conv_relu_maxpool_unpool_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
-                                             f"{_CRM}::test_both_versions_give_the_same_bits"],
-    "conv_relu_maxpool_unpool_vec_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
-                                                 f"{_CRM}::test_both_versions_give_the_same_bits"],
-    "conv_relu_maxpool_reduce_kernel_impl": [f"{_CRM}::test_exact_inputs_match_the_cpu_kernels",
-                                             f"{_CRM}::test_many_splits_of_the_weight_gradient"],
-}
-
 
 def test_every_cuda_kernel_has_an_emulated_test():
+    """Every kernel is listed in EMULATED_TESTS, and every test named there is collected (conftest.py
+    checks, as each listed test runs, that its driver runs launched the kernel)."""
     kernels = harness.cuda_kernels()
     assert kernels, "no __global__ kernel found in csrc/cuda/*.cu: the pattern is out of date"
     missing = sorted(set(kernels) - set(EMULATED_TESTS))
     assert not missing, (f"CUDA kernels without an emulated test: {[f'{k} ({kernels[k]})' for k in missing]}; "
                          "add a test that launches them through tests/emulation/driver.cpp and list it in "
-                         "EMULATED_TESTS")
+                         "tests/emulation/coverage.py")
     stale = sorted(set(EMULATED_TESTS) - set(kernels))
     assert not stale, f"EMULATED_TESTS names kernels that no longer exist: {stale}"
+    files = sorted({t.split("::")[0] for tests in EMULATED_TESTS.values() for t in tests})
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                        "-o", "addopts=", *files], cwd=TESTS_DIR, capture_output=True, text=True, timeout=600)
+    collected = {line.strip().rsplit("/", 1)[-1] for line in r.stdout.splitlines() if "::" in line}
+    functions = {c.split("[", 1)[0] for c in collected}
     for kernel, tests in EMULATED_TESTS.items():
         for t in tests:
-            file, name = t.split("::")
-            path = TESTS_DIR / file
-            assert path.exists() and f"def {name}(" in path.read_text(), f"{kernel}: no test {t}"
+            assert t in collected or t in functions, f"{kernel}: no test {t} is collected\n{r.stdout[-2000:]}"
 
 
 def _selftest(name: str, tmp_path, inputs=None, schedule="asc", **kw):

@@ -109,6 +109,8 @@ def emulate(c: Cfg, x, w, b, gy, tmp: Path, tf32: bool = False, need: str = "111
     res["dx"] = harness.from_bytes(o["dx"], dtype).view(c.N, c.H, c.W, c.Ci).permute(0, 3, 1, 2) if need[0] == "1" else None
     res["dw"] = harness.from_bytes(o["dw"], dtype).view(c.Co, c.Ci, *c.k) if need[1] == "1" else None
     res["db"] = harness.from_bytes(o["db"], dtype) if need[2] == "1" else None
+    res["bytes"] = {k: len(o[k]) for k in ("dx", "dw", "db")}  # what the driver wrote of each gradient
+    res["launched"] = harness.launched(tmp / "asc_launches.txt")
     return res
 
 
@@ -212,9 +214,14 @@ def test_random_configurations_both_versions(tmp_path, fresh_seed, mode):
             assert torch.equal(new[k], old[k]), f"{c} {k}: {(new[k].double() - old[k].double()).abs().max().item()}"
 
 
+GRADIENT_KERNELS = {"dx": "conv_relu_maxpool_dgrad_kernel_impl", "dw": "conv_relu_maxpool_wgrad_kernel_impl",
+                    "db": "conv_relu_maxpool_bias_grad_kernel_impl"}
+
+
 @pytest.mark.parametrize("need", ("100", "010", "001", "011"))
 def test_only_the_asked_gradients(tmp_path, need):
-    """Each gradient on its own (its own kernels only): the same values as all three together."""
+    """Each gradient on its own: the same values as all three together, its own kernels launched and
+    no other gradient's, nothing written for a gradient not asked for."""
     c = CASES["conv2_like"]
     x, w, b = exact_inputs(c, torch.bfloat16)
     gy = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, torch.bfloat16)
@@ -224,7 +231,8 @@ def test_only_the_asked_gradients(tmp_path, need):
         if flag == "1":
             assert torch.equal(got[k], want[k]), k
         else:
-            assert got[k] is None
+            assert got["bytes"][k] == 0, f"{k}: {got['bytes'][k]} bytes written, not asked for"
+        assert (GRADIENT_KERNELS[k] in got["launched"]) == (flag == "1"), (k, sorted(got["launched"]))
 
 
 def test_many_splits_of_the_weight_gradient(tmp_path):

@@ -95,10 +95,30 @@ def driver() -> Path:
     return exe
 
 
+# The kernels the driver launched since the last clear (read from its launch logs after each run):
+# tests/conftest.py checks that each test of EMULATED_TESTS launched the kernels it is listed for.
+LAUNCHED: set[str] = set()
+
+
 def run(args: list[str], timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs the driver with args; returns the completed process (stdout and stderr as text)."""
+    """Runs the driver with args; returns the completed process (stdout and stderr as text). The
+    kernels it launched (its DIR/<schedule>_launches.txt) are added to LAUNCHED."""
     e = dict(os.environ, **RUN_ENV, **(env or {}))
-    return subprocess.run([str(driver()), *args], capture_output=True, text=True, timeout=timeout, env=e)
+    r = subprocess.run([str(driver()), *args], capture_output=True, text=True, timeout=timeout, env=e)
+    if len(args) > 1:
+        schedule = next((a.split("=", 1)[1] for a in args if a.startswith("schedule=")), "asc")
+        LAUNCHED.update(launched(Path(args[1]) / f"{schedule}_launches.txt"))
+    return r
+
+
+def launched(log: Path) -> set[str]:
+    """The names of the kernels in a driver's launch log (one launch per line, the kernel's full
+    name with its template arguments first), without their template arguments."""
+    if not log.is_file():
+        return set()
+    kernels = cuda_kernels()
+    return {name for line in log.read_text().splitlines()
+            for name in re.findall(r"\w+", line.split(" grid=")[0]) if name in kernels}
 
 
 def check_ok(r: subprocess.CompletedProcess, what: str):
