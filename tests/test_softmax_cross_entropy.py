@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import pyalexnet
-from conftest import (DTYPES, LAYOUTS, REDUCTIONS, assert_matches, check_against_reference, check_tail_rows,
+from conftest import (DTYPES, LAYOUTS, REDUCTIONS, assert_backends_agree, assert_matches, check_against_reference, check_tail_rows,
                       forward_op_samples, make_layout, mem_available_gib, random_logits, random_target,
-                      random_weight, reference, torch_same_dtype)
+                      random_weight, reference, torch_same_dtype, ulp)
 from pyalexnet.ops import softmax_cross_entropy
 
 FWD = torch.ops.pyalexnet.softmax_cross_entropy_forward.default
@@ -544,3 +544,31 @@ def test_offsets_past_2_31():
     go = (torch.rand(N) + 0.5).half()
     check_tail_rows(x, t, go, k)
     print(f"\n[bigmem] N={N} C={C} float16: {time.perf_counter() - start:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------------
+# The rule two backends' results are compared by (conftest.assert_backends_agree)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+def test_backends_agree_within_two_ulp_not_three(dtype):
+    """Half precision: 2 units in the last place of each element pass, 3 fail, whatever the element's
+    place within its binade (just above a power of two and just below the next)."""
+    b = torch.tensor([1.0, 1.984375, 3.0, -0.75], dtype=torch.float64).to(dtype)
+    spacing = ulp(b.double(), dtype)
+    assert_backends_agree((b.double() + 2 * spacing).to(dtype), b, "2 ulp")
+    for i in range(len(b)):
+        off = b.double().clone()
+        off[i] -= 3 * spacing[i]  # (downwards: exactly representable, within or below the binade)
+        with pytest.raises(AssertionError, match="differ by more than allowed"):
+            assert_backends_agree(off.to(dtype), b, f"3 ulp at {i}")
+
+
+def test_backends_agree_scales_float32_with_the_values():
+    """float32 gradients of a mean over 32769 classes are ~1e-6 each: a 10% error there must fail,
+    as it would at O(1) values; a 1e-6 relative one passes."""
+    b = torch.full((4, 32769), 1.0 / 32769, dtype=torch.float32) * torch.linspace(0.5, 1.5, 32769)
+    assert_backends_agree(b * (1 + 1e-6), b, "1e-6 relative")
+    with pytest.raises(AssertionError, match="differ by more than allowed"):
+        assert_backends_agree(b * 1.1, b, "10%")
+    with pytest.raises(AssertionError, match="NaNs at"):
+        assert_backends_agree(torch.where(b > 4e-5, torch.nan, b), b, "NaN")
