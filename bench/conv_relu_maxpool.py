@@ -15,8 +15,9 @@ built from). Variants, each verified against eager NCHW before it is timed:
 
 Passes: fwd (under no_grad), bwd (on a retained graph), fwd+bwd. The first layer's input needs no
 gradient, as in training. Verified (checks.py): output and gradients as accurate as eager NCHW's
-against float64, and ours exact in float64 on four images. Also reported: the bytes each variant saves for backward beyond its
-inputs and weights. Run it alone with `python bench/compare.py --sections conv`.
+against float64, and ours in float64 on four images within torch.testing.assert_close's float64
+tolerances of eager. Also reported: the bytes each variant saves for backward beyond its inputs and
+weights. Run it alone with `python bench/compare.py --sections conv`.
 """
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def saved_bytes(fn, keep) -> int:
 
 
 def verify_float64(layer: ConvLayer, x, w, b) -> None:
-    """Ours against eager in float64 on up to four images: output and every gradient, tightly."""
+    """Ours against eager in float64 on up to four images: output and every gradient, within
+    torch.testing.assert_close's float64 tolerances (rtol 1e-7, atol 1e-7)."""
     x64, w64, b64 = (t.detach()[:4] if i == 0 else t.detach() for i, t in enumerate((x, w, b)))
     x64, w64, b64 = (t.double().requires_grad_() for t in (x64, w64, b64))
     a = layer.args()
