@@ -25,8 +25,9 @@ class Config:
     dataset: str = option("synthetic", "dataset", choices=data.DATASETS)
     data_dir: Optional[str] = option(None, "dataset folder (cifar10: ../shared/datasets/cifar10; "
                                   "fashion-mnist: /usr/share/datasets/fashion-mnist)")
-    holdout: Optional[int] = option(None, "test on the last N training images (default: 5000 for cifar10, "
-                                 "whose test batch is held back; else the dataset's own test split)")
+    holdout: Optional[int] = option(None, "test on the last N training images, 0: on the dataset's own test "
+                                 "split (default: cifar10's test_batch where --data-dir has it, else its "
+                                 "last 5000 training images; the other datasets' own test split)")
     synthetic_size: int = option(2000, "training images generated for --dataset synthetic (plus 20%% for test)")
     image_size: int = option(INPUT_SIZE["imagenet"], "imagefolder: pixels of the square each image is resized and cropped to")
     bad_images: str = option("error", "imagefolder: a truncated, corrupt or oversized image stops the run "
@@ -76,6 +77,8 @@ class Config:
                                 "(its newest readable checkpoint), or 'latest' (in --checkpoint-dir)")
     log: Optional[str] = option(None, "per-epoch metrics log: .csv, or JSON lines otherwise")
     step_log: Optional[str] = option(None, "per-step log (JSON lines: step, epoch, batch, loss, lr)")
+    tensorboard: Optional[str] = option(None, "write TensorBoard scalars to this folder: losses, top-1 and top-5 "
+                                     "accuracy, lr, images/s (needs the tensorboard package)")
     plot: Optional[str] = option(None, "PNG of loss / accuracy curves; the confusion matrix goes beside it")
 
 

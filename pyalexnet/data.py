@@ -134,10 +134,16 @@ def _check_holdout(holdout) -> None:
 CIFAR10_LAYOUT = "CIFAR-10's python version: data_batch_1 .. data_batch_5, test_batch, batches.meta"
 
 
-def load_cifar10(root, holdout: int = 5000) -> ImageData:
+CIFAR10_HOLDOUT = 5000  # validation images when the test batch is not there (held back)
+
+
+def load_cifar10(root, holdout: Optional[int] = None) -> ImageData:
     """CIFAR-10 from ``root``. holdout > 0: train on data_batch_1..5 less their last ``holdout``
-    images, test on those; holdout == 0: train on all five, test on ``test_batch``."""
+    images, test on those; holdout == 0: train on all five, test on ``test_batch``; None (the
+    default): ``test_batch`` where root has it, else the last CIFAR10_HOLDOUT training images."""
     root = Path(root)
+    if holdout is None:
+        holdout = 0 if (root / "test_batch").is_file() else CIFAR10_HOLDOUT
     _check_holdout(holdout)
     _check_folder(root, f"the folder of {CIFAR10_LAYOUT}")
     inner = root / "cifar-10-batches-py"
@@ -218,7 +224,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, holdout: Optional[in
                  synthetic_size: int = 2000, image_size: int = 64, seed: int = 0, *,
                  bad_images: str = "error", max_pixels: Optional[int] = None) -> ImageData:
     """The named dataset (one of DATASETS). holdout: test on the last N training images
-    (default: 5000 for CIFAR-10, where the test batch is held back; else the dataset's test split).
+    (default: the dataset's own test split; for CIFAR-10 without its test batch, see load_cifar10).
     imagefolder only: bad_images ("error" or "skip") and max_pixels (None: imagefolder.MAX_PIXELS),
     see :func:`pyalexnet.imagefolder.load_imagefolder`."""
     if name not in DATASETS:
@@ -234,7 +240,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, holdout: Optional[in
         return ImageData("synthetic", x[:-n_test], y[:-n_test], x[-n_test:], y[-n_test:],
                          synthetic.CLASSES, test_name=f"{n_test} generated images")
     if name == "cifar10":
-        return load_cifar10(data_dir or "../shared/datasets/cifar10", 5000 if holdout is None else holdout)
+        return load_cifar10(data_dir or "../shared/datasets/cifar10", holdout)
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
     if not data_dir:

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["predict", "confusion_matrix", "per_class_metrics", "classification_report",
+__all__ = ["predict", "topk_accuracy", "confusion_matrix", "per_class_metrics", "classification_report",
            "format_confusion", "plot_curves", "plot_confusion"]
 
 
@@ -31,6 +31,15 @@ def predict(model: torch.nn.Module, x: Tensor, batch_size: int, prepare: Callabl
     if not preds:
         return torch.empty(0, dtype=torch.long, device=x.device), torch.empty(0, device=x.device)
     return torch.cat(preds), torch.cat(logits)
+
+
+def topk_accuracy(logits: Tensor, target: Tensor, k: int = 5) -> float:
+    """The share of rows whose target class is among the k largest logits (among all of them where
+    there are fewer than k classes); NaN for no rows. Of tied logits, topk's choice counts."""
+    if len(target) == 0:
+        return float("nan")
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == target[:, None]).any(1).double().mean().item()
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:

@@ -1,5 +1,6 @@
-"""What a run shows and keeps as it goes: a progress bar per epoch (tqdm, on a terminal) and the
-metrics logs (per epoch and per step, CSV or JSON lines), each row on disk when it is written."""
+"""What a run shows and keeps as it goes: a progress bar per epoch (tqdm, on a terminal), the
+metrics logs (per epoch and per step, CSV or JSON lines), each row on disk when it is written, and
+TensorBoard scalars."""
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,7 @@ try:
 except ImportError:  # a machine without it (a GPU box with no package registry): one line per epoch
     tqdm = None
 
-__all__ = ["MetricsLog", "progress"]
+__all__ = ["MetricsLog", "TensorBoardLog", "progress"]
 
 
 class NoBar:
@@ -99,3 +100,34 @@ def _num(v) -> Optional[float]:
         return float(v)
     except (TypeError, ValueError):
         return None
+
+
+class TensorBoardLog:
+    """TensorBoard scalars (torch.utils.tensorboard) against the optimiser step: every epoch its
+    losses, top-1 and top-5 accuracies, learning rate and images/s; as it goes, the running training
+    loss and accuracy. A resumed run purges the events past its checkpoint's step (a stopped run's),
+    which it computes again."""
+
+    EPOCH = {"loss/train": "train_loss", "loss/test": "test_loss", "accuracy/train": "train_acc",
+             "accuracy/test": "test_acc", "accuracy/test_top5": "test_top5", "lr": "lr",
+             "images_per_s": "images_per_s"}
+
+    def __init__(self, folder: str, purge_step: Optional[int] = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ValueError(f"--tensorboard needs the tensorboard package ({e}): pip install tensorboard") from None
+        self.writer = SummaryWriter(folder, purge_step=purge_step)  # events from it on are dropped
+
+    def epoch(self, row: dict, step: int) -> None:
+        for name, key in self.EPOCH.items():
+            self.writer.add_scalar(name, row[key], step)
+        self.writer.add_scalar("epoch", row["epoch"], step)
+        self.writer.flush()
+
+    def running(self, step: int, loss: float, acc: float) -> None:
+        self.writer.add_scalar("loss/train_running", loss, step)
+        self.writer.add_scalar("accuracy/train_running", acc, step)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -24,7 +24,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from .checkpoint import (CheckpointError, EpochState, RunState, apply_checkpoint
                          prune_checkpoints, read_latest, rng_state, save_checkpoint, set_rng_state)
 from .config import SAME_RUN, Config, ConfigError, check_config, parse_args
 from .interrupt import StopRequest
-from .logs import MetricsLog, progress
+from .logs import MetricsLog, TensorBoardLog, progress
 from .models import CUDA_KERNELS_MISSING, alexnet
 from .nn import SoftmaxCrossEntropyLoss
 
@@ -95,12 +95,16 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
         resume_from(run, *resume)
     open_logs(run, resumed=resume is not None)
     say(describe(run))
-    with StopRequest(announce=d.main) as stop:
-        while not cfg.eval_only and run.state.epoch < cfg.epochs and run.interrupted is None:
-            epoch = start_epoch(run)
-            train_epoch(run, epoch, stop)
-            if run.interrupted is None:
-                end_epoch(run, epoch, stop)
+    try:
+        with StopRequest(announce=d.main) as stop:
+            while not cfg.eval_only and run.state.epoch < cfg.epochs and run.interrupted is None:
+                epoch = start_epoch(run)
+                train_epoch(run, epoch, stop)
+                if run.interrupted is None:
+                    end_epoch(run, epoch, stop)
+    finally:
+        if run.board is not None:
+            run.board.close()
     return final_report(run, time.perf_counter() - t_start)
 
 
@@ -170,8 +174,9 @@ class Run:
     say: Callable
     log: Optional[MetricsLog] = None       # one row per epoch (rank 0)
     step_log: Optional[MetricsLog] = None  # one row per step (rank 0)
+    board: Optional[TensorBoardLog] = None   # TensorBoard scalars (rank 0)
     interrupted: Optional[str] = None      # the name of the signal that stopped the run
-    last_eval: Optional[tuple] = None      # the newest epoch's test loss, accuracy and predictions
+    last_eval: Optional["Evaluation"] = None  # the newest epoch's evaluation, the final report's
     train_seconds: float = 0.0
     train_images: int = 0
 
@@ -280,6 +285,8 @@ def open_logs(run: Run, resumed: bool) -> None:
     for log, key in ((run.log, "epoch"), (run.step_log, "step")):
         if log is not None and resumed:
             log.drop_after(key, getattr(run.state, key))
+    if cfg.tensorboard and writes:  # on resume, the events past the checkpoint's step are dropped
+        run.board = TensorBoardLog(cfg.tensorboard, run.state.step + 1 if resumed else None)
 
 
 def describe(run: Run) -> str:
@@ -348,8 +355,11 @@ def train_epoch(run: Run, ep: Epoch, stop: StopRequest) -> None:
         train_step(run, ep, b)
         if b % 10 == 9 or b == steps - 1:
             tot = ep.totals(run.d)
-            bar.set_postfix(loss=f"{tot[0].item() / tot[2].item():.3f}", acc=f"{tot[1].item() / tot[2].item():.3f}",
+            loss, acc = (tot[:2] / tot[2]).tolist()
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}",
                             img_s=f"{ep.seen * run.d.world / (time.perf_counter() - ep.t0):.0f}")
+            if run.board is not None:
+                run.board.running(run.state.step, loss, acc)
         stopping = distributed.any_rank(bool(stop), run.d, run.dev)
         every = run.cfg.checkpoint_every and run.state.step % run.cfg.checkpoint_every == 0
         if (stopping or (every and run.writing)) and b + 1 < steps:
@@ -394,23 +404,27 @@ def end_epoch(run: Run, ep: Epoch, stop: StopRequest) -> None:
     seconds = time.perf_counter() - ep.t0
     run.train_seconds += seconds
     run.train_images += ep.seen * run.d.world
-    test_loss, test_acc = float("nan"), 0.0
-    if run.d.main:
+    test_loss, accuracies = float("nan"), torch.zeros(2, dtype=torch.float64, device=run.dev)
+    if run.d.main:  # evaluated on rank 0; its accuracies reach the others (which decide on best.pt too)
         run.last_eval = test(run)
-        test_loss, test_acc, _ = run.last_eval
-    test_acc = distributed.all_sum(torch.tensor([test_acc], dtype=torch.float64, device=run.dev), run.d).item()
+        test_loss, accuracies[0], accuracies[1] = run.last_eval.loss, run.last_eval.acc, run.last_eval.top5
+    test_acc, test_top5 = distributed.all_sum(accuracies, run.d).tolist()
     tot = ep.totals(run.d)
     n = max(tot[2].item(), 1.0)
     row = {"epoch": ep.number, "train_loss": tot[0].item() / n, "train_acc": tot[1].item() / n,
            "test_loss": test_loss, "test_acc": test_acc, "lr": run.net.optimizer.param_groups[0]["lr"],
-           "seconds": round(ep.elapsed + seconds, 2), "images_per_s": round(ep.seen * run.d.world / seconds, 1)}
+           "seconds": round(ep.elapsed + seconds, 2), "images_per_s": round(ep.seen * run.d.world / seconds, 1),
+           "test_top5": test_top5}
     run.state.epoch, run.state.batch = ep.number, 0
     run.state.history.append(row)
     run.say(f"epoch {ep.number:3d}/{run.cfg.epochs}  train loss {row['train_loss']:.4f} acc "
-            f"{100 * row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  {seconds:.1f} s "
+            f"{100 * row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {100 * test_acc:.2f}% "
+            f"top-5 {100 * test_top5:.2f}%  {seconds:.1f} s "
             f"({row['images_per_s']:.0f} img/s)", flush=True)
     if run.log:
         run.log.write(row)
+    if run.board is not None:
+        run.board.epoch(row, run.state.step)
     checkpoint_epoch(run, ep, test_acc, stop)
 
 
@@ -426,13 +440,21 @@ def checkpoint_epoch(run: Run, ep: Epoch, test_acc: float, stop: StopRequest) ->
             interrupt(run, stop, path)
 
 
-def test(run: Run) -> tuple[float, float, torch.Tensor]:
-    """Test loss, accuracy and predictions of the network as it stands."""
+class Evaluation(NamedTuple):
+    loss: float
+    acc: float       # top-1
+    top5: float
+    pred: torch.Tensor
+
+
+def test(run: Run) -> Evaluation:
+    """Test loss, top-1 and top-5 accuracy and predictions of the network as it stands."""
     images = run.data
     pred, logits = evaluate.predict(run.net.run_eval, images.test_x, 2 * run.cfg.batch_size, images.prepare,
                                     run.net.autocast)
     loss = F.cross_entropy(logits, images.test_y).item() if len(images.test_y) else float("nan")
-    return loss, (pred == images.test_y).float().mean().item(), pred
+    return Evaluation(loss, (pred == images.test_y).double().mean().item(),
+                      evaluate.topk_accuracy(logits, images.test_y, 5), pred)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -489,16 +511,17 @@ def interrupt(run: Run, stop: StopRequest, path: Optional[Path]) -> None:
 # ------------------------------------------------------------------------------------------------
 def final_report(run: Run, wall_seconds: float) -> dict:
     cfg, state = run.cfg, run.state
-    summary = {"dataset": run.data.ds.name, "variant": run.net.variant, "backend": cfg.backend,
+    summary = {"dataset": run.data.ds.name, "test_split": run.data.ds.test_name, "variant": run.net.variant,
+               "backend": cfg.backend,
                "device": str(run.dev), "processes": run.d.world, "bf16": run.net.bf16,
                "threads": torch.get_num_threads() if run.dev.type == "cpu" else None,
                "epochs": state.epoch, "step": state.step, "interrupted": run.interrupted}
     if run.interrupted is not None or not run.d.main:
         return summary
-    test_loss, test_acc, pred = run.last_eval or test(run)
-    cm = class_report(run, pred)
-    summary.update({"final_test_acc": test_acc, "test_loss": test_loss,
-                    "best_test_acc": max(state.best_acc, test_acc), "train_seconds": round(run.train_seconds, 1),
+    final = run.last_eval or test(run)
+    cm = class_report(run, final.pred)
+    summary.update({"final_test_acc": final.acc, "final_test_top5": final.top5, "test_loss": final.loss,
+                    "best_test_acc": max(state.best_acc, final.acc), "train_seconds": round(run.train_seconds, 1),
                     "images_per_s": round(run.train_images / run.train_seconds, 1) if run.train_seconds else None,
                     "wall_seconds": round(wall_seconds, 1)})
     print("\nsummary: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

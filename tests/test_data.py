@@ -84,6 +84,20 @@ def test_cifar10_format_holdout_and_test_batch(tmp_path):
     assert ds.test_y.tolist()[-20:] == last[b"labels"]
     ds = data.load_cifar10(tmp_path, holdout=0)
     assert len(ds.train_x) == 100 and ds.test_y.tolist() == batches["test_batch"][b"labels"]
+    assert ds.test_name == "test_batch"
+
+
+def test_cifar10_tests_on_its_test_batch_by_default_where_it_is(tmp_path, monkeypatch):
+    """No --holdout: CIFAR-10's own test split where the folder has it; without it, the last
+    CIFAR10_HOLDOUT training images (the data the trainer's summary names either way)."""
+    batches = _write_cifar(tmp_path)
+    ds = data.load_dataset("cifar10", str(tmp_path))
+    assert len(ds.train_x) == 100 and ds.test_name == "test_batch"
+    assert ds.test_y.tolist() == batches["test_batch"][b"labels"]
+    (tmp_path / "test_batch").unlink()
+    monkeypatch.setattr(data, "CIFAR10_HOLDOUT", 30)
+    ds = data.load_dataset("cifar10", str(tmp_path))
+    assert (len(ds.train_x), len(ds.test_x)) == (70, 30) and ds.test_name == "validation: last 30 training images"
 
 
 def test_cifar10_refuses_a_pickle_that_runs_code(tmp_path):

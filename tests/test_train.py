@@ -51,7 +51,7 @@ def test_help_shows_every_default(capsys):
             assert re.search(rf"\(default:? {re.escape(str(f.default))}\)", blocks[flag]), (flag, blocks[flag])
         else:
             assert "default" in blocks[flag] or f.name in ("data_dir", "pretrained", "resume", "log", "step_log",
-                                                            "plot", "checkpoint_dir"), (flag, blocks[flag])
+                                                            "plot", "checkpoint_dir", "tensorboard"), (flag, blocks[flag])
 
 
 @pytest.mark.parametrize("terminal", [True, False])
@@ -77,6 +77,7 @@ def test_short_run_prints_report_and_summary_and_writes_log_plots_checkpoints(tm
     cm = s["confusion_matrix"]
     assert cm.sum() == 40 and s["images_per_s"] > 0
     assert s["final_test_acc"] == pytest.approx(cm.diag().sum().item() / 40)  # the matrix's accuracy
+    assert s["final_test_acc"] <= s["final_test_top5"] and s["test_split"] == "40 generated images"
     for needle in ("precision  recall     f1  support", "checkerboard", "macro avg",
                    "confusion matrix (rows: true class", "summary: dataset synthetic", "epoch   2/2"):
         assert needle in out, needle
@@ -89,6 +90,8 @@ def test_short_run_prints_report_and_summary_and_writes_log_plots_checkpoints(tm
     last = torch.load(ck / "ckpt-e0002-s000000008.pt", weights_only=True)
     assert last["epoch"] == 2 and len(last["history"]) == 2 and last["classes"] == list(synthetic.CLASSES)
     assert last["history"][-1]["test_acc"] == s["final_test_acc"]  # the last epoch's is the final one
+    assert last["history"][-1]["test_top5"] == s["final_test_top5"]
+    assert "top-5" in out and "test_split 40 generated images" in out
 
     # resume the latest checkpoint for one more epoch: the first two epochs are kept, not redone
     s3 = run("--epochs", "3", "--checkpoint-dir", str(ck), "--resume", "latest",
@@ -101,6 +104,32 @@ def test_short_run_prints_report_and_summary_and_writes_log_plots_checkpoints(tm
     # eval-only from that checkpoint: the same accuracy as the end of training
     ev = run("--eval-only", "--resume", str(ck))
     assert ev["epochs"] == 3 and ev["final_test_acc"] == s3["final_test_acc"]
+
+
+def _scalars(folder: Path) -> dict:
+    """{tag: [(step, value)]} of the TensorBoard event files in folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_follow_the_run_and_its_resume(tmp_path):
+    pytest.importorskip("tensorboard")
+    tb, ck = tmp_path / "tb", tmp_path / "ck"
+    run("--epochs", "2", "--tensorboard", str(tb), "--checkpoint-dir", str(ck))
+    hist = torch.load(checkpoint.list_checkpoints(ck)[0], weights_only=True)["history"]
+    s = _scalars(tb)
+    for tag, key in (("accuracy/test", "test_acc"), ("accuracy/test_top5", "test_top5"), ("loss/train", "train_loss"),
+                     ("lr", "lr"), ("images_per_s", "images_per_s")):
+        assert [step for step, _ in s[tag]] == [4, 8], tag  # 4 steps an epoch
+        assert [v for _, v in s[tag]] == pytest.approx([r[key] for r in hist], rel=1e-6), tag
+    assert "loss/train_running" in s
+    # resumed from the first epoch's checkpoint: the second epoch's events are dropped, then redone
+    first = ck / "ckpt-e0001-s000000004.pt"
+    run("--epochs", "3", "--tensorboard", str(tb), "--checkpoint-dir", str(ck), "--resume", str(first))
+    s = _scalars(tb)
+    assert [step for step, _ in s["accuracy/test"]] == [4, 8, 12]
 
 
 def test_cudnn_backend_bf16_channels_last_adamw_cosine():
@@ -230,6 +259,20 @@ def test_confusion_report_numbers():
     report = evaluate.classification_report(cm, ["a", "b", "c"])
     assert "accuracy" in report and "0.667" in report
     assert "2 c   0   1   2" in evaluate.format_confusion(cm, ["a", "b", "c"])
+
+
+def test_top5_accuracy_by_hand():
+    """Seven classes, four rows: the target's rank among the logits is 1, 5, 6 and 7, so two of four
+    are in the top 5 (and one in the top 1); with fewer classes than k every row counts."""
+    logits = torch.tensor([[9.0, 1, 2, 3, 4, 5, 6],    # target 0: rank 1
+                           [0.0, 1, 2, 3, 4, 5, 6],    # target 2: ranks 6 5 4 3 [2] -> 5th
+                           [6.0, 5, 4, 3, 2, 1, 0],    # target 5: 6th
+                           [6.0, 5, 4, 3, 2, 1, 0]])   # target 6: 7th
+    target = torch.tensor([0, 2, 5, 6])
+    assert evaluate.topk_accuracy(logits, target, 5) == 0.5
+    assert evaluate.topk_accuracy(logits, target, 1) == 0.25
+    assert evaluate.topk_accuracy(logits[:, :3], torch.tensor([0, 2, 1, 2]), 5) == 1.0
+    assert math.isnan(evaluate.topk_accuracy(logits[:0], target[:0], 5))
 
 
 # ------------------------------------------------------------------------------------------------
