@@ -15,6 +15,19 @@ from .models import BACKENDS, VARIANTS
 __all__ = ["Config", "ConfigError", "parse_args", "check_config", "SAME_RUN"]
 
 
+# --recipe: the values it gives the flags the command line leaves out.
+RECIPES = {
+    "ours": {},
+    "imagenet": dict(epochs=90, batch_size=256, optimizer="sgd", lr=0.01, momentum=0.9, nesterov=False,
+                     weight_decay=1e-4, schedule="step", lr_step_epochs=30, lr_gamma=0.1, warmup_epochs=0.0,
+                     label_smoothing=0.0),
+}
+
+
+def _flags(values: dict) -> str:
+    return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items()).replace("%", "%%")
+
+
 def option(default, help: str, **kw):
     return field(default=default, metadata=dict(help=help, **kw))
 
@@ -42,6 +55,9 @@ class Config:
                                     "the last layer is replaced when the class count differs")
     freeze_features: bool = option(False, "train only the classifier (with --pretrained)")
     # optimisation
+    recipe: str = option("ours", "the values of the flags below that the command line leaves out: ours (as "
+                      "listed), or imagenet, torchvision's reference recipe for AlexNet: "
+                      f"{_flags(RECIPES['imagenet'])}", choices=tuple(RECIPES))
     epochs: int = option(10, "passes over the training set")
     batch_size: int = option(256, "images per step")
     optimizer: str = option("sgd", "SGD with Nesterov momentum, or AdamW", choices=("sgd", "adamw"))
@@ -50,7 +66,10 @@ class Config:
     nesterov: bool = option(True, "Nesterov momentum for SGD (--no-nesterov: plain)")
     weight_decay: float = option(5e-4, "L2 weight decay of conv and linear weights (not biases)")
     schedule: str = option("onecycle", "learning rate after warm-up: linear to 0 (onecycle), cosine to 0, "
-                        "or constant", choices=("onecycle", "cosine", "constant"))
+                        "constant, or step (x --lr-gamma every --lr-step-epochs)",
+                        choices=("onecycle", "cosine", "constant", "step"))
+    lr_step_epochs: int = option(30, "--schedule step: epochs between learning-rate drops")
+    lr_gamma: float = option(0.1, "--schedule step: the factor of each drop")
     warmup_epochs: float = option(1.0, "epochs of linear warm-up from 0 to --lr")
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy, in [0, 1]")
     # execution
@@ -83,19 +102,32 @@ class Config:
 
 
 def parse_args(argv=None, description: str = "") -> Config:
+    """The command line as a Config: each flag given, else the --recipe's value, else its default."""
+    cfg = Config(**vars(_parser(description).parse_args(argv)))
+    given = vars(_parser(description, defaults=False).parse_args(argv))
+    for name, value in RECIPES[cfg.recipe].items():
+        if name not in given:
+            setattr(cfg, name, value)
+    return cfg
+
+
+def _parser(description: str, defaults: bool = True) -> argparse.ArgumentParser:
+    """The flags of Config's fields; without defaults, parsing gives only the flags given."""
     p = argparse.ArgumentParser(prog="python -m pyalexnet.train", description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=None if defaults else argparse.SUPPRESS)
     for f in dataclasses.fields(Config):
         flag, meta = "--" + f.name.replace("_", "-"), dict(f.metadata)
+        default = f.default if defaults else argparse.SUPPRESS
         if f.type in (bool, "bool", "Optional[bool]"):
-            action = p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+            action = p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                     help=meta["help"])
         else:
             kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
-            action = p.add_argument(flag, type=kind, default=f.default, **meta)
+            action = p.add_argument(flag, type=kind, default=default, **meta)
         if f.default is not None and "default" not in action.help:  # (Python 3.10 adds it to booleans)
             action.help += " (default: %(default)s)"
-    return Config(**vars(p.parse_args(argv)))
+    return p
 
 
 class ConfigError(ValueError):
@@ -116,6 +148,8 @@ def check_config(cfg: Config) -> None:
     need(0 <= cfg.label_smoothing <= 1, f"--label-smoothing {cfg.label_smoothing}: expected a value in [0, 1]")
     need(0 <= cfg.dropout < 1, f"--dropout {cfg.dropout}: expected a probability in [0, 1)")
     need(cfg.warmup_epochs >= 0, f"--warmup-epochs {cfg.warmup_epochs}: expected 0 or more")
+    need(cfg.lr_step_epochs >= 1, f"--lr-step-epochs {cfg.lr_step_epochs}: expected 1 or more")
+    need(0 < cfg.lr_gamma <= 1, f"--lr-gamma {cfg.lr_gamma}: expected a factor in (0, 1]")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads {cfg.threads}: expected 1 or more")
     need(cfg.synthetic_size >= 10, f"--synthetic-size {cfg.synthetic_size}: expected at least 10 images")
     need(cfg.holdout is None or cfg.holdout >= 0, f"--holdout {cfg.holdout}: expected 0 or more images")
@@ -136,4 +170,4 @@ def check_config(cfg: Config) -> None:
 # Config fields that must match a checkpoint's for the resumed run to be the one that stopped.
 SAME_RUN = ("dataset", "data_dir", "holdout", "synthetic_size", "image_size", "variant", "backend", "dropout",
              "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
-             "warmup_epochs", "label_smoothing", "bf16", "channels_last", "seed")
+             "lr_step_epochs", "lr_gamma", "warmup_epochs", "label_smoothing", "bf16", "channels_last", "seed")

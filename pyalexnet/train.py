@@ -58,12 +58,15 @@ def native_bf16(dev: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at a step: linear warm-up, then the schedule."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str, step_every: int = 1, gamma: float = 0.1) -> float:
+    """Multiplier of the peak learning rate at a step: linear warm-up, then the schedule (step: gamma
+    to the number of step_every-step periods done since the warm-up)."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "step":
+        return gamma ** ((step - warmup) // step_every)
     t = (step - warmup) / max(total - warmup, 1)
     return 1.0 - t if schedule == "onecycle" else 0.5 * (1.0 + math.cos(math.pi * t))
 
@@ -156,9 +159,11 @@ class Schedule:
     steps_per_epoch: int
     total_steps: int
     warmup: int              # steps
+    step_every: int          # steps between drops of the step schedule
+    gamma: float             # the factor of each
 
     def lr(self, step: int) -> float:
-        return self.peak_lr * lr_factor(step, self.total_steps, self.warmup, self.shape)
+        return self.peak_lr * lr_factor(step, self.total_steps, self.warmup, self.shape, self.step_every, self.gamma)
 
 
 @dataclass
@@ -260,7 +265,8 @@ def plan(cfg: Config, d: distributed.Dist, n_train: int) -> Schedule:
     steps_per_epoch = math.ceil(n_train / global_batch)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
-    return Schedule(cfg.lr, cfg.schedule, global_batch, steps_per_epoch, total_steps, warmup)
+    return Schedule(cfg.lr, cfg.schedule, global_batch, steps_per_epoch, total_steps, warmup,
+                    cfg.lr_step_epochs * steps_per_epoch, cfg.lr_gamma)
 
 
 def resume_from(run: Run, path: Path, ckpt: dict) -> None:

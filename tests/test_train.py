@@ -146,6 +146,26 @@ def test_lr_schedule():
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert train.lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert train.lr_factor(99, 100, 10, "constant") == 1.0
+    step = [train.lr_factor(s, 1000, 5, "step", 30, 0.1) for s in (4, 5, 34, 35, 64, 65)]
+    assert step == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1, 0.01])  # warm-up, then x0.1 every 30 steps
+
+
+def test_recipe_imagenet_sets_the_defaults_the_command_line_leaves():
+    cfg = config.parse_args(["--recipe", "imagenet"])
+    assert (cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay,
+            cfg.schedule, cfg.lr_step_epochs, cfg.lr_gamma, cfg.warmup_epochs, cfg.label_smoothing) == (
+        90, 256, "sgd", 0.01, 0.9, False, 1e-4, "step", 30, 0.1, 0.0, 0.0)
+    cfg = config.parse_args(["--recipe", "imagenet", "--lr", "0.02", "--nesterov", "--epochs", "5"])
+    assert (cfg.lr, cfg.nesterov, cfg.epochs, cfg.weight_decay) == (0.02, True, 5, 1e-4)  # given flags win
+    assert config.parse_args([]) == config.Config()  # our recipe: the defaults as listed
+
+
+def test_recipe_imagenet_runs_its_step_schedule(tmp_path):
+    """Four steps an epoch, a drop every epoch: the second epoch trains at a tenth of the first's lr."""
+    log = tmp_path / "m.jsonl"
+    s = run("--recipe", "imagenet", "--epochs", "2", "--lr-step-epochs", "1", "--log", str(log))
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.001]) and s["epochs"] == 2
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
