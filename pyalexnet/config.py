@@ -43,6 +43,13 @@ class Config:
                                  "last 5000 training images; the other datasets' own test split)")
     synthetic_size: int = option(2000, "training images generated for --dataset synthetic (plus 20%% for test)")
     image_size: int = option(INPUT_SIZE["imagenet"], "imagefolder: pixels of the square each image is resized and cropped to")
+    stream: Optional[bool] = option(None, "imagefolder: read, decode and augment the images in worker processes, "
+                                    "batch by batch (RandomResizedCrop + flip; test: resize + centre crop), "
+                                    "instead of decoding the tree once into memory (--no-stream); "
+                                    "by default when the decoded tree would fill more than a quarter of the "
+                                    "available memory")
+    workers: Optional[int] = option(None, "--stream: decoding processes (default: one per core, at most 8; 0: "
+                                 "decode in the training process)")
     bad_images: str = option("error", "imagefolder: a truncated, corrupt or oversized image stops the run "
                           "(error) or is reported and left out (skip)", choices=("error", "skip"))
     # model
@@ -154,6 +161,9 @@ def check_config(cfg: Config) -> None:
     need(cfg.synthetic_size >= 10, f"--synthetic-size {cfg.synthetic_size}: expected at least 10 images")
     need(cfg.holdout is None or cfg.holdout >= 0, f"--holdout {cfg.holdout}: expected 0 or more images")
     need(cfg.image_size >= 32, f"--image-size {cfg.image_size}: expected at least 32 pixels")
+    need(not cfg.stream or cfg.dataset == "imagefolder", f"--stream reads image trees: --dataset imagefolder, "
+                                                         f"not {cfg.dataset}")
+    need(cfg.workers is None or cfg.workers >= 0, f"--workers {cfg.workers}: expected 0 or more")
     need(cfg.checkpoint_every >= 0, f"--checkpoint-every {cfg.checkpoint_every}: expected 0 (epochs only) "
                                     "or a number of steps")
     need(cfg.keep_checkpoints >= 1, f"--keep-checkpoints {cfg.keep_checkpoints}: expected 1 or more")

@@ -3,34 +3,36 @@ recall / F1 report, and PNG plots (training curves, confusion matrix) with matpl
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["predict", "topk_accuracy", "confusion_matrix", "per_class_metrics", "classification_report",
+__all__ = ["predict_batches", "topk_accuracy", "confusion_matrix", "per_class_metrics", "classification_report",
            "format_confusion", "plot_curves", "plot_confusion"]
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: Tensor, batch_size: int, prepare: Callable[[Tensor], Tensor],
-            autocast=nullcontext) -> tuple[Tensor, Tensor]:
-    """model's predicted classes and float32 logits for the uint8 images x (on the model's device),
-    batch by batch in eval mode: prepare(x_batch) makes the model input."""
+def predict_batches(model: torch.nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                    autocast=nullcontext) -> tuple[Tensor, Tensor, Tensor]:
+    """model's predicted classes, float32 logits and the targets over (input, target) batches, in
+    eval mode."""
     was_training = model.training
     model.eval()
-    preds, logits = [], []
+    preds, logits, targets = [], [], []
     try:
-        for i in range(0, len(x), batch_size):
+        for xb, yb in batches:
             with autocast():
-                out = model(prepare(x[i:i + batch_size])).float()
+                out = model(xb).float()
             logits.append(out)
             preds.append(out.argmax(1))
+            targets.append(yb)
     finally:
         model.train(was_training)
     if not preds:
-        return torch.empty(0, dtype=torch.long, device=x.device), torch.empty(0, device=x.device)
-    return torch.cat(preds), torch.cat(logits)
+        empty = torch.empty(0, dtype=torch.long)
+        return empty, torch.empty(0, 0), empty
+    return torch.cat(preds), torch.cat(logits), torch.cat(targets)
 
 
 def topk_accuracy(logits: Tensor, target: Tensor, k: int = 5) -> float:

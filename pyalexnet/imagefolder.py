@@ -20,7 +20,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -47,14 +47,16 @@ def _scan(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
     return files
 
 
-def _decode(path: Path, size: int, max_pixels: int) -> Union[np.ndarray, str]:
-    """The image at path as a uint8 3 x size x size array, or, for a bad image, the reason (a str).
+def decode_file(path, max_pixels: int, transform: Callable) -> Union[np.ndarray, str]:
+    """transform(image) of the image at path, decoded to RGB (grayscale, palette and CMYK files
+    converted; EXIF orientation applied), or, for a bad image, the reason (a str).
 
-    Runs in the loader's worker threads, so it never raises for a bad file: whatever Pillow raises
-    on untrusted bytes (OSError for truncated data, SyntaxError, ValueError, struct.error, ...,
-    DecompressionBombError, and DecompressionBombWarning where warnings are errors) becomes the reason.
+    Runs in the loaders' worker threads and processes, so it never raises for a bad file: whatever
+    Pillow raises on untrusted bytes (OSError for truncated data, SyntaxError, ValueError,
+    struct.error, ..., DecompressionBombError, and DecompressionBombWarning where warnings are errors)
+    becomes the reason. The pixel count is checked from the header, before any pixel is decoded.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:  # reads the header only
@@ -63,13 +65,7 @@ def _decode(path: Path, size: int, max_pixels: int) -> Union[np.ndarray, str]:
                 raise _BadImage(f"{w}x{h} = {w * h:,} pixels, more than max_pixels={max_pixels:,}; refused "
                                 "before decoding (a decompression bomb?)")
             im.load()  # decodes the pixels: a truncated or corrupt file fails here, not at open
-            im = im.convert("RGB")
-            s = size / min(w, h)
-            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+            return transform(ImageOps.exif_transpose(im).convert("RGB"))
     except _BadImage as e:
         return str(e)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -80,6 +76,23 @@ def _decode(path: Path, size: int, max_pixels: int) -> Union[np.ndarray, str]:
         return "not a readable JPEG/PNG image (out of memory decoding it)"
     except Exception as e:  # noqa: BLE001 -- untrusted bytes: any failure of the decoder means a bad file
         return f"not a readable JPEG/PNG image ({type(e).__name__}: {e})"
+
+
+def _centre_square(size: int) -> Callable:
+    """Shorter side resized to size, the centre size x size kept: a uint8 3 x size x size array."""
+    def transform(im):
+        from PIL import Image
+        w, h = im.size
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).transpose(2, 0, 1)
+    return transform
+
+
+def _decode(path: Path, size: int, max_pixels: int) -> Union[np.ndarray, str]:
+    return decode_file(path, max_pixels, _centre_square(size))
 
 
 def _read(files: list[tuple[Path, int]], size: int, bad_images: str, max_pixels: int
@@ -138,6 +151,26 @@ def _warn_skipped(root: Path, skipped: list[tuple[str, str]], total: int) -> Non
         print(f"warning: skipped bad image {path}: {reason}", file=sys.stderr)
     print(f"warning: skipped {len(skipped)} of {total} images under {root} (bad_images='skip')",
           file=sys.stderr, flush=True)
+
+
+def scan_tree(root: Path, holdout: int = 0) -> tuple[list[str], list, list, str]:
+    """The classes, training files, test files and the test split's name of the tree at root:
+    train/ and val/, or class folders whose files are split by a fixed-seed shuffle, the last
+    `holdout` (default: a tenth) tested. Files are (path, label); nothing is decoded."""
+    check_int("holdout", holdout, 0)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        classes = _classes(root / "train")
+        if _classes(root / "val") != classes:
+            raise DataError(f"{root}: train/ and val/ have different class folders")
+        return classes, _scan(root / "train", classes), _scan(root / "val", classes), "val/"
+    classes = _classes(root)
+    files = _scan(root, classes)
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()
+    holdout = holdout or max(len(files) // 10, 1)
+    if holdout >= len(files):
+        raise DataError(f"{root}: holdout {holdout} leaves no training images (there are {len(files)})")
+    files = [files[i] for i in order]
+    return classes, files[:-holdout], files[-holdout:], f"{holdout} held-out images"
 
 
 def load_imagefolder(root, image_size: int = 224, holdout: int = 0, bad_images: str = "error",

@@ -24,7 +24,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import pyalexnet
 
 from . import data, distributed, evaluate
+from .batches import InMemory, Streamed, build_data
 from .checkpoint import (CheckpointError, EpochState, RunState, apply_checkpoint, checkpoint_path, load_pretrained,
                          prune_checkpoints, read_latest, rng_state, save_checkpoint, set_rng_state)
 from .config import SAME_RUN, Config, ConfigError, check_config, parse_args
@@ -91,9 +92,9 @@ def _train(cfg: Config, d: distributed.Dist, dev: torch.device) -> dict:
     say = print if d.main else _silent
     set_up_torch(cfg, d, dev)
     resume = read_resume(cfg, say)  # first: a bad checkpoint is reported before minutes of data loading
-    images = build_data(cfg, dev)
-    run = Run(cfg, d, dev, images, build_net(cfg, d, dev, images, say),
-              plan(cfg, d, len(images.train_x)), RunState(), say)
+    images = build_data(cfg, d, dev)
+    run = Run(cfg, d, dev, images, build_net(cfg, d, dev, images, say), plan(cfg, d, images.n_train),
+              RunState(), say)
     if resume is not None:
         resume_from(run, *resume)
     open_logs(run, resumed=resume is not None)
@@ -118,25 +119,6 @@ def _silent(*args, **kwargs) -> None:
 # ------------------------------------------------------------------------------------------------
 # The run's parts, built once
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class Data:
-    """The dataset's uint8 images on the device, and how a batch of them becomes the model's input
-    there: crops and flips (training: from the epoch's generator), normalisation, memory format."""
-    ds: data.ImageData
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    memory_format: torch.memory_format
-
-    def prepare(self, xb: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
-        if gen is not None:
-            xb = data.augment(xb, self.ds.crop_padding, self.ds.flip, gen)
-        return data.normalize(xb, self.mean, self.std).contiguous(memory_format=self.memory_format)
-
-
 @dataclass
 class Net:
     """The network and what trains it."""
@@ -172,7 +154,7 @@ class Run:
     cfg: Config
     d: distributed.Dist
     dev: torch.device
-    data: Data
+    data: Union[InMemory, Streamed]
     net: Net
     sched: Schedule
     state: RunState
@@ -213,22 +195,12 @@ def read_resume(cfg: Config, say: Callable) -> Optional[tuple[Path, dict]]:
     return read_latest(target, warn=lambda m: say(m, file=sys.stderr, flush=True))
 
 
-def build_data(cfg: Config, dev: torch.device) -> Data:
-    """The dataset, its uint8 images moved to the device once (batches are made there)."""
-    ds = data.load_dataset(cfg.dataset, cfg.data_dir, cfg.holdout, cfg.synthetic_size, cfg.image_size,
-                           cfg.seed, bad_images=cfg.bad_images)
-    mean, std = (t.to(dev) for t in ds.mean_std)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    return Data(ds, ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev), mean, std,
-                memory_format)
-
-
-def build_net(cfg: Config, d: distributed.Dist, dev: torch.device, images: Data, say: Callable) -> Net:
+def build_net(cfg: Config, d: distributed.Dist, dev: torch.device, images, say: Callable) -> Net:
     """The model (the same initial weights on every rank; dropout draws its own stream per rank), its
     wrappers, loss, optimiser and precision."""
     torch.manual_seed(cfg.seed)
     variant = cfg.variant or ("imagenet" if cfg.dataset == "imagefolder" else "cifar")
-    model = alexnet(len(images.ds.classes), variant, cfg.backend, cfg.dropout)
+    model = alexnet(len(images.classes), variant, cfg.backend, cfg.dropout)
     if cfg.pretrained:
         for line in load_pretrained(model, cfg.pretrained):
             say(line)
@@ -301,8 +273,9 @@ def describe(run: Run) -> str:
     return (f"pyalexnet {pyalexnet.__version__}: AlexNet-{net.variant} on {run.dev}"
             f"{f' x {d.world} processes' if d.enabled else ''}, backend {cfg.backend}, "
             f"{'bfloat16 autocast' if net.bf16 else 'float32'}, {sum(p.numel() for p in params):,} parameters "
-            f"({sum(p.numel() for p in params if p.requires_grad):,} trained); {images.ds.name}: "
-            f"{len(images.train_x)} training images, {len(images.test_x)} test ({images.ds.test_name})")
+            f"({sum(p.numel() for p in params if p.requires_grad):,} trained); {images.name}: "
+            f"{images.n_train} training images, {images.n_test} test ({images.test_name})"
+            f"{f'; streamed from disk by {images.workers} worker process(es)' if images.workers else ''}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,6 +295,8 @@ class Epoch:
     local: torch.Tensor
     t0: float
     seen: int = 0            # this process's images since t0
+    wait: float = 0.0        # seconds the loop waited for batches since t0
+    worker_seconds: float = 0.0  # the decoding workers' seconds on those batches (streamed data)
 
     def totals(self, d: distributed.Dist) -> torch.Tensor:
         """The running sums over all processes (reading them waits for the device)."""
@@ -343,7 +318,7 @@ def start_epoch(run: Run) -> Epoch:
         gen.set_state(saved.gen)
         order, start, sums, elapsed = saved.order.to(dev), state.batch, saved.sums.to(dev), saved.seconds
     else:
-        order = torch.randperm(len(run.data.train_x), device=dev, generator=gen)
+        order = torch.randperm(run.data.n_train, device=dev, generator=gen)
         start, sums, elapsed = 0, zeros.clone(), 0.0
     run.net.model.train()
     if run.cfg.freeze_features:  # frozen features: BatchNorm keeps its running statistics too
@@ -357,8 +332,13 @@ def train_epoch(run: Run, ep: Epoch, stop: StopRequest) -> None:
     steps = run.sched.steps_per_epoch
     bar = progress(range(ep.start, steps), run.cfg.progress if run.d.main else False, ep.number,
                    run.cfg.epochs, ep.start, steps)
+    batches = run.data.train_batches(ep.order, run.sched.global_batch, ep.start, ep.gen, run.d, run.cfg.seed,
+                                     ep.number)
     for b in bar:
-        train_step(run, ep, b)
+        t = time.perf_counter()
+        xb, yb, n_global, worker_seconds = next(batches)
+        ep.wait, ep.worker_seconds = ep.wait + time.perf_counter() - t, ep.worker_seconds + worker_seconds
+        train_step(run, ep, b, xb, yb, n_global)
         if b % 10 == 9 or b == steps - 1:
             tot = ep.totals(run.d)
             loss, acc = (tot[:2] / tot[2]).tolist()
@@ -376,16 +356,11 @@ def train_epoch(run: Run, ep: Epoch, stop: StopRequest) -> None:
     bar.close()
 
 
-def train_step(run: Run, ep: Epoch, b: int) -> None:
-    """One optimiser step on the epoch's global batch b (this process's slice of it)."""
+def train_step(run: Run, ep: Epoch, b: int, xb: torch.Tensor, yb: torch.Tensor, n_global: int) -> None:
+    """One optimiser step on this process's share (xb, yb) of the epoch's global batch b, which holds
+    n_global images over all processes."""
     d, net, state = run.d, run.net, run.state
-    idx = ep.order[b * run.sched.global_batch:(b + 1) * run.sched.global_batch]
-    xb, yb = run.data.prepare(run.data.train_x[idx], ep.gen), run.data.train_y[idx]
-    weight = 1.0
-    if d.enabled:  # this rank's slice; a short last batch is split as evenly as it goes
-        lo, hi = data.shard(len(idx), d.rank, d.world)
-        xb, yb = xb[lo:hi], yb[lo:hi]
-        weight = (hi - lo) * d.world / len(idx)  # so the ranks' average is the global mean
+    weight = len(yb) * d.world / n_global if d.enabled else 1.0  # so the ranks' average is the global mean
     for group in net.optimizer.param_groups:
         group["lr"] = run.sched.lr(state.step)
     with net.autocast():
@@ -399,7 +374,7 @@ def train_step(run: Run, ep: Epoch, b: int) -> None:
                              torch.tensor(float(len(yb)), device=run.dev, dtype=torch.float64)])
     ep.seen += len(yb)
     if run.cfg.step_log:  # every rank: the step's loss is summed over them
-        step_loss = distributed.all_sum(loss.detach().double() * len(yb), d).item() / len(idx)
+        step_loss = distributed.all_sum(loss.detach().double() * len(yb), d).item() / n_global
         if run.step_log is not None:
             run.step_log.write({"step": state.step, "epoch": ep.number, "batch": b + 1, "loss": step_loss,
                                 "lr": net.optimizer.param_groups[0]["lr"]})
@@ -420,18 +395,35 @@ def end_epoch(run: Run, ep: Epoch, stop: StopRequest) -> None:
     row = {"epoch": ep.number, "train_loss": tot[0].item() / n, "train_acc": tot[1].item() / n,
            "test_loss": test_loss, "test_acc": test_acc, "lr": run.net.optimizer.param_groups[0]["lr"],
            "seconds": round(ep.elapsed + seconds, 2), "images_per_s": round(ep.seen * run.d.world / seconds, 1),
-           "test_top5": test_top5}
+           "test_top5": test_top5, **pipeline_rates(run, ep, seconds)}
     run.state.epoch, run.state.batch = ep.number, 0
     run.state.history.append(row)
     run.say(f"epoch {ep.number:3d}/{run.cfg.epochs}  train loss {row['train_loss']:.4f} acc "
             f"{100 * row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {100 * test_acc:.2f}% "
-            f"top-5 {100 * test_top5:.2f}%  {seconds:.1f} s "
-            f"({row['images_per_s']:.0f} img/s)", flush=True)
+            f"top-5 {100 * test_top5:.2f}%  {seconds:.1f} s ({row['images_per_s']:.0f} img/s"
+            + (f"; input pipeline alone {row['pipeline_images_per_s']:.0f}" if "pipeline_images_per_s" in row else "")
+            + ")", flush=True)
+    if row.get("data_wait", 0) > 0.2:
+        run.say(f"warning: the input pipeline, not the model, limits this run: the loop waited for images "
+                f"{100 * row['data_wait']:.0f}% of the epoch; {run.data.workers} worker(s) decode "
+                f"{row['pipeline_images_per_s']:.0f} images/s, the steps alone would take "
+                f"{row['step_images_per_s']:.0f}. More --workers (or smaller files) would help", file=sys.stderr)
     if run.log:
         run.log.write(row)
     if run.board is not None:
         run.board.epoch(row, run.state.step)
     checkpoint_epoch(run, ep, test_acc, stop)
+
+
+def pipeline_rates(run: Run, ep: Epoch, seconds: float) -> dict:
+    """For streamed data: the images/s the decoding workers could give alone (all busy), the steps'
+    rate without the waits for data, and the share of the epoch spent waiting."""
+    if not run.data.workers or not ep.seen:
+        return {}
+    busy = seconds - ep.wait
+    return {"pipeline_images_per_s": round(ep.seen * run.data.workers / max(ep.worker_seconds, 1e-9), 1),
+            "step_images_per_s": round(ep.seen * run.d.world / max(busy, 1e-9), 1),
+            "data_wait": round(ep.wait / seconds, 3)}
 
 
 def checkpoint_epoch(run: Run, ep: Epoch, test_acc: float, stop: StopRequest) -> None:
@@ -451,16 +443,16 @@ class Evaluation(NamedTuple):
     acc: float       # top-1
     top5: float
     pred: torch.Tensor
+    target: torch.Tensor  # the labels of the images tested (a streamed tree's bad files skipped)
 
 
 def test(run: Run) -> Evaluation:
     """Test loss, top-1 and top-5 accuracy and predictions of the network as it stands."""
-    images = run.data
-    pred, logits = evaluate.predict(run.net.run_eval, images.test_x, 2 * run.cfg.batch_size, images.prepare,
-                                    run.net.autocast)
-    loss = F.cross_entropy(logits, images.test_y).item() if len(images.test_y) else float("nan")
-    return Evaluation(loss, (pred == images.test_y).double().mean().item(),
-                      evaluate.topk_accuracy(logits, images.test_y, 5), pred)
+    pred, logits, target = evaluate.predict_batches(run.net.run_eval, run.data.test_batches(2 * run.cfg.batch_size),
+                                                    run.net.autocast)
+    loss = F.cross_entropy(logits, target).item() if len(target) else float("nan")
+    return Evaluation(loss, (pred == target).double().mean().item(), evaluate.topk_accuracy(logits, target, 5),
+                      pred, target)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -479,7 +471,7 @@ def save(run: Run, epoch_state: Optional[EpochState], best: bool = False) -> Opt
     held = dataclasses.replace(state, epoch_state=epoch_state, rng=rngs, config=dataclasses.asdict(run.cfg),
                                world_size=d.world, batch_size=run.cfg.batch_size)
     ckpt = {"model": run.net.model.state_dict(), "optimizer": run.net.optimizer.state_dict(),
-            "variant": run.net.variant, "classes": list(run.data.ds.classes), **held.to_checkpoint()}
+            "variant": run.net.variant, "classes": list(run.data.classes), **held.to_checkpoint()}
     path = checkpoint_path(run.ckpt_dir, state.epoch + (1 if epoch_state else 0), state.step)
     save_checkpoint(ckpt, path)
     prune_checkpoints(run.ckpt_dir, run.cfg.keep_checkpoints)
@@ -517,7 +509,7 @@ def interrupt(run: Run, stop: StopRequest, path: Optional[Path]) -> None:
 # ------------------------------------------------------------------------------------------------
 def final_report(run: Run, wall_seconds: float) -> dict:
     cfg, state = run.cfg, run.state
-    summary = {"dataset": run.data.ds.name, "test_split": run.data.ds.test_name, "variant": run.net.variant,
+    summary = {"dataset": run.data.name, "test_split": run.data.test_name, "variant": run.net.variant,
                "backend": cfg.backend,
                "device": str(run.dev), "processes": run.d.world, "bf16": run.net.bf16,
                "threads": torch.get_num_threads() if run.dev.type == "cpu" else None,
@@ -525,7 +517,7 @@ def final_report(run: Run, wall_seconds: float) -> dict:
     if run.interrupted is not None or not run.d.main:
         return summary
     final = run.last_eval or test(run)
-    cm = class_report(run, final.pred)
+    cm = class_report(run, final)
     summary.update({"final_test_acc": final.acc, "final_test_top5": final.top5, "test_loss": final.loss,
                     "best_test_acc": max(state.best_acc, final.acc), "train_seconds": round(run.train_seconds, 1),
                     "images_per_s": round(run.train_images / run.train_seconds, 1) if run.train_seconds else None,
@@ -536,10 +528,10 @@ def final_report(run: Run, wall_seconds: float) -> dict:
     return summary
 
 
-def class_report(run: Run, pred: torch.Tensor) -> torch.Tensor:
+def class_report(run: Run, final: Evaluation) -> torch.Tensor:
     """Prints the per-class report and the confusion matrix, draws the plots; returns the matrix."""
-    ds, history = run.data.ds, run.state.history
-    cm = evaluate.confusion_matrix(pred, run.data.test_y, len(ds.classes))
+    ds, history = run.data, run.state.history
+    cm = evaluate.confusion_matrix(final.pred, final.target, len(ds.classes))
     print(f"\n{ds.name} {ds.test_name}: per-class report\n{evaluate.classification_report(cm, ds.classes)}")
     print(f"\nconfusion matrix (rows: true class, columns: predicted)\n{evaluate.format_confusion(cm, ds.classes)}")
     if run.cfg.plot:

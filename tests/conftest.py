@@ -91,6 +91,21 @@ def pytest_terminal_summary(terminalreporter):
 # ------------------------------------------------------------------------------------------------
 # Inputs
 # ------------------------------------------------------------------------------------------------
+REQUIRE_TORCHVISION = "PYALEXNET_REQUIRE_TORCHVISION"  # set by CI, where the tests needing torchvision must run
+
+
+def torchvision_or_skip():
+    """torchvision, or a skip saying why not (not installed, or a build that does not fit this torch:
+    PyPI's fails to import beside a CPU-only torch); a failure instead where REQUIRE_TORCHVISION is set."""
+    try:
+        import torchvision
+        return torchvision
+    except Exception as e:  # noqa: BLE001 - ImportError, or RuntimeError from a mismatched build
+        if os.environ.get(REQUIRE_TORCHVISION):
+            raise
+        pytest.skip(f"torchvision not usable here ({type(e).__name__}: {e})")
+
+
 _CALL_PASSED = pytest.StashKey[bool]()
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, torchvision_or_skip
 
 from pyalexnet.layers import LAYERS
 
@@ -387,3 +387,15 @@ def test_version_gain_in_the_summaries(tmp_path, capsys):
     (tmp_path / "compare.json").write_text(json.dumps({**result, "failures": {}}))
     assert gpu_summary.main([str(tmp_path)]) == 0
     assert "conv float32 fwd+bwd: kernels version 2 / version 1, speed ratio geomean 1.50" in capsys.readouterr().out
+
+
+def test_input_pipeline_bench_checks_then_times_both(tmp_path, capsys):
+    """bench/input_pipeline.py on a tiny generated tree: both pipelines verified, then timed."""
+    torchvision_or_skip()
+    from bench import input_pipeline
+    out = tmp_path / "r.json"
+    assert input_pipeline.main(["--images", "12", "--rounds", "1", "--workers", "1", "--batch-size", "4",
+                                "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["images"] == 11 and set(r["images_per_s"]) == {"ours", "torchvision"} and r["speedup"] > 0
+    assert "ours / theirs" in capsys.readouterr().out

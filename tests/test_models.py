@@ -2,11 +2,10 @@
 (forward and backward, float64 and float32, under bf16 autocast), set_backend, bad arguments."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
+from conftest import torchvision_or_skip
 from pyalexnet import models
 from pyalexnet.layers import INPUT_SIZE, LAYERS, ConvLayer
 from pyalexnet.models import alexnet
@@ -56,23 +55,8 @@ the models build."""
         assert LAYERS[variant] == built, f"LAYERS[{variant!r}] differs from the model"
 
 
-REQUIRE_TORCHVISION = "PYALEXNET_REQUIRE_TORCHVISION"  # set by CI, where this test must run
-
-
-def _torchvision():
-    """torchvision, or a skip saying why not (not installed, or a build that does not fit this torch:
-    PyPI's fails to import beside a CPU-only torch); a failure instead where REQUIRE_TORCHVISION is set."""
-    try:
-        import torchvision
-        return torchvision
-    except Exception as e:  # noqa: BLE001 - ImportError, or RuntimeError from a mismatched build
-        if os.environ.get(REQUIRE_TORCHVISION):
-            raise
-        pytest.skip(f"torchvision not usable here ({type(e).__name__}: {e})")
-
-
 def test_torchvision_weights_give_the_same_logits():
-    tv = _torchvision()
+    tv = torchvision_or_skip()
     ref = tv.models.alexnet(num_classes=7).eval()
     ours = alexnet(7).eval()
     ours.load_state_dict(ref.state_dict())       # and back: the keys are the same both ways
