@@ -4,6 +4,7 @@ that a resume reproduces, bad files and dying workers as one error naming the fi
 the ImageNet variant, and memory that does not grow with the number of images."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -176,3 +177,35 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
                                 "--image-size", "96", "--epochs", "1", "--batch-size", "40", "--workers", "2",
                                 "--threads", "1", "--no-progress"]))
     assert peaks[1] <= 1.1 * peaks[0], f"peak RSS {peaks[0] / 2**20:.0f} MiB -> {peaks[1] / 2**20:.0f} MiB"
+
+
+def test_a_tree_too_large_for_memory_is_streamed(tmp_path, monkeypatch, capsys):
+    """Without --stream/--no-stream: streamed when the decoded images would fill more than a quarter
+    of the available memory, decoded into memory otherwise."""
+    from pyalexnet import batches, config, distributed
+    root = make_tree(tmp_path / "t", per_class=2, broken=False)
+    cfg = config.Config(dataset="imagefolder", data_dir=str(root), image_size=32, workers=0)
+    d = distributed.Dist()
+    assert isinstance(batches.build_data(cfg, d, torch.device("cpu")), batches.InMemory)
+    monkeypatch.setattr(batches, "available_bytes", lambda: 4 * 12 * 32 * 32 * 3 - 1)  # 12 files
+    assert isinstance(batches.build_data(cfg, d, torch.device("cpu")), batches.Streamed)
+    cfg.stream = False
+    assert isinstance(batches.build_data(cfg, d, torch.device("cpu")), batches.InMemory)
+
+
+def slow_decode(path, max_pixels, transform):
+    import time
+    time.sleep(0.3)
+    return decode_file(path, max_pixels, transform)
+
+
+def test_a_slow_pipeline_is_reported_as_the_bottleneck(tmp_path, monkeypatch, capsys):
+    from pyalexnet import batches
+    root = make_tree(tmp_path / "t", per_class=4, broken=False)
+    monkeypatch.setattr(batches, "StreamTree", lambda *a, **k: stream.StreamTree(*a, **k, decode=slow_decode))
+    s = train.main(["--dataset", "imagefolder", "--data-dir", str(root), "--stream", "--variant", "cifar",
+                    "--image-size", "32", "--epochs", "1", "--batch-size", "6", "--workers", "1", "--no-progress",
+                    "--log", str(tmp_path / "m.jsonl")])
+    row = json.loads((tmp_path / "m.jsonl").read_text())
+    assert s["epochs"] == 1 and row["data_wait"] > 0.5 and row["pipeline_images_per_s"] < 4
+    assert "warning: the input pipeline, not the model, limits this run" in capsys.readouterr().err
