@@ -65,7 +65,8 @@ def decode_file(path, max_pixels: int, transform: Callable) -> Union[np.ndarray,
                 raise _BadImage(f"{w}x{h} = {w * h:,} pixels, more than max_pixels={max_pixels:,}; refused "
                                 "before decoding (a decompression bomb?)")
             im.load()  # decodes the pixels: a truncated or corrupt file fails here, not at open
-            return transform(ImageOps.exif_transpose(im).convert("RGB"))
+            ImageOps.exif_transpose(im, in_place=True)  # (in place: no copy of an upright image)
+            return transform(im if im.mode == "RGB" else im.convert("RGB"))
     except _BadImage as e:
         return str(e)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
