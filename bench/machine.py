@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import pyalexnet
+from pyalexnet import batches
 
 
 def cpu_model() -> str:
@@ -180,5 +181,4 @@ def available_bytes(dev: torch.device) -> int:
     """Memory a benchmark may still allocate: free GPU memory, or the kernel's MemAvailable."""
     if dev.type == "cuda":
         return torch.cuda.mem_get_info(dev)[0]
-    with open("/proc/meminfo") as f:
-        return int(re.search(r"^MemAvailable:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+    return batches.available_bytes()

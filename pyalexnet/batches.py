@@ -74,10 +74,9 @@ class Streamed:
 
     def train_batches(self, order: torch.Tensor, global_batch: int, start: int, gen: torch.Generator,
                       d: distributed.Dist, seed: int, epoch: int) -> Iterator[tuple]:
-        order = order.tolist()
-        batches = self.tree.train_batches(order, global_batch, start, seed, epoch)
+        batches = self.tree.train_batches(order.tolist(), global_batch, start, seed, epoch)
         for b, (images, labels, seconds) in enumerate(batches, start):
-            n_global = len(order[b * global_batch:(b + 1) * global_batch])
+            n_global = min(global_batch, len(order) - b * global_batch)
             yield self.prepare(images), labels.to(self.dev, non_blocking=True), n_global, seconds
 
     def test_batches(self, batch_size: int) -> Iterator[tuple]:

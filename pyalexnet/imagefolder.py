@@ -20,7 +20,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -154,23 +154,31 @@ def _warn_skipped(root: Path, skipped: list[tuple[str, str]], total: int) -> Non
           file=sys.stderr, flush=True)
 
 
+def _layout(root: Path) -> tuple[list[str], list, Optional[list]]:
+    """The classes and files, (path, label), of the tree at root: those of train/ and of val/, or,
+    for a tree of class folders, all its files in a fixed-seed shuffled order and None."""
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        classes = _classes(root / "train")
+        if _classes(root / "val") != classes:
+            raise DataError(f"{root}: train/ and val/ have different class folders")
+        return classes, _scan(root / "train", classes), _scan(root / "val", classes)
+    classes = _classes(root)
+    files = _scan(root, classes)
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()
+    return classes, [files[i] for i in order], None
+
+
 def scan_tree(root: Path, holdout: int = 0) -> tuple[list[str], list, list, str]:
     """The classes, training files, test files and the test split's name of the tree at root:
     train/ and val/, or class folders whose files are split by a fixed-seed shuffle, the last
     `holdout` (default: a tenth) tested. Files are (path, label); nothing is decoded."""
     check_int("holdout", holdout, 0)
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        classes = _classes(root / "train")
-        if _classes(root / "val") != classes:
-            raise DataError(f"{root}: train/ and val/ have different class folders")
-        return classes, _scan(root / "train", classes), _scan(root / "val", classes), "val/"
-    classes = _classes(root)
-    files = _scan(root, classes)
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()
+    classes, files, val_files = _layout(root)
+    if val_files is not None:
+        return classes, files, val_files, "val/"
     holdout = holdout or max(len(files) // 10, 1)
     if holdout >= len(files):
         raise DataError(f"{root}: holdout {holdout} leaves no training images (there are {len(files)})")
-    files = [files[i] for i in order]
     return classes, files[:-holdout], files[-holdout:], f"{holdout} held-out images"
 
 
@@ -193,11 +201,8 @@ def load_imagefolder(root, image_size: int = 224, holdout: int = 0, bad_images: 
         raise DataError("--dataset imagefolder needs Pillow to decode images: pip install pillow") from None
     root = Path(root)
     pad = max(image_size // 8, 1)
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        classes = _classes(root / "train")
-        if _classes(root / "val") != classes:
-            raise DataError(f"{root}: train/ and val/ have different class folders")
-        train_files, val_files = _scan(root / "train", classes), _scan(root / "val", classes)
+    classes, train_files, val_files = _layout(root)
+    if val_files is not None:
         xs, ys, skipped = _read(train_files, image_size, bad_images, max_pixels)
         txs, tys, tskipped = _read(val_files, image_size, bad_images, max_pixels)
         _warn_skipped(root, skipped + tskipped, len(train_files) + len(val_files))
@@ -206,12 +211,10 @@ def load_imagefolder(root, image_size: int = 224, holdout: int = 0, bad_images: 
         (x, y), (tx, ty) = _tensors(xs, ys), _tensors(txs, tys)
         return ImageData("imagefolder", x, y, tx, ty, tuple(classes), crop_padding=pad, test_name="val/",
                          skipped=tuple(skipped + tskipped))
-    classes = _classes(root)
-    files = _scan(root, classes)
+    files = train_files
     if holdout and holdout >= len(files):
         raise DataError(f"{root}: holdout {holdout} leaves no training images (there are {len(files)})")
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()
-    xs, ys, skipped = _read([files[i] for i in order], image_size, bad_images, max_pixels)
+    xs, ys, skipped = _read(files, image_size, bad_images, max_pixels)
     _warn_skipped(root, skipped, len(files))
     _check_classes(root, classes, ys, skipped)
     holdout = holdout or max(len(xs) // 10, 1)

@@ -169,12 +169,17 @@ class Run:
 
     @property
     def ckpt_dir(self) -> Path:
-        return Path(self.cfg.checkpoint_dir or "checkpoints")
+        return checkpoint_dir(self.cfg)
 
     @property
     def writing(self) -> bool:
         """Whether checkpoints are written as the run goes (a signal's checkpoint is written anyway)."""
         return bool(self.cfg.checkpoint_dir or self.cfg.checkpoint_every)
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    """Where checkpoints go: --checkpoint-dir, else ./checkpoints (a signal's, --checkpoint-every's)."""
+    return Path(cfg.checkpoint_dir or "checkpoints")
 
 
 def set_up_torch(cfg: Config, d: distributed.Dist, dev: torch.device) -> None:
@@ -191,7 +196,7 @@ def read_resume(cfg: Config, say: Callable) -> Optional[tuple[Path, dict]]:
     """The checkpoint --resume names (its path and contents), or None."""
     if not cfg.resume:
         return None
-    target = Path(cfg.checkpoint_dir or "checkpoints") if cfg.resume == "latest" else cfg.resume
+    target = checkpoint_dir(cfg) if cfg.resume == "latest" else cfg.resume
     return read_latest(target, warn=lambda m: say(m, file=sys.stderr, flush=True))
 
 
