@@ -5,6 +5,8 @@
 #include <Python.h>
 #include <pybind11/pybind11.h>
 
+#include "cpu/conv_brgemm.h"
+
 #ifndef PYALEXNET_WITH_CUDA
 #define PYALEXNET_WITH_CUDA 0
 #endif
@@ -52,4 +54,13 @@ PYBIND11_MODULE(_C, mod) {
     d["compiler"] = __VERSION__;
     return d;
   }, "What this extension was compiled with: torch and CUDA versions, architectures.");
+  mod.def("cpu_conv_kernel", [](const std::string& dtype) {
+    static const std::pair<const char*, at::ScalarType> names[] = {
+        {"float32", at::kFloat}, {"float64", at::kDouble}, {"float16", at::kHalf}, {"bfloat16", at::kBFloat16}};
+    for (const auto& [name, dt] : names)
+      if (dtype == name) return pyalexnet::crm::cpu_conv_kernel(dt);
+    throw py::value_error("cpu_conv_kernel: dtype must be float32, float64, float16 or bfloat16, not '" + dtype + "'");
+  }, py::arg("dtype"),
+     "The CPU kernel that runs the conv op for this dtype here and now: 'brgemm-bf16', 'brgemm-f16', "
+     "'brgemm-f32' or 'portable' (PYALEXNET_CPU_PORTABLE=1 forces the latter).");
 }

@@ -1,5 +1,8 @@
-// Fused conv2d + ReLU + max-pool, CPU kernels.
+// Fused conv2d + ReLU + max-pool, CPU kernels: the op's entry points, which run the kernels of
+// conv_brgemm.cpp where the micro-kernel runs (see cpu_conv_kernel), and the portable kernels below
+// elsewhere (float64, other CPUs, PYALEXNET_CPU_PORTABLE=1).
 //
+// The portable kernels:
 // Fused: the convolution of a chunk of images (or of one band of pooled rows of a large image) as
 // im2col of just the conv rows the pooled rows need and one GEMM into a scratch matrix bounded by
 // the chunk (see Plan), then bias, ReLU and the max-pool in the GEMM's epilogue. Written: the pooled
@@ -10,9 +13,8 @@
 // input-gradient GEMM (W^T x chunk gradient, then col2im).
 // Roofline per image: 2 Co K Hc Wc flops forward (K = Ci kh kw), twice that backward; minimal bytes:
 // the input, the weights, the pooled output and its codes.
-// The dense matrix products run on the matmul library inside PyTorch (see gemm() below): the
-// convolution, fusion and gradient routing are ours. float16/bfloat16 are converted to float32 in
-// im2col and computed in float32.
+// The dense matrix products run on at::mm: the convolution, fusion and gradient routing are ours.
+// float16/bfloat16 are converted to float32 in im2col and computed in float32.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -22,8 +24,6 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -32,6 +32,7 @@
 
 #include "common/conv_relu_maxpool_index.h"
 #include "conv_relu_maxpool_checks.h"
+#include "cpu/conv_brgemm.h"
 
 namespace pyalexnet {
 namespace crm {
@@ -169,38 +170,9 @@ at::Tensor wrap(acc_t* p, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
 }
 
-// c = beta c + a . b on per-thread scratch matrices. For float32 this calls oneDNN's matmul inside
-// libtorch_cpu (at::native::mkldnn_matmul, exported but not in torch's public headers, so looked up
-// at run time): on this project's AMD machines it runs ~2.3x faster than the MKL sgemm behind
-// at::mm (235 vs 101 GFLOP/s a core, 384x1728x490), since MKL takes its AVX2 path there. Where the
-// symbol is missing, and for float64, at::mm / addmm. Called only from the op's own thread, never
-// from inside an at::parallel_for: an earlier version called it from two OpenMP threads at once and
-// crashed (abort) once in a CI run; oneDNN's default stream, which mkldnn_matmul shares, is not
-// meant for concurrent use. Outside our parallel regions the library threads the product itself.
-using MatmulFn = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
-
-MatmulFn onednn_matmul() {
-  static const MatmulFn fn = [] {
-    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
-    void* sym = lib ? dlsym(lib, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff") : nullptr;
-    return reinterpret_cast<MatmulFn>(sym);
-  }();
-  return fn;
-}
-
-// mkldnn_matmul refuses CPUs without avx512bw/vl/dq (or avx_ne_convert): its first refusal switches
-// this process to at::mm, before the call has written anything.
-std::atomic<bool> onednn_refused{false};
-
+// c = beta c + a . b on per-thread scratch matrices, by at::mm / addmm. Called only from the op's own
+// thread, never from inside an at::parallel_for: the matrix library threads the product itself.
 void gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate) {
-  if (c.scalar_type() == at::kFloat && onednn_matmul() && !onednn_refused.load(std::memory_order_relaxed)) {
-    try {
-      onednn_matmul()(a, b, c, accumulate ? 1.f : 0.f, 1.f);
-      return;
-    } catch (const c10::Error&) {
-      onednn_refused.store(true);
-    }
-  }
   if (accumulate) {
     c.addmm_(a, b);
   } else {
@@ -376,6 +348,12 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cpu(
     c10::IntArrayRef pool_stride) {
   const Geometry g = check_inputs(x, weight, bias, stride, padding, pool_kernel, pool_stride);
   const at::MemoryFormat mf = output_format(x);
+  if (g.N > 0 && brgemm_runs(x.scalar_type())) {
+    at::Tensor out = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options().memory_format(mf));
+    at::Tensor code = at::empty({g.N, g.Co, g.Hp, g.Wcode()}, x.options().dtype(at::kByte));
+    brgemm_forward(x, weight, bias, g, out, code);
+    return {out, in_format(code, mf)};
+  }
   // The kernel writes NCHW; a channels-last input gets channels-last results (one copy).
   at::Tensor out = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options());
   at::Tensor code = at::empty({g.N, g.Co, g.Hp, g.Wcode()}, x.options().dtype(at::kByte));
@@ -407,6 +385,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cpu(
   if (!need_x && !need_w && !need_b) return {in_format(dx, mf), dw, db};
   const at::Tensor gy = grad_out.to(x.scalar_type());
   const at::Tensor cc = code.contiguous();
+  if (brgemm_runs(x.scalar_type())) {
+    at::Tensor dxl = at::empty({need_x ? g.N : 0, g.Ci, g.H, g.W}, x.options().memory_format(mf));
+    brgemm_backward(gy, x, weight, cc, g, need_x ? &dxl : nullptr, need_w ? &dw : nullptr, need_b ? &db : nullptr);
+    return {dxl, dw, db};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_relu_maxpool_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const auto acc = c10::CppTypeToScalarType<acc_t>::value;
