@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -146,6 +147,21 @@ void for_each_item(int64_t n, bool vnni, const F& f) {
   });
 }
 
+// float -> E as static_cast does (bfloat16: round to nearest even, NaN -> 0x7FC0), without the
+// branch that keeps c10's conversion out of vector code.
+template <typename E>
+inline E narrow(float f) {
+  if constexpr (std::is_same_v<E, at::BFloat16>) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
+    const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+    return at::BFloat16(static_cast<uint16_t>(nan ? 0x7FC0u : rounded), at::BFloat16::from_bits());
+  } else {
+    return static_cast<E>(f);
+  }
+}
+
 // Padded rows [i0, i0 + rows) of image n, channels last, in CT: row i is input row i - ph, column j
 // input column j - pw; outside the image and channels past Ci are zeros.
 template <typename T, typename CT>
@@ -227,14 +243,14 @@ void write_tile(const float* val, const uint8_t* cod, const Geometry& g, const O
       for (int64_t q = 0; q < g.Wp; ++q) {
         const float* v = val + (p * g.Wp + q) * nb;
         T* d = out + p * s2 + q * s3;
-        for (int64_t c = 0; c < nb; ++c) d[c] = static_cast<T>(v[c]);
+        for (int64_t c = 0; c < nb; ++c) d[c] = narrow<T>(v[c]);
       }
   } else {
     for (int64_t c = 0; c < nb; ++c)
       for (int64_t p = 0; p < np; ++p) {
         const float* v = val + p * g.Wp * nb + c;
         T* d = out + c * s1 + p * s2;
-        for (int64_t q = 0; q < g.Wp; ++q) d[q * s3] = static_cast<T>(v[q * nb]);
+        for (int64_t q = 0; q < g.Wp; ++q) d[q * s3] = narrow<T>(v[q * nb]);
       }
   }
   const bool bits = is_bitmask(g.pkh, g.pkw);
@@ -300,8 +316,8 @@ void forward_band(const at::Tensor& x, const CT* wp, const Geometry& g, const Vi
   for (int64_t j = 0; j < blocks(g.Co); ++j) {
     const int64_t nb = block_n(g.Co, j);
     const CT* bj = wp + j * g.kh * kNb * v.Kt;
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t ky = 0; ky < g.kh; ++ky)
+    for (int64_t ky = 0; ky < g.kh; ++ky)  // kernel rows outside: one row's B stays in L2 over all R
+      for (int64_t r = 0; r < R; ++r)
         cb::brgemm(g.Wc, nb, v.Kt, g.sw * v.Cip, nb, nb, ky > 0, xp + (r * g.sh + ky) * row,
                    bj + ky * kNb * v.Kt, acc + r * g.Wc * nb, vnni);
     epilogue<T>(acc, g, o, n, j * kNb, nb, p0, np, r0);
@@ -353,10 +369,19 @@ struct Backward {
   const at::Tensor& gy;    // N x Co x Hp x Wp, element type T, any strides
   const uint8_t* code;     // contiguous
   const at::Tensor& x;
-  const void* wb;          // pack_backward's blocks, or nullptr without dx
+  const void* wb;          // pack_flipped's or pack_backward's blocks, or nullptr without dx
   at::Tensor* dx;          // element type T, any strides, or nullptr
   bool need_w;
 };
+
+// v where keep, else +0 (a NaN too), by a bit mask rather than a branch.
+inline float masked(float v, bool keep) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u &= 0u - static_cast<uint32_t>(keep);
+  std::memcpy(&v, &u, 4);
+  return v;
+}
 
 // Image n's conv-output gradient dY (P x Cop, channels last, float32) through the codes, and its
 // per-channel sums added to db. Channels 16 at a time, so that the 16 code and gradient rows are
@@ -377,13 +402,83 @@ void unpool(const Backward& k, int64_t n, float* dY, float* db) {
         for (int64_t c = 0; c < nc; ++c) {
           const int64_t co = c0 + c;
           const uint8_t* crow = k.code + ((n * g.Co + co) * g.Hp + p) * cw;
-          const uint8_t cd = bits ? (mask_bit(crow, q) ? uint8_t(0) : kNoGrad) : crow[q];
-          if (cd == kNoGrad) continue;
-          const float val = static_cast<float>(gy[co * sC + p * sH + q * sW]);
+          uint8_t cd = bits ? (mask_bit(crow, q) ? uint8_t(0) : kNoGrad) : crow[q];
+          // No branch on the code (ReLU masks are coin flips to a branch predictor): a position
+          // without gradient adds 0 at its window's first place.
+          const bool flows = cd != kNoGrad;
+          const float val = masked(static_cast<float>(gy[co * sC + p * sH + q * sW]), flows);
+          cd = static_cast<uint8_t>(cd & -static_cast<int>(flows));
           const int64_t r = window_start(p, g.psh) + code_dy(cd, g.pkw), x = window_start(q, g.psw) + code_dx(cd, g.pkw);
           dY[(r * g.Wc + x) * Cop + co] += val;
           db[co] += val;
         }
+  }
+}
+
+// Stride 1 (and padding below the kernel size): dx is the convolution of dY, padded by k - 1 - p,
+// with the flipped weights, so the data gradient runs as the forward does: per dx row and kernel
+// row one product (K = kw x Cop), summed in the micro-kernel's accumulator, with nothing to scatter.
+bool flipped_data_gradient(const Geometry& g) { return g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw; }
+
+// B of those products: per block j of input channels and (flipped) kernel row ky, (kw Cop) x nb:
+// (kx, co) -> ci = w[co][ci][kh - 1 - ky][kw - 1 - kx].
+template <typename T, typename CT>
+std::vector<CT> pack_flipped(const T* w, const Geometry& g, const View& v, bool vnni) {
+  const int64_t Kf = g.kw * v.Cop;
+  std::vector<CT> p(static_cast<size_t>(blocks(g.Ci) * g.kh * kNb * Kf), CT(0.f));
+  for (int64_t j = 0; j < blocks(g.Ci); ++j) {
+    const int64_t nb = block_n(g.Ci, j);
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      CT* b = p.data() + (j * g.kh + ky) * kNb * Kf;
+      for (int64_t c = 0; c < nb; ++c)
+        for (int64_t kx = 0; kx < g.kw; ++kx)
+          for (int64_t co = 0; co < g.Co; ++co)
+            b[b_index(kx * v.Cop + co, c, nb, vnni)] = static_cast<CT>(
+                w[((co * g.Ci + j * kNb + c) * g.kh + (g.kh - 1 - ky)) * g.kw + (g.kw - 1 - kx)]);
+    }
+  }
+  return p;
+}
+
+template <typename T, typename CT>
+void data_gradient_flipped(const Backward& k, int64_t n, const float* dY) {
+  const Geometry& g = k.g;
+  const int64_t Cop = k.v.Cop, top = g.kh - 1 - g.ph, left = g.kw - 1 - g.pw;
+  const int64_t Hq = g.H + g.kh - 1, Wq = g.W + g.kw - 1, Kf = g.kw * Cop, row = Wq * Cop;
+  CT* dyp = scratch<CT>(kGradIn, Hq * row);
+  for (int64_t i = 0; i < Hq; ++i) {
+    CT* d = dyp + i * row;
+    std::fill(d, d + row, CT(0.f));
+    const int64_t r = i - top;
+    if (!inside(r, g.Hc)) continue;
+    for (int64_t c = std::max<int64_t>(0, -left); c < std::min(g.Wc, Wq - left); ++c) {
+      const float* s = dY + (r * g.Wc + c) * Cop;
+      CT* dp = d + (c + left) * Cop;
+      for (int64_t co = 0; co < Cop; ++co) dp[co] = narrow<CT>(s[co]);
+    }
+  }
+  float* acc = scratch<float>(kProduct, g.H * g.W * kNb);
+  const CT* wf = static_cast<const CT*>(k.wb);
+  T* dx = k.dx->data_ptr<T>() + n * k.dx->stride(0);
+  const int64_t sC = k.dx->stride(1), sH = k.dx->stride(2), sW = k.dx->stride(3);
+  for (int64_t j = 0; j < blocks(g.Ci); ++j) {
+    const int64_t nb = block_n(g.Ci, j);
+    const CT* bj = wf + j * g.kh * kNb * Kf;
+    for (int64_t ky = 0; ky < g.kh; ++ky)  // kernel rows outside: one row's B stays in L2 over all rows
+      for (int64_t iy = 0; iy < g.H; ++iy)
+        cb::brgemm(g.W, nb, Kf, Cop, nb, nb, ky > 0, dyp + (iy + ky) * row, bj + ky * kNb * Kf,
+                   acc + iy * g.W * nb, k.vnni);
+    for (int64_t iy = 0; iy < g.H; ++iy) {
+      const float* a = acc + iy * g.W * nb;
+      T* d = dx + j * kNb * sC + iy * sH;
+      if (sC == 1) {
+        for (int64_t ix = 0; ix < g.W; ++ix)
+          for (int64_t c = 0; c < nb; ++c) d[ix * sW + c] = narrow<T>(a[ix * nb + c]);
+      } else {
+        for (int64_t c = 0; c < nb; ++c)
+          for (int64_t ix = 0; ix < g.W; ++ix) d[c * sC + ix * sW] = narrow<T>(a[ix * nb + c]);
+      }
+    }
   }
 }
 
@@ -420,6 +515,25 @@ void data_gradient(const Backward& k, int64_t n, const CT* dYc) {
     }
 }
 
+// d[2e] = a[e], d[2e + 1] = b[e] (0 without b) for e < n: 16-bit values moved as bits, 32 bits a
+// store, which the compiler vectorises.
+template <typename CT>
+void interleave(const CT* a, const CT* b, int64_t n, CT* d) {
+  static_assert(sizeof(CT) == 2);
+  const uint16_t* a16 = reinterpret_cast<const uint16_t*>(a);
+  const uint16_t* b16 = reinterpret_cast<const uint16_t*>(b);
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(d);
+  if (b16 == nullptr) {
+    for (int64_t e = 0; e < n; ++e) d32[e] = a16[e];
+    return;
+  }
+  for (int64_t e = 0; e < n; ++e) d32[e] = static_cast<uint32_t>(a16[e]) | (static_cast<uint32_t>(b16[e]) << 16);
+}
+template <>
+void interleave<float>(const float*, const float*, int64_t, float*) {
+  TORCH_CHECK(false, "internal: no VNNI pairs for float32");
+}
+
 // dw (kh x Co x Kt, float32) = (first) or += image n's dY^T (Co x P) x its patches (P x Kt) per kernel row.
 template <typename T, typename CT>
 void weight_gradient(const Backward& k, int64_t n, const float* dY, float* dw, bool first) {
@@ -429,11 +543,13 @@ void weight_gradient(const Backward& k, int64_t n, const float* dY, float* dw, b
   CT* xp = scratch<CT>(kInput, v.Hpd * row);
   fill_input<T, CT>(k.x, n, g, v, 0, v.Hpd, xp);
   CT* dYt = scratch<CT>(kGradT, g.Co * v.Pe);
-  for (int64_t co = 0; co < g.Co; ++co) {
-    CT* d = dYt + co * v.Pe;
-    for (int64_t p = 0; p < v.P; ++p) d[p] = static_cast<CT>(dY[p * v.Cop + co]);
-    if (v.Pe > v.P) d[v.P] = CT(0.f);
-  }
+  constexpr int64_t kT = 16;  // transposed in 16 x 16 tiles: every line read and written is used whole
+  for (int64_t p0 = 0; p0 < v.P; p0 += kT)
+    for (int64_t c0 = 0; c0 < g.Co; c0 += kT)
+      for (int64_t co = c0; co < std::min(c0 + kT, g.Co); ++co)
+        for (int64_t p = p0; p < std::min(p0 + kT, v.P); ++p) dYt[co * v.Pe + p] = narrow<CT>(dY[p * v.Cop + co]);
+  if (v.Pe > v.P)
+    for (int64_t co = 0; co < g.Co; ++co) dYt[co * v.Pe + v.P] = CT(0.f);
   CT* bb = scratch<CT>(kPatches, v.Pe * kNb);
   for (int64_t ky = 0; ky < g.kh; ++ky)
     for (int64_t j = 0; j < blocks(v.Kt); ++j) {
@@ -444,13 +560,8 @@ void weight_gradient(const Backward& k, int64_t n, const float* dY, float* dw, b
       if (!k.vnni) {
         for (int64_t pos = 0; pos < v.P; ++pos) std::copy(patch(pos), patch(pos) + nb, bb + pos * nb);
       } else {
-        const CT zero(0.f);
-        for (int64_t pos = 0; pos < v.Pe; pos += 2) {  // VNNI: positions pos, pos + 1 interleaved
-          const CT* s0 = patch(pos);
-          const CT* s1 = pos + 1 < v.P ? patch(pos + 1) : nullptr;
-          CT* d = bb + pos * nb;
-          for (int64_t e = 0; e < nb; ++e) d[2 * e] = s0[e], d[2 * e + 1] = s1 ? s1[e] : zero;
-        }
+        for (int64_t pos = 0; pos < v.Pe; pos += 2)  // VNNI: positions pos, pos + 1 interleaved
+          interleave(patch(pos), pos + 1 < v.P ? patch(pos + 1) : nullptr, nb, bb + pos * nb);
       }
       cb::brgemm(g.Co, nb, v.Pe, v.Pe, nb, v.Kt, !first, dYt, bb, dw + ky * g.Co * v.Kt + j * kNb, k.vnni);
     }
@@ -461,11 +572,13 @@ void backward_image(const Backward& k, int64_t n, float* dw, float* db, bool fir
   const View& v = k.v;
   float* dY = scratch<float>(kAcc, v.P * v.Cop);
   unpool<T>(k, n, dY, db);
-  if (k.dx) {
+  if (k.dx && flipped_data_gradient(k.g)) {
+    data_gradient_flipped<T, CT>(k, n, dY);
+  } else if (k.dx) {
     const CT* dYc = reinterpret_cast<const CT*>(dY);
     if constexpr (!std::is_same_v<CT, float>) {
       CT* c = scratch<CT>(kGradIn, v.P * v.Cop);
-      for (int64_t i = 0; i < v.P * v.Cop; ++i) c[i] = static_cast<CT>(dY[i]);
+      for (int64_t i = 0; i < v.P * v.Cop; ++i) c[i] = narrow<CT>(dY[i]);
       dYc = c;
     }
     data_gradient<T, CT>(k, n, dYc);
@@ -485,7 +598,9 @@ template <typename T, typename CT>
 void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& code,
                    const Geometry& g, at::Tensor* dx, at::Tensor* dw, at::Tensor* db, bool vnni) {
   const View v = view_of(g, vnni);
-  const std::vector<CT> wb = dx ? pack_backward<T, CT>(w.const_data_ptr<T>(), g, v, vnni) : std::vector<CT>();
+  const std::vector<CT> wb = !dx                         ? std::vector<CT>()
+                             : flipped_data_gradient(g) ? pack_flipped<T, CT>(w.const_data_ptr<T>(), g, v, vnni)
+                                                        : pack_backward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
   const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), x, wb.data(), dx, dw != nullptr};
   const int64_t S = weight_groups(g, v, dw != nullptr), wsize = dw ? g.kh * g.Co * v.Kt : 0;
   // Each group's first image writes its copy (an empty batch: zeros).
