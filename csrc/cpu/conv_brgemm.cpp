@@ -128,7 +128,7 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 
 // Per-thread scratch, kept from call to call (fresh pages would cost page faults each call). Every
 // user writes what it reads. One slot per use, whatever the element type.
-enum Slot { kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kSlots };
+enum Slot { kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kPair, kTileValues, kTileCodes, kSlots };
 template <typename E>
 E* scratch(Slot slot, int64_t n) {
   thread_local std::vector<E> buffers[kSlots];
@@ -204,7 +204,7 @@ std::vector<CT> pack_forward(const T* w, const Geometry& g, const View& v, bool 
   for (int64_t j = 0; j < blocks(g.Co); ++j) {
     const int64_t nb = block_n(g.Co, j);
     for (int64_t ky = 0; ky < g.kh; ++ky) {
-      CT* b = p.data() + (j * g.kh + ky) * kNb * v.Kt;
+      CT* b = p.data() + j * g.kh * kNb * v.Kt + ky * nb * v.Kt;  // kernel rows back to back (stacked)
       for (int64_t n = 0; n < nb; ++n)
         for (int64_t ci = 0; ci < g.Ci; ++ci)
           for (int64_t kx = 0; kx < g.kw; ++kx)
@@ -305,6 +305,13 @@ void epilogue(const float* acc, const Geometry& g, const Output& o, int64_t n, i
   write_tile<T>(val, cod, g, o, n, c0, nb, p0, np);
 }
 
+// Kernel rows this short (a few input channels: CIFAR's and ImageNet's conv1) make products too
+// small to keep the micro-kernel busy. There a conv row's patches are copied side by side, K = kh x
+// Kt, and multiplied at once: pack_forward's blocks, kernel row after kernel row, are already that
+// B (Kt is even in VNNI pairs).
+constexpr int64_t kStackBelow = 128;
+inline bool stacked(const View& v) { return v.Kt < kStackBelow; }
+
 template <typename T, typename CT>
 void forward_band(const at::Tensor& x, const CT* wp, const Geometry& g, const View& v, bool vnni,
                   const Output& o, int64_t n, int64_t p0, int64_t np) {
@@ -316,10 +323,23 @@ void forward_band(const at::Tensor& x, const CT* wp, const Geometry& g, const Vi
   for (int64_t j = 0; j < blocks(g.Co); ++j) {
     const int64_t nb = block_n(g.Co, j);
     const CT* bj = wp + j * g.kh * kNb * v.Kt;
-    for (int64_t ky = 0; ky < g.kh; ++ky)  // kernel rows outside: one row's B stays in L2 over all R
-      for (int64_t r = 0; r < R; ++r)
-        cb::brgemm(g.Wc, nb, v.Kt, g.sw * v.Cip, nb, nb, ky > 0, xp + (r * g.sh + ky) * row,
-                   bj + ky * kNb * v.Kt, acc + r * g.Wc * nb, vnni);
+    if (stacked(v)) {
+      const int64_t K = g.kh * v.Kt;
+      CT* patches = scratch<CT>(kPatches, g.Wc * K);
+      for (int64_t r = 0; r < R; ++r) {
+        for (int64_t c = 0; c < g.Wc; ++c)
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            const CT* s = xp + (r * g.sh + ky) * row + c * g.sw * v.Cip;
+            std::copy(s, s + v.Kt, patches + c * K + ky * v.Kt);
+          }
+        cb::brgemm(g.Wc, nb, K, K, nb, nb, false, patches, bj, acc + r * g.Wc * nb, vnni);
+      }
+    } else {
+      for (int64_t ky = 0; ky < g.kh; ++ky)  // kernel rows outside: one row's B stays in L2 over all R
+        for (int64_t r = 0; r < R; ++r)
+          cb::brgemm(g.Wc, nb, v.Kt, g.sw * v.Cip, nb, nb, ky > 0, xp + (r * g.sh + ky) * row,
+                     bj + ky * nb * v.Kt, acc + r * g.Wc * nb, vnni);
+    }
     epilogue<T>(acc, g, o, n, j * kNb, nb, p0, np, r0);
   }
 }
@@ -534,13 +554,27 @@ void interleave<float>(const float*, const float*, int64_t, float*) {
   TORCH_CHECK(false, "internal: no VNNI pairs for float32");
 }
 
-// dw (kh x Co x Kt, float32) = (first) or += image n's dY^T (Co x P) x its patches (P x Kt) per kernel row.
+// Columns [t0, t0 + nb) of row pos of image n's patches (P x kh Kt: kernel row after kernel row,
+// each kx then ci) from the padded channels-last image xp, into d.
+template <typename CT>
+void patch_columns(const CT* xp, const Geometry& g, const View& v, int64_t pos, int64_t t0, int64_t nb, CT* d) {
+  const CT* at = xp + (pos / g.Wc) * g.sh * v.Wpd * v.Cip + (pos % g.Wc) * g.sw * v.Cip;
+  for (int64_t t = t0; t < t0 + nb;) {
+    const int64_t ky = t / v.Kt, k = t % v.Kt, len = std::min(v.Kt - k, t0 + nb - t);
+    const CT* s = at + ky * v.Wpd * v.Cip + k;
+    std::copy(s, s + len, d + (t - t0));
+    t += len;
+  }
+}
+
+// dw (Co x kh Kt, float32) = (first) or += image n's dY^T (Co x P) x its patches (P x kh Kt), in
+// blocks of kNb columns: within one kernel row, or across them where the rows are short (stacked).
 template <typename T, typename CT>
 void weight_gradient(const Backward& k, int64_t n, const float* dY, float* dw, bool first) {
   const Geometry& g = k.g;
   const View& v = k.v;
-  const int64_t row = v.Wpd * v.Cip;
-  CT* xp = scratch<CT>(kInput, v.Hpd * row);
+  const int64_t Kw = g.kh * v.Kt;
+  CT* xp = scratch<CT>(kInput, v.Hpd * v.Wpd * v.Cip);
   fill_input<T, CT>(k.x, n, g, v, 0, v.Hpd, xp);
   CT* dYt = scratch<CT>(kGradT, g.Co * v.Pe);
   constexpr int64_t kT = 16;  // transposed in 16 x 16 tiles: every line read and written is used whole
@@ -551,20 +585,25 @@ void weight_gradient(const Backward& k, int64_t n, const float* dY, float* dw, b
   if (v.Pe > v.P)
     for (int64_t co = 0; co < g.Co; ++co) dYt[co * v.Pe + v.P] = CT(0.f);
   CT* bb = scratch<CT>(kPatches, v.Pe * kNb);
-  for (int64_t ky = 0; ky < g.kh; ++ky)
-    for (int64_t j = 0; j < blocks(v.Kt); ++j) {
-      const int64_t nb = block_n(v.Kt, j);
-      const auto patch = [&](int64_t pos) {  // row pos of the patches, columns [j kNb, j kNb + nb)
-        return xp + ((pos / g.Wc) * g.sh + ky) * row + (pos % g.Wc) * g.sw * v.Cip + j * kNb;
-      };
-      if (!k.vnni) {
-        for (int64_t pos = 0; pos < v.P; ++pos) std::copy(patch(pos), patch(pos) + nb, bb + pos * nb);
-      } else {
-        for (int64_t pos = 0; pos < v.Pe; pos += 2)  // VNNI: positions pos, pos + 1 interleaved
-          interleave(patch(pos), pos + 1 < v.P ? patch(pos + 1) : nullptr, nb, bb + pos * nb);
+  CT* pair = scratch<CT>(kPair, 2 * kNb);
+  const auto product = [&](int64_t t0, int64_t nb) {  // columns [t0, t0 + nb) of dw
+    if (!k.vnni) {
+      for (int64_t pos = 0; pos < v.P; ++pos) patch_columns(xp, g, v, pos, t0, nb, bb + pos * nb);
+    } else {
+      for (int64_t pos = 0; pos < v.Pe; pos += 2) {  // VNNI: positions pos, pos + 1 interleaved
+        patch_columns(xp, g, v, pos, t0, nb, pair);
+        if (pos + 1 < v.P) patch_columns(xp, g, v, pos + 1, t0, nb, pair + kNb);
+        interleave(pair, pos + 1 < v.P ? pair + kNb : nullptr, nb, bb + pos * nb);
       }
-      cb::brgemm(g.Co, nb, v.Pe, v.Pe, nb, v.Kt, !first, dYt, bb, dw + ky * g.Co * v.Kt + j * kNb, k.vnni);
     }
+    cb::brgemm(g.Co, nb, v.Pe, v.Pe, nb, Kw, !first, dYt, bb, dw + t0, k.vnni);
+  };
+  if (stacked(v)) {
+    for (int64_t j = 0; j < blocks(Kw); ++j) product(j * kNb, block_n(Kw, j));
+  } else {
+    for (int64_t ky = 0; ky < g.kh; ++ky)
+      for (int64_t j = 0; j < blocks(v.Kt); ++j) product(ky * v.Kt + j * kNb, block_n(v.Kt, j));
+  }
 }
 
 template <typename T, typename CT>
@@ -629,7 +668,7 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
         for (int64_t ky = 0; ky < g.kh; ++ky)
           for (int64_t kx = 0; kx < g.kw; ++kx) {
             float sum = 0.f;
-            for (int64_t s = 0; s < S; ++s) sum += wp[s * wsize + (ky * g.Co + co) * v.Kt + kx * v.Cip + ci];
+            for (int64_t s = 0; s < S; ++s) sum += wp[s * wsize + (co * g.kh + ky) * v.Kt + kx * v.Cip + ci];
             d[((co * g.Ci + ci) * g.kh + ky) * g.kw + kx] = static_cast<T>(sum);
           }
   });

@@ -1,0 +1,147 @@
+"""The conv op's two CPU kernels: the one on oneDNN's batch-reduce GEMM micro-kernel (brgemm, the
+default where it runs) and the portable one (float64, other CPUs, PYALEXNET_CPU_PORTABLE=1).
+
+test_conv_relu_maxpool.py tests the op through whichever kernel the machine picks (CI also runs it
+once with the portable kernel forced). Here: which kernel runs where; random geometries in every
+dtype on the brgemm kernel specifically, in both layouts; the two kernels bit-identical where the
+conv values are exact; results that do not depend on the thread count.
+"""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import pyalexnet  # noqa: F401  (registers torch.ops.pyalexnet)
+from pyalexnet import _C
+from pyalexnet.ops import conv_relu_maxpool
+from test_conv_relu_maxpool import (Cfg, SPECIAL, check, draw_cfg, exact_inputs, gaussian, gaussian_inputs,
+                                    nonzero_ints, run)
+
+FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def cpu_flags() -> set[str]:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    m = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else set()
+
+
+def brgemm_here() -> bool:
+    return {"avx2", "fma"} <= cpu_flags() and torch.backends.mkldnn.is_available()
+
+
+needs_brgemm = pytest.mark.skipif(not brgemm_here(), reason="the brgemm kernel needs an x86 CPU with AVX2 and FMA")
+
+
+@pytest.fixture
+def brgemm(monkeypatch):
+    monkeypatch.delenv("PYALEXNET_CPU_PORTABLE", raising=False)
+    if not brgemm_here():
+        pytest.skip("the brgemm kernel needs an x86 CPU with AVX2 and FMA")
+
+
+def test_kernel_choice(monkeypatch):
+    """float64 always portable; float32 on brgemm where AVX2 + FMA are; bfloat16 multiplied as
+    bfloat16 with AVX-512 (core: F, BW, VL, DQ), float16 with AVX512-FP16, else in float32;
+    PYALEXNET_CPU_PORTABLE=1 forces the portable kernel for every dtype, "0" or "" does not."""
+    monkeypatch.delenv("PYALEXNET_CPU_PORTABLE", raising=False)
+    flags = cpu_flags()
+    got = {d: _C.cpu_conv_kernel(d) for d in DTYPES}
+    assert got["float64"] == "portable"
+    if not brgemm_here():
+        assert set(got.values()) == {"portable"}
+        return
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    assert got["float32"] == "brgemm-f32"
+    assert got["bfloat16"] == ("brgemm-bf16" if avx512 else "brgemm-f32")
+    assert got["float16"] == ("brgemm-f16" if avx512 and "avx512_fp16" in flags else "brgemm-f32")
+    for off in ("0", ""):
+        monkeypatch.setenv("PYALEXNET_CPU_PORTABLE", off)
+        assert _C.cpu_conv_kernel("float32") == "brgemm-f32"
+    monkeypatch.setenv("PYALEXNET_CPU_PORTABLE", "1")
+    assert {_C.cpu_conv_kernel(d) for d in DTYPES} == {"portable"}
+    with pytest.raises(ValueError, match="float32, float64, float16 or bfloat16"):
+        _C.cpu_conv_kernel("int8")
+
+
+@pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("draw", range(12))
+def test_random_geometries(brgemm, fresh_seed, draw, dtype, channels_last):
+    """Random geometries (kernels, strides, paddings past the kernel, pools, odd channel counts and
+    counts past the 64-channel blocks) with exact inputs: values and all gradients against float64,
+    by the tolerance of the dtype (conftest.assert_matches for 16-bit: <= 2 x PyTorch's own error)."""
+    rng = random.Random(fresh_seed * 1000 + draw)
+    c = draw_cfg(rng, max_macs=1e6)
+    print(c)
+    x, w, b = exact_inputs(c, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad_out = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype)
+    check(c, x, w, b, grad_out, what=f"{c} {dtype}")
+
+
+WIDE = {  # past one 64-wide block of output channels, input channels, and kernel-row columns
+    "co_blocks_ci_blocks": Cfg(2, 130, 6, 7, 129, (3, 3), padding=(1, 1)),
+    "stride1_pad_ge_kernel": Cfg(2, 5, 6, 6, 7, (2, 2), padding=(2, 2), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "stride2_kernel_rows_wide": Cfg(3, 33, 13, 12, 70, (3, 5), (2, 2), (1, 2), (2, 2), (2, 2)),
+    "one_column": Cfg(2, 4, 9, 1, 5, (3, 1), padding=(1, 0), pool_kernel=(2, 1), pool_stride=(1, 1)),
+}
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("name", WIDE)
+def test_block_edges(brgemm, name, dtype):
+    c = WIDE[name]
+    x, w, b = exact_inputs(c, dtype)
+    grad_out = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype)
+    check(c, x, w, b, grad_out, what=f"{name} {dtype}")
+
+
+@pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
+@pytest.mark.parametrize("name", ("conv2_5x5_p2_pool3s2", "conv3_3x3_p1_pool1s1", "conv1_11x11_s4_p2_pool3s2",
+                                  "wide_channels", "padding_ge_kernel"))
+def test_kernels_bit_identical_on_exact_inputs(brgemm, monkeypatch, name, channels_last):
+    """Exact conv values leave nothing to rounding: the two kernels must agree bit for bit, in the
+    output, the argmax codes and all three gradients."""
+    c = SPECIAL[name]
+    x, w, b = exact_inputs(c, torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, torch.float32)
+    results = {}
+    for kernel in ("brgemm", "portable"):
+        monkeypatch.setenv("PYALEXNET_CPU_PORTABLE", "1" if kernel == "portable" else "0")
+        assert _C.cpu_conv_kernel("float32").startswith(kernel)
+        codes = FWD(x, w, b, *c.args())[1]
+        results[kernel] = (*run(conv_relu_maxpool, x, w, b, g, *c.args()), codes)
+    for what, a, e in zip(("out", "grad_x", "grad_weight", "grad_bias", "codes"), *results.values()):
+        assert torch.equal(a, e), f"{what}: brgemm and portable differ"
+        assert a.stride() == e.stride(), f"{what}: strides {a.stride()} vs {e.stride()}"
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_thread_count_does_not_change_results(brgemm, dtype):
+    """Threads take work items as they come free, so which thread computes what varies from run to
+    run; results must not: 1 and 2 threads, bit for bit (batch large enough for several weight
+    gradient groups, image large enough for several bands)."""
+    cases = (Cfg(9, 16, 40, 37, 70, (3, 3), padding=(1, 1)), Cfg(12, 8, 9, 9, 24, (3, 3), padding=(1, 1)))
+    before = torch.get_num_threads()
+    try:
+        for c in cases:
+            x, w, b = (t.to(dtype) if t is not None else None for t in gaussian_inputs(c))
+            g = gaussian(c.N, c.Co, *c.out_size(), dtype=dtype)
+            got = []
+            for threads in (1, 2, 2):
+                torch.set_num_threads(threads)
+                got.append(run(conv_relu_maxpool, x, w, b, g, *c.args()))
+            for r in got[1:]:
+                for what, a, e in zip(("out", "grad_x", "grad_weight", "grad_bias"), r, got[0]):
+                    assert torch.equal(a, e), f"{c} {what}: differs between thread counts"
+    finally:
+        torch.set_num_threads(before)
