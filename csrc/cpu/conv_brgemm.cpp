@@ -43,6 +43,15 @@ namespace {
 
 namespace cb = at::native::cpublas;
 
+// The loops around the micro-kernel (copies, conversions, the epilogue, un-pooling) compiled for
+// AVX2 + FMA: they run only after cpu_has_f32_kernel() has found both (the rest of the file, which
+// decides, stays baseline x86-64).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PYA_VECTOR __attribute__((target("avx2,fma")))
+#else
+#define PYA_VECTOR
+#endif
+
 enum class Mul { F32, BF16, F16 };  // the type the products are computed in
 
 bool forced_portable() {
@@ -150,7 +159,7 @@ void for_each_item(int64_t n, bool vnni, const F& f) {
 // float -> E as static_cast does (bfloat16: round to nearest even, NaN -> 0x7FC0), without the
 // branch that keeps c10's conversion out of vector code.
 template <typename E>
-inline E narrow(float f) {
+PYA_VECTOR inline E narrow(float f) {
   if constexpr (std::is_same_v<E, at::BFloat16>) {
     uint32_t u;
     std::memcpy(&u, &f, 4);
@@ -165,7 +174,7 @@ inline E narrow(float f) {
 // Padded rows [i0, i0 + rows) of image n, channels last, in CT: row i is input row i - ph, column j
 // input column j - pw; outside the image and channels past Ci are zeros.
 template <typename T, typename CT>
-void fill_input(const at::Tensor& x, int64_t n, const Geometry& g, const View& v, int64_t i0, int64_t rows, CT* xp) {
+PYA_VECTOR void fill_input(const at::Tensor& x, int64_t n, const Geometry& g, const View& v, int64_t i0, int64_t rows, CT* xp) {
   const T* base = x.const_data_ptr<T>() + n * x.stride(0);
   const int64_t sC = x.stride(1), sH = x.stride(2), sW = x.stride(3), row = v.Wpd * v.Cip;
   const int64_t lo = std::min(g.pw, v.Wpd), hi = std::clamp<int64_t>(g.pw + g.W, lo, v.Wpd);
@@ -234,7 +243,7 @@ struct Output {
 // The tile of pooled rows [p0, p0 + np), channels [c0, c0 + nb) of image n (val: values, cod: codes,
 // channels last) into the output and the codes, each store running along a row of its tensor.
 template <typename T>
-void write_tile(const float* val, const uint8_t* cod, const Geometry& g, const Output& o, int64_t n, int64_t c0,
+PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry& g, const Output& o, int64_t n, int64_t c0,
                 int64_t nb, int64_t p0, int64_t np) {
   const int64_t s1 = o.os[1], s2 = o.os[2], s3 = o.os[3], cw = g.Wcode();
   T* out = reinterpret_cast<T*>(o.out) + n * o.os[0] + c0 * s1 + p0 * s2;
@@ -277,11 +286,25 @@ void write_tile(const float* val, const uint8_t* cod, const Geometry& g, const O
 // a NaN wins), then pooled_value and pooled_code (a 1x1 window: bias + ReLU, code 0 where the mask
 // bit is set), into a channels-last tile; then write_tile.
 template <typename T>
-void epilogue(const float* acc, const Geometry& g, const Output& o, int64_t n, int64_t c0, int64_t nb, int64_t p0,
+PYA_VECTOR void epilogue(const float* acc, const Geometry& g, const Output& o, int64_t n, int64_t c0, int64_t nb, int64_t p0,
               int64_t np, int64_t r0) {
   float* val = scratch<float>(kTileValues, np * g.Wp * nb);
   uint8_t* cod = scratch<uint8_t>(kTileCodes, np * g.Wp * nb);
   const float* bias = o.bias + c0;
+  if (is_bitmask(g.pkh, g.pkw)) {  // no window: one conv value per output
+    for (int64_t p = 0; p < np; ++p)
+      for (int64_t q = 0; q < g.Wp; ++q) {
+        const float* s = acc + ((window_start(p0 + p, g.psh) - r0) * g.Wc + window_start(q, g.psw)) * nb;
+        float* vt = val + (p * g.Wp + q) * nb;
+        uint8_t* ct = cod + (p * g.Wp + q) * nb;
+        for (int64_t c = 0; c < nb; ++c) {
+          const float x = s[c] + bias[c];
+          vt[c] = pooled_value(x);
+          ct[c] = x > 0.f ? uint8_t(0) : kNoGrad;
+        }
+      }
+    return write_tile<T>(val, cod, g, o, n, c0, nb, p0, np);
+  }
   float m[kNb];
   int32_t at[kNb];
   for (int64_t p = 0; p < np; ++p)
@@ -313,7 +336,7 @@ constexpr int64_t kStackBelow = 128;
 inline bool stacked(const View& v) { return v.Kt < kStackBelow; }
 
 template <typename T, typename CT>
-void forward_band(const at::Tensor& x, const CT* wp, const Geometry& g, const View& v, bool vnni,
+PYA_VECTOR void forward_band(const at::Tensor& x, const CT* wp, const Geometry& g, const View& v, bool vnni,
                   const Output& o, int64_t n, int64_t p0, int64_t np) {
   const int64_t r0 = band_first_row(p0, g.psh), R = band_rows(np, g.pkh, g.psh);
   const int64_t rows_in = (R - 1) * g.sh + g.kh, row = v.Wpd * v.Cip;
@@ -395,7 +418,7 @@ struct Backward {
 };
 
 // v where keep, else +0 (a NaN too), by a bit mask rather than a branch.
-inline float masked(float v, bool keep) {
+PYA_VECTOR inline float masked(float v, bool keep) {
   uint32_t u;
   std::memcpy(&u, &v, 4);
   u &= 0u - static_cast<uint32_t>(keep);
@@ -407,7 +430,7 @@ inline float masked(float v, bool keep) {
 // per-channel sums added to db. Channels 16 at a time, so that the 16 code and gradient rows are
 // read along their rows and the stores into dY fill whole cache lines.
 template <typename T>
-void unpool(const Backward& k, int64_t n, float* dY, float* db) {
+PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
   constexpr int64_t kC = 16;
   const Geometry& g = k.g;
   const int64_t Cop = k.v.Cop, cw = g.Wcode();
@@ -461,7 +484,7 @@ std::vector<CT> pack_flipped(const T* w, const Geometry& g, const View& v, bool 
 }
 
 template <typename T, typename CT>
-void data_gradient_flipped(const Backward& k, int64_t n, const float* dY) {
+PYA_VECTOR void data_gradient_flipped(const Backward& k, int64_t n, const float* dY) {
   const Geometry& g = k.g;
   const int64_t Cop = k.v.Cop, top = g.kh - 1 - g.ph, left = g.kw - 1 - g.pw;
   const int64_t Hq = g.H + g.kh - 1, Wq = g.W + g.kw - 1, Kf = g.kw * Cop, row = Wq * Cop;
@@ -505,7 +528,7 @@ void data_gradient_flipped(const Backward& k, int64_t n, const float* dY) {
 // dx of image n: per conv row and kernel row, dY's row x W^T (Wc x Kt), added at the patches' places
 // in a padded channels-last float32 image, cropped into dx.
 template <typename T, typename CT>
-void data_gradient(const Backward& k, int64_t n, const CT* dYc) {
+PYA_VECTOR void data_gradient(const Backward& k, int64_t n, const CT* dYc) {
   const Geometry& g = k.g;
   const View& v = k.v;
   const int64_t nj = blocks(v.Kt), row = v.Wpd * v.Cip;
@@ -538,7 +561,7 @@ void data_gradient(const Backward& k, int64_t n, const CT* dYc) {
 // d[2e] = a[e], d[2e + 1] = b[e] (0 without b) for e < n: 16-bit values moved as bits, 32 bits a
 // store, which the compiler vectorises.
 template <typename CT>
-void interleave(const CT* a, const CT* b, int64_t n, CT* d) {
+PYA_VECTOR void interleave(const CT* a, const CT* b, int64_t n, CT* d) {
   static_assert(sizeof(CT) == 2);
   const uint16_t* a16 = reinterpret_cast<const uint16_t*>(a);
   const uint16_t* b16 = reinterpret_cast<const uint16_t*>(b);
@@ -557,7 +580,7 @@ void interleave<float>(const float*, const float*, int64_t, float*) {
 // Columns [t0, t0 + nb) of row pos of image n's patches (P x kh Kt: kernel row after kernel row,
 // each kx then ci) from the padded channels-last image xp, into d.
 template <typename CT>
-void patch_columns(const CT* xp, const Geometry& g, const View& v, int64_t pos, int64_t t0, int64_t nb, CT* d) {
+PYA_VECTOR void patch_columns(const CT* xp, const Geometry& g, const View& v, int64_t pos, int64_t t0, int64_t nb, CT* d) {
   const CT* at = xp + (pos / g.Wc) * g.sh * v.Wpd * v.Cip + (pos % g.Wc) * g.sw * v.Cip;
   for (int64_t t = t0; t < t0 + nb;) {
     const int64_t ky = t / v.Kt, k = t % v.Kt, len = std::min(v.Kt - k, t0 + nb - t);
@@ -570,7 +593,7 @@ void patch_columns(const CT* xp, const Geometry& g, const View& v, int64_t pos, 
 // dw (Co x kh Kt, float32) = (first) or += image n's dY^T (Co x P) x its patches (P x kh Kt), in
 // blocks of kNb columns: within one kernel row, or across them where the rows are short (stacked).
 template <typename T, typename CT>
-void weight_gradient(const Backward& k, int64_t n, const float* dY, float* dw, bool first) {
+PYA_VECTOR void weight_gradient(const Backward& k, int64_t n, const float* dY, float* dw, bool first) {
   const Geometry& g = k.g;
   const View& v = k.v;
   const int64_t Kw = g.kh * v.Kt;
@@ -607,7 +630,7 @@ void weight_gradient(const Backward& k, int64_t n, const float* dY, float* dw, b
 }
 
 template <typename T, typename CT>
-void backward_image(const Backward& k, int64_t n, float* dw, float* db, bool first) {
+PYA_VECTOR void backward_image(const Backward& k, int64_t n, float* dw, float* db, bool first) {
   const View& v = k.v;
   float* dY = scratch<float>(kAcc, v.P * v.Cop);
   unpool<T>(k, n, dY, db);
