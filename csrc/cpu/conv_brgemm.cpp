@@ -613,10 +613,19 @@ PYA_VECTOR void weight_gradient(const Backward& k, int64_t n, const float* dY, f
     if (!k.vnni) {
       for (int64_t pos = 0; pos < v.P; ++pos) patch_columns(xp, g, v, pos, t0, nb, bb + pos * nb);
     } else {
+      const bool one_row = t0 / v.Kt == (t0 + nb - 1) / v.Kt;  // the columns lie in one kernel row
       for (int64_t pos = 0; pos < v.Pe; pos += 2) {  // VNNI: positions pos, pos + 1 interleaved
+        const bool second = pos + 1 < v.P;
+        if (one_row) {  // straight from the image
+          const auto at = [&](int64_t q) {
+            return xp + ((q / g.Wc) * g.sh + t0 / v.Kt) * v.Wpd * v.Cip + (q % g.Wc) * g.sw * v.Cip + t0 % v.Kt;
+          };
+          interleave(at(pos), second ? at(pos + 1) : nullptr, nb, bb + pos * nb);
+          continue;
+        }
         patch_columns(xp, g, v, pos, t0, nb, pair);
-        if (pos + 1 < v.P) patch_columns(xp, g, v, pos + 1, t0, nb, pair + kNb);
-        interleave(pair, pos + 1 < v.P ? pair + kNb : nullptr, nb, bb + pos * nb);
+        if (second) patch_columns(xp, g, v, pos + 1, t0, nb, pair + kNb);
+        interleave(pair, second ? pair + kNb : nullptr, nb, bb + pos * nb);
       }
     }
     cb::brgemm(g.Co, nb, v.Pe, v.Pe, nb, Kw, !first, dYt, bb, dw + t0, k.vnni);
