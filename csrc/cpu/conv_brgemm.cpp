@@ -37,6 +37,10 @@
 
 #include "common/conv_relu_maxpool_index.h"
 
+#if __has_include(<oneapi/dnnl/dnnl_config.h>)
+#include <oneapi/dnnl/dnnl_config.h>  // DNNL_EXPERIMENTAL_UKERNEL: torch's oneDNN has the micro-kernel
+#endif
+
 namespace pyalexnet {
 namespace crm {
 namespace {
@@ -59,9 +63,20 @@ bool forced_portable() {
   return v != nullptr && *v != '\0' && std::string(v) != "0";
 }
 
+// Whether the micro-kernel is in this torch: its oneDNN was built with the ukernel API (the header
+// torch ships says so), on x86, for a CPU with AVX2 + FMA. Where not, brgemm() still computes, but
+// through a plain GEMM call per product: far too slow for our many small products.
+template <typename CT>
+bool runs_16bit();
+
 bool cpu_has_f32_kernel() {
-#if defined(__x86_64__)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#if defined(__x86_64__) && defined(DNNL_EXPERIMENTAL_UKERNEL)
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return false;
+  // On AVX-512 CPUs the ukernel takes bfloat16: if it refuses, it is not there (or not enabled).
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  static const bool bf16 = avx512 && runs_16bit<at::BFloat16>();
+  return !avx512 || bf16;
 #else
   return false;
 #endif
@@ -206,19 +221,64 @@ PYA_VECTOR void fill_input(const at::Tensor& x, int64_t n, const Geometry& g, co
 // Forward
 // ---------------------------------------------------------------------------------------------
 
-// B of the forward products: per block j of output channels and kernel row ky, Kt x nb.
-template <typename T, typename CT>
-std::vector<CT> pack_forward(const T* w, const Geometry& g, const View& v, bool vnni) {
+// d[2e] = a[e], d[2e + 1] = b[e] (0 without a or b) for e < n: 16-bit values moved as bits, 32 bits a
+// store, which the compiler vectorises.
+template <typename CT>
+PYA_VECTOR void interleave(const CT* a, const CT* b, int64_t n, CT* d) {
+  static_assert(sizeof(CT) == 2);
+  const uint16_t* a16 = reinterpret_cast<const uint16_t*>(a);
+  const uint16_t* b16 = reinterpret_cast<const uint16_t*>(b);
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(d);
+  if (a16 == nullptr || b16 == nullptr) {
+    for (int64_t e = 0; e < n; ++e) d32[e] = a16 ? a16[e] : b16 ? static_cast<uint32_t>(b16[e]) << 16 : 0u;
+    return;
+  }
+  for (int64_t e = 0; e < n; ++e) d32[e] = static_cast<uint32_t>(a16[e]) | (static_cast<uint32_t>(b16[e]) << 16);
+}
+template <>
+void interleave<float>(const float*, const float*, int64_t, float*) {
+  TORCH_CHECK(false, "internal: no VNNI pairs for float32");
+}
+
+// The weights permuted to (d0, d1, d2, d3) of (Co, Ci, kh, kw), flipped in kh and kw if asked, in
+// the product type, contiguous: the rows the packers copy from.
+template <typename CT>
+at::Tensor weight_rows(const at::Tensor& w, at::IntArrayRef order, bool flip) {
+  const at::Tensor f = flip ? w.flip({2, 3}) : w;
+  return f.permute(order).to(c10::CppTypeToScalarType<CT>::value).contiguous();
+}
+
+// Rows [0, K) of a K x nb block b of B, each from row(k) (nb values; nullptr: zeros), in VNNI pairs
+// or row-major.
+template <typename CT, typename Row>
+void pack_rows(int64_t K, int64_t nb, bool vnni, const Row& row, CT* b) {
+  for (int64_t k = 0; k < K; k += vnni ? 2 : 1) {
+    if (vnni) {
+      interleave(row(k), k + 1 < K ? row(k + 1) : nullptr, nb, b + k * nb);
+    } else if (const CT* s = row(k)) {
+      std::copy(s, s + nb, b + k * nb);
+    } else {
+      std::fill(b + k * nb, b + (k + 1) * nb, CT(0.f));
+    }
+  }
+}
+
+// B of the forward products: per block j of output channels and kernel row ky, Kt x nb: row
+// kx Cip + ci is w[j kNb .. + nb][ci][ky][kx].
+template <typename CT>
+std::vector<CT> pack_forward(const at::Tensor& w, const Geometry& g, const View& v, bool vnni) {
+  const at::Tensor rows = weight_rows<CT>(w, {2, 3, 1, 0}, false);  // kh, kw, Ci, Co
+  const CT* wt = rows.const_data_ptr<CT>();
   std::vector<CT> p(static_cast<size_t>(blocks(g.Co) * kNb * g.kh * v.Kt), CT(0.f));
   for (int64_t j = 0; j < blocks(g.Co); ++j) {
     const int64_t nb = block_n(g.Co, j);
     for (int64_t ky = 0; ky < g.kh; ++ky) {
-      CT* b = p.data() + j * g.kh * kNb * v.Kt + ky * nb * v.Kt;  // kernel rows back to back (stacked)
-      for (int64_t n = 0; n < nb; ++n)
-        for (int64_t ci = 0; ci < g.Ci; ++ci)
-          for (int64_t kx = 0; kx < g.kw; ++kx)
-            b[b_index(kx * v.Cip + ci, n, nb, vnni)] =
-                static_cast<CT>(w[(((j * kNb + n) * g.Ci + ci) * g.kh + ky) * g.kw + kx]);
+      const auto row = [&](int64_t k) -> const CT* {
+        const int64_t kx = k / v.Cip, ci = k % v.Cip;
+        return ci < g.Ci ? wt + ((ky * g.kw + kx) * g.Ci + ci) * g.Co + j * kNb : nullptr;
+      };
+      // kernel rows back to back: the stacked products read them as one K = kh Kt matrix
+      pack_rows(v.Kt, nb, vnni, row, p.data() + j * g.kh * kNb * v.Kt + ky * nb * v.Kt);
     }
   }
   return p;
@@ -371,7 +431,7 @@ template <typename T, typename CT>
 void forward_impl(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b, const Geometry& g,
                   at::Tensor& out, at::Tensor& code, bool vnni) {
   const View v = view_of(g, vnni);
-  const std::vector<CT> wp = pack_forward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
+  const std::vector<CT> wp = pack_forward<CT>(w, g, v, vnni);
   const at::Tensor bias = b ? b->to(at::kFloat).contiguous() : at::zeros({g.Co}, x.options().dtype(at::kFloat));
   const Output o{bias.const_data_ptr<float>(), static_cast<char*>(out.data_ptr()), out.strides(),
                  code.data_ptr<uint8_t>()};
@@ -464,20 +524,21 @@ PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
 bool flipped_data_gradient(const Geometry& g) { return g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw; }
 
 // B of those products: per block j of input channels and (flipped) kernel row ky, (kw Cop) x nb:
-// (kx, co) -> ci = w[co][ci][kh - 1 - ky][kw - 1 - kx].
-template <typename T, typename CT>
-std::vector<CT> pack_flipped(const T* w, const Geometry& g, const View& v, bool vnni) {
+// row kx Cop + co is w[co][j kNb .. + nb][kh - 1 - ky][kw - 1 - kx].
+template <typename CT>
+std::vector<CT> pack_flipped(const at::Tensor& w, const Geometry& g, const View& v, bool vnni) {
   const int64_t Kf = g.kw * v.Cop;
+  const at::Tensor rows = weight_rows<CT>(w, {2, 3, 0, 1}, true);  // kh, kw (flipped), Co, Ci
+  const CT* wf = rows.const_data_ptr<CT>();
   std::vector<CT> p(static_cast<size_t>(blocks(g.Ci) * g.kh * kNb * Kf), CT(0.f));
   for (int64_t j = 0; j < blocks(g.Ci); ++j) {
     const int64_t nb = block_n(g.Ci, j);
     for (int64_t ky = 0; ky < g.kh; ++ky) {
-      CT* b = p.data() + (j * g.kh + ky) * kNb * Kf;
-      for (int64_t c = 0; c < nb; ++c)
-        for (int64_t kx = 0; kx < g.kw; ++kx)
-          for (int64_t co = 0; co < g.Co; ++co)
-            b[b_index(kx * v.Cop + co, c, nb, vnni)] = static_cast<CT>(
-                w[((co * g.Ci + j * kNb + c) * g.kh + (g.kh - 1 - ky)) * g.kw + (g.kw - 1 - kx)]);
+      const auto row = [&](int64_t k) -> const CT* {
+        const int64_t kx = k / v.Cop, co = k % v.Cop;
+        return co < g.Co ? wf + ((ky * g.kw + kx) * g.Co + co) * g.Ci + j * kNb : nullptr;
+      };
+      pack_rows(Kf, nb, vnni, row, p.data() + (j * g.kh + ky) * kNb * Kf);
     }
   }
   return p;
@@ -556,25 +617,6 @@ PYA_VECTOR void data_gradient(const Backward& k, int64_t n, const CT* dYc) {
       const float* s = dxp + (iy + g.ph) * row + (ix + g.pw) * v.Cip;
       for (int64_t ci = 0; ci < g.Ci; ++ci) dx[ci * sC + iy * sH + ix * sW] = static_cast<T>(in ? s[ci] : 0.f);
     }
-}
-
-// d[2e] = a[e], d[2e + 1] = b[e] (0 without b) for e < n: 16-bit values moved as bits, 32 bits a
-// store, which the compiler vectorises.
-template <typename CT>
-PYA_VECTOR void interleave(const CT* a, const CT* b, int64_t n, CT* d) {
-  static_assert(sizeof(CT) == 2);
-  const uint16_t* a16 = reinterpret_cast<const uint16_t*>(a);
-  const uint16_t* b16 = reinterpret_cast<const uint16_t*>(b);
-  uint32_t* d32 = reinterpret_cast<uint32_t*>(d);
-  if (b16 == nullptr) {
-    for (int64_t e = 0; e < n; ++e) d32[e] = a16[e];
-    return;
-  }
-  for (int64_t e = 0; e < n; ++e) d32[e] = static_cast<uint32_t>(a16[e]) | (static_cast<uint32_t>(b16[e]) << 16);
-}
-template <>
-void interleave<float>(const float*, const float*, int64_t, float*) {
-  TORCH_CHECK(false, "internal: no VNNI pairs for float32");
 }
 
 // Columns [t0, t0 + nb) of row pos of image n's patches (P x kh Kt: kernel row after kernel row,
@@ -670,7 +712,7 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
                    const Geometry& g, at::Tensor* dx, at::Tensor* dw, at::Tensor* db, bool vnni) {
   const View v = view_of(g, vnni);
   const std::vector<CT> wb = !dx                         ? std::vector<CT>()
-                             : flipped_data_gradient(g) ? pack_flipped<T, CT>(w.const_data_ptr<T>(), g, v, vnni)
+                             : flipped_data_gradient(g) ? pack_flipped<CT>(w, g, v, vnni)
                                                         : pack_backward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
   const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), x, wb.data(), dx, dw != nullptr};
   const int64_t S = weight_groups(g, v, dw != nullptr), wsize = dw ? g.kh * g.Co * v.Kt : 0;
@@ -715,6 +757,13 @@ std::string cpu_conv_kernel(at::ScalarType dt) {
 }
 
 bool brgemm_runs(at::ScalarType dt) { return multiply_in(dt).has_value(); }
+
+bool brgemm_backward_fits(const Geometry& g) {
+  const View v = view_of(g, true);  // the larger of the two views
+  const int64_t bytes = v.P * v.Cop * 8 + v.Hpd * v.Wpd * v.Cip * 8 + (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 +
+                        g.H * g.W * kNb * 4 + v.Pe * kNb * 4 + g.Co * v.Pe * 2;
+  return bytes <= kBackwardScratchBytes;
+}
 
 void brgemm_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                     const Geometry& g, at::Tensor& out, at::Tensor& code) {

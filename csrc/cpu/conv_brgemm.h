@@ -19,6 +19,12 @@ namespace crm {
 std::string cpu_conv_kernel(at::ScalarType dt);
 bool brgemm_runs(at::ScalarType dt);  // cpu_conv_kernel(dt) != "portable"
 
+// The brgemm backward works a whole image at a time in per-thread scratch (kept for the next
+// call); images whose scratch would pass kBackwardScratchBytes go to the portable kernels, whose
+// scratch is bounded by their chunks.
+constexpr int64_t kBackwardScratchBytes = int64_t(256) << 20;
+bool brgemm_backward_fits(const Geometry& g);
+
 // out: N x Co x Hp x Wp with any strides; code: N x Co x Hp x Wcode, contiguous.
 void brgemm_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                     const Geometry& g, at::Tensor& out, at::Tensor& code);

@@ -385,7 +385,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cpu(
   if (!need_x && !need_w && !need_b) return {in_format(dx, mf), dw, db};
   const at::Tensor gy = grad_out.to(x.scalar_type());
   const at::Tensor cc = code.contiguous();
-  if (brgemm_runs(x.scalar_type())) {
+  if (brgemm_runs(x.scalar_type()) && brgemm_backward_fits(g)) {
     at::Tensor dxl = at::empty({need_x ? g.N : 0, g.Ci, g.H, g.W}, x.options().memory_format(mf));
     brgemm_backward(gy, x, weight, cc, g, need_x ? &dxl : nullptr, need_w ? &dw : nullptr, need_b ? &db : nullptr);
     return {dxl, dw, db};
