@@ -108,28 +108,8 @@ def _softmax_cross_entropy_backward_fake(grad_loss, logits, target, weight, lse,
     return logits.new_empty(logits.shape)
 
 
-def _softmax_cross_entropy_setup_context(ctx, inputs, output):
-    logits, target, weight, ignore_index, reduction, label_smoothing = inputs
-    _, lse, wstats = output
-    ctx.save_for_backward(logits, target, weight, lse, wstats)
-    ctx.args = (ignore_index, reduction, label_smoothing)
-    ctx.mark_non_differentiable(lse, wstats)
-
-
-def _softmax_cross_entropy_backward(ctx, grad_loss, grad_lse, grad_wstats):
-    grad_logits = None
-    if ctx.needs_input_grad[0]:
-        logits, target, weight, lse, wstats = ctx.saved_tensors
-        grad_logits = torch.ops.pyalexnet.softmax_cross_entropy_backward(
-            grad_loss, logits, target, weight, lse, wstats, *ctx.args)
-    return grad_logits, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "pyalexnet::softmax_cross_entropy_forward",
-    _softmax_cross_entropy_backward,
-    setup_context=_softmax_cross_entropy_setup_context,
-)
+# The loss op's autograd is registered in C++ (csrc/softmax_cross_entropy_autograd.cpp): a Python
+# autograd kernel cost as much per call as the op itself at small sizes.
 
 
 # --- fused conv2d + ReLU + max-pool ---------------------------------------------------------------

@@ -164,6 +164,55 @@ def test_stride0_grad_output(dtype):
     assert_matches(xx.grad, ref_grad, base_grad, "grad")
 
 
+@pytest.mark.parametrize("layout", ("contiguous", "column_strided"))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bfloat16_rows_converted_exactly(reduction, layout):
+    """bfloat16 rows are widened to float32 and the gradient narrowed back by vectorised loops: the
+    bfloat16 op must equal the float32 op on the same values, rounded by torch, bit for bit (ties
+    and large values included; NaN where it is NaN), whatever the dtype of a scalar incoming gradient."""
+    N, C = 37, 45
+    x = random_logits(N, C, dtype=torch.bfloat16)
+    x[3, 5] = float("nan")
+    x[6] = x[6] * 1000
+    x[7, ::2] = x[7, 0]  # many equal logits: gradient values that round to ties
+    if layout == "column_strided":
+        x = x.t().contiguous().t()
+        assert x.stride(1) != 1
+    t = random_target(N, C, ignore_index=-100)
+    t[3], t[6], t[7] = 1, 2, 3  # the special rows are not ignored
+    w = random_weight(C, torch.float32)
+    opts = (-100, reduction, 0.1)
+    go = (torch.randn(N) if reduction == "none" else torch.randn(())).to(torch.bfloat16)
+    gos = (go,) if reduction == "none" else (go, go.double(), go.float())
+    _, lse16, ws16 = FWD(x, t, w, *opts)
+    _, lse32, ws32 = FWD(x.float(), t, w, *opts)
+    for g in gos:
+        got = BWD(g, x, t, w, lse16, ws16, *opts)
+        want = BWD(g.float(), x.float(), t, w, lse32, ws32, *opts).to(torch.bfloat16)
+        nan = got.isnan()
+        assert nan.any() and torch.equal(nan, want.isnan())
+        # NaN bits differ: c10::BFloat16 (and so ours) writes 0x7FC0, torch's vectorised cast 0xFFFF
+        assert torch.equal(got.view(torch.int16)[~nan], want.view(torch.int16)[~nan]), g.dtype
+
+
+def test_bfloat16_gradient_rounds_ties_to_even():
+    """About one float32 gradient in 2^16 lies half-way between two bfloat16 values: over 2^20 of
+    them the bfloat16 op must round those to even, as torch does."""
+    N, C = 8, 1 << 17
+    x = random_logits(N, C, dtype=torch.bfloat16)
+    t = random_target(N, C)
+    w = random_weight(C, torch.float32)
+    opts = (-100, "sum", 0.3)
+    _, lse16, ws16 = FWD(x, t, w, *opts)
+    _, lse32, ws32 = FWD(x.float(), t, w, *opts)
+    g = torch.ones((), dtype=torch.bfloat16)
+    exact = BWD(g.float(), x.float(), t, w, lse32, ws32, *opts)
+    ties = ((exact.view(torch.int32) & 0xFFFF) == 0x8000).sum().item()
+    assert ties >= 4, ties
+    got = BWD(g, x, t, w, lse16, ws16, *opts)
+    assert torch.equal(got.view(torch.int16), exact.to(torch.bfloat16).view(torch.int16))
+
+
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
 @pytest.mark.parametrize("label_smoothing", (0.0, 0.2))
 def test_masked_classes(dtype, label_smoothing):

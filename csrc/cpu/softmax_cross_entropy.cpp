@@ -141,14 +141,45 @@ inline double sumexp(const double* z, int64_t C, double m) { return row_sumexp<d
 inline void grad(const float* z, const float* w, int64_t C, float m, float l, float A, float E, float* o) { row_grad_f32(z, w, C, m, l, A, E, o); }
 inline void grad(const double* z, const double* w, int64_t C, double m, double l, double A, double E, double* o) { row_grad<double>(z, w, C, m, l, A, E, o); }
 
+// bfloat16 <-> float rows, vectorised: widening is a shift; narrowing rounds to nearest even and
+// keeps NaN as c10::BFloat16 does (0x7FC0), bit for bit the same as static_cast.
+PYA_MULTIVERSION void widen_bf16(const uint16_t* x, int64_t sC, int64_t C, float* out) {
+  if (sC == 1) {
+    for (int64_t j = 0; j < C; ++j) out[j] = std::bit_cast<float>(uint32_t(x[j]) << 16);
+  } else {
+    for (int64_t j = 0; j < C; ++j) out[j] = std::bit_cast<float>(uint32_t(x[j * sC]) << 16);
+  }
+}
+PYA_MULTIVERSION void narrow_bf16(const float* x, int64_t C, uint16_t* out) {
+  for (int64_t j = 0; j < C; ++j) {
+    const uint32_t u = std::bit_cast<uint32_t>(x[j]);
+    const uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    out[j] = static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : r);
+  }
+}
+
 // Row i of x as acc_t: in place when it already is (unit column stride), else copied into buf.
 template <typename T, typename acc_t>
 inline const acc_t* load_row(const T* x, int64_t sC, int64_t C, acc_t* buf) {
   if constexpr (std::is_same_v<T, acc_t>) {
     if (sC == 1) return x;
   }
+  if constexpr (std::is_same_v<T, at::BFloat16> && std::is_same_v<acc_t, float>) {
+    widen_bf16(reinterpret_cast<const uint16_t*>(x), sC, C, buf);
+    return buf;
+  }
   for (int64_t j = 0; j < C; ++j) buf[j] = static_cast<acc_t>(x[j * sC]);
   return buf;
+}
+
+// A float row stored as T (C elements).
+template <typename T, typename acc_t>
+inline void store_row(const acc_t* x, int64_t C, T* out) {
+  if constexpr (std::is_same_v<T, at::BFloat16> && std::is_same_v<acc_t, float>) {
+    narrow_bf16(x, C, reinterpret_cast<uint16_t*>(out));
+  } else {
+    for (int64_t j = 0; j < C; ++j) out[j] = static_cast<T>(x[j]);
+  }
 }
 
 inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)); }
@@ -209,10 +240,17 @@ void softmax_cross_entropy_backward_kernel_impl(
       else acc_out = gbuf.data();
       grad(z, w, C, lse[2 * i], lse[2 * i + 1], k.A, k.E, acc_out);
       acc_out[t] -= k.B;
-      if constexpr (!std::is_same_v<T, acc_t>)
-        for (int64_t j = 0; j < C; ++j) o[j] = static_cast<T>(acc_out[j]);
+      if constexpr (!std::is_same_v<T, acc_t>) store_row<T, acc_t>(acc_out, C, o);
     }
   });
+}
+
+// The one element of a CPU tensor, read in place.
+double scalar_value(const at::Tensor& t) {
+  double v = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "scalar_value",
+                                  [&] { v = static_cast<double>(*t.const_data_ptr<scalar_t>()); });
+  return v;
 }
 
 template <typename T>
@@ -231,8 +269,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cpu
   at::Tensor lse = at::empty({N, 2}, logits.options().dtype(acc));
   at::Tensor wstats = at::empty({2}, logits.options().dtype(acc));
   at::Tensor loss = red == kNone ? at::empty({N}, logits.options()) : at::empty({}, logits.options());
-  at::Tensor row_loss = at::empty({red == kNone ? 0 : N}, lse.options());
-  at::Tensor row_w = at::empty({N}, lse.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "softmax_cross_entropy_forward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
@@ -240,6 +276,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cpu
     double wsum = 0;  // sum of all class weights
     if (wp) for (int64_t c = 0; c < C; ++c) wsum += wp[c];
     else wsum = double(C);
+    // Per-row losses and used weights: plain scratch, not tensors (each at::empty is a dispatch).
+    std::vector<acc_t> losses(red == kNone ? 0 : N), used_w(N);
     AT_DISPATCH_INDEX_TYPES(target.scalar_type(), "softmax_cross_entropy_forward_cpu", [&] {
       softmax_cross_entropy_forward_kernel_impl<scalar_t, acc_t, index_t>(
           logits.const_data_ptr<scalar_t>(), N, C, logits.stride(0), logits.stride(1),
@@ -247,16 +285,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cpu
           ignore_index,
           static_cast<acc_t>(label_smoothing), red,
           red == kNone ? loss.data_ptr<scalar_t>() : nullptr, lse.data_ptr<acc_t>(),
-          red == kNone ? nullptr : row_loss.data_ptr<acc_t>(), row_w.data_ptr<acc_t>());
+          red == kNone ? nullptr : losses.data(), used_w.data());
     });
     // Sums in double, in row order: the same result whatever the number of threads.
-    const acc_t* rw = row_w.const_data_ptr<acc_t>();
     double denom = 0, total = 0;
-    for (int64_t i = 0; i < N; ++i) denom += rw[i];
+    for (int64_t i = 0; i < N; ++i) denom += used_w[i];
     if (red != kNone) {
-      const acc_t* rl = row_loss.const_data_ptr<acc_t>();
-      for (int64_t i = 0; i < N; ++i) total += rl[i];
-      loss.fill_(red == kMean ? total / denom : total);
+      for (int64_t i = 0; i < N; ++i) total += losses[i];
+      *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(red == kMean ? total / denom : total);
     }
     wstats.data_ptr<acc_t>()[0] = static_cast<acc_t>(denom);
     wstats.data_ptr<acc_t>()[1] = static_cast<acc_t>(wsum);
@@ -270,19 +306,25 @@ at::Tensor softmax_cross_entropy_backward_cpu(
     int64_t ignore_index, c10::string_view reduction, double label_smoothing) {
   const int red = check_backward(grad_loss, logits, target, weight, lse, wstats, reduction, label_smoothing);
   const int64_t N = logits.size(0), C = logits.size(1);
-  const auto [w, go, lse_c, ws] = backward_small_inputs(grad_loss, logits.scalar_type(), weight, lse, wstats);
+  const at::Tensor w = weight_as_acc(weight, logits.scalar_type()), lse_c = lse.contiguous(),
+                   ws = wstats.contiguous();
+  // The incoming gradient: a vector for reduction 'none', else one scalar read in place (a dtype
+  // conversion would cost a kernel call, as much as the whole op at 128 x 10).
+  const at::Tensor go = red == kNone ? grad_loss.to(acc_dtype(logits.scalar_type())) : at::Tensor();
+  const double g0 = red == kNone ? 0.0 : scalar_value(grad_loss);
   at::Tensor grad = at::empty({N, C}, logits.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "softmax_cross_entropy_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
     const acc_t* st = ws.const_data_ptr<acc_t>();
+    const acc_t g = static_cast<acc_t>(g0);
     AT_DISPATCH_INDEX_TYPES(target.scalar_type(), "softmax_cross_entropy_backward_cpu", [&] {
       softmax_cross_entropy_backward_kernel_impl<scalar_t, acc_t, index_t>(
           logits.const_data_ptr<scalar_t>(), N, C, logits.stride(0), logits.stride(1),
           target.const_data_ptr<index_t>(), target.stride(0), wp, ignore_index,
-          static_cast<acc_t>(label_smoothing), red, go.const_data_ptr<acc_t>(),
-          go.dim() == 1 ? go.stride(0) : 0, lse_c.const_data_ptr<acc_t>(), st[0], st[1],
+          static_cast<acc_t>(label_smoothing), red, go.defined() ? go.const_data_ptr<acc_t>() : &g,
+          go.defined() ? go.stride(0) : 0, lse_c.const_data_ptr<acc_t>(), st[0], st[1],
           grad.data_ptr<scalar_t>());
     });
   });
