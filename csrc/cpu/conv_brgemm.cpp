@@ -270,9 +270,10 @@ std::vector<CT> pack_forward(const at::Tensor& w, const Geometry& g, const View&
   const at::Tensor rows = weight_rows<CT>(w, {2, 3, 1, 0}, false);  // kh, kw, Ci, Co
   const CT* wt = rows.const_data_ptr<CT>();
   std::vector<CT> p(static_cast<size_t>(blocks(g.Co) * kNb * g.kh * v.Kt), CT(0.f));
-  for (int64_t j = 0; j < blocks(g.Co); ++j) {
-    const int64_t nb = block_n(g.Co, j);
-    for (int64_t ky = 0; ky < g.kh; ++ky) {
+  // (block, kernel row) pairs write disjoint parts: packed by all threads, not before them
+  at::parallel_for(0, blocks(g.Co) * g.kh, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t j = q / g.kh, ky = q % g.kh, nb = block_n(g.Co, j);
       const auto row = [&](int64_t k) -> const CT* {
         const int64_t kx = k / v.Cip, ci = k % v.Cip;
         return ci < g.Ci ? wt + ((ky * g.kw + kx) * g.Ci + ci) * g.Co + j * kNb : nullptr;
@@ -280,7 +281,7 @@ std::vector<CT> pack_forward(const at::Tensor& w, const Geometry& g, const View&
       // kernel rows back to back: the stacked products read them as one K = kh Kt matrix
       pack_rows(v.Kt, nb, vnni, row, p.data() + j * g.kh * kNb * v.Kt + ky * nb * v.Kt);
     }
-  }
+  });
   return p;
 }
 
@@ -452,9 +453,9 @@ template <typename T, typename CT>
 std::vector<CT> pack_backward(const T* w, const Geometry& g, const View& v, bool vnni) {
   const int64_t nj = blocks(v.Kt), blk = v.Cop * kNb;
   std::vector<CT> p(static_cast<size_t>(g.kh * nj * blk), CT(0.f));
-  for (int64_t ky = 0; ky < g.kh; ++ky)
-    for (int64_t j = 0; j < nj; ++j) {
-      const int64_t nb = block_n(v.Kt, j);
+  at::parallel_for(0, g.kh * nj, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t ky = q / nj, j = q % nj, nb = block_n(v.Kt, j);
       CT* b = p.data() + (ky * nj + j) * blk;
       for (int64_t co = 0; co < g.Co; ++co)
         for (int64_t t = 0; t < nb; ++t) {
@@ -462,6 +463,7 @@ std::vector<CT> pack_backward(const T* w, const Geometry& g, const View& v, bool
           if (ci < g.Ci) b[b_index(co, t, nb, vnni)] = static_cast<CT>(w[((co * g.Ci + ci) * g.kh + ky) * g.kw + kx]);
         }
     }
+  });
   return p;
 }
 
@@ -531,16 +533,16 @@ std::vector<CT> pack_flipped(const at::Tensor& w, const Geometry& g, const View&
   const at::Tensor rows = weight_rows<CT>(w, {2, 3, 0, 1}, true);  // kh, kw (flipped), Co, Ci
   const CT* wf = rows.const_data_ptr<CT>();
   std::vector<CT> p(static_cast<size_t>(blocks(g.Ci) * g.kh * kNb * Kf), CT(0.f));
-  for (int64_t j = 0; j < blocks(g.Ci); ++j) {
-    const int64_t nb = block_n(g.Ci, j);
-    for (int64_t ky = 0; ky < g.kh; ++ky) {
+  at::parallel_for(0, blocks(g.Ci) * g.kh, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t j = q / g.kh, ky = q % g.kh, nb = block_n(g.Ci, j);
       const auto row = [&](int64_t k) -> const CT* {
         const int64_t kx = k / v.Cop, co = k % v.Cop;
         return co < g.Co ? wf + ((ky * g.kw + kx) * g.Co + co) * g.Ci + j * kNb : nullptr;
       };
       pack_rows(Kf, nb, vnni, row, p.data() + (j * g.kh + ky) * kNb * Kf);
     }
-  }
+  });
   return p;
 }
 
