@@ -91,6 +91,11 @@ WIDE = {  # past one 64-wide block of output channels, input channels, and kerne
     "stride1_pad_ge_kernel": Cfg(2, 5, 6, 6, 7, (2, 2), padding=(2, 2), pool_kernel=(1, 1), pool_stride=(1, 1)),
     "stride2_kernel_rows_wide": Cfg(3, 33, 13, 12, 70, (3, 5), (2, 2), (1, 2), (2, 2), (2, 2)),
     "one_column": Cfg(2, 4, 9, 1, 5, (3, 1), padding=(1, 0), pool_kernel=(2, 1), pool_stride=(1, 1)),
+    # the weight gradient's products over several images (K = images x positions): 19 images in 8
+    # groups, 25 positions (odd: a VNNI zero column per image), then 225 positions, 2 images a
+    # product, so that groups of 3 end on a product of one image
+    "images_per_product": Cfg(19, 8, 5, 5, 12, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "images_per_product_partial": Cfg(19, 4, 15, 15, 6, (3, 3), padding=(1, 1)),
 }
 
 

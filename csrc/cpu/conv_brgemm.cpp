@@ -634,29 +634,47 @@ PYA_VECTOR void patch_columns(const CT* xp, const Geometry& g, const View& v, in
   }
 }
 
-// dw (Co x kh Kt, float32) = (first) or += image n's dY^T (Co x P) x its patches (P x kh Kt), in
-// blocks of kNb columns: within one kernel row, or across them where the rows are short (stacked).
+// Images per weight-gradient product: their positions side by side make K (about 512), so that a
+// block of dw stays in cache over several images instead of being read and written per image.
+inline int64_t chunk_images(const View& v) { return std::clamp<int64_t>(512 / std::max<int64_t>(v.Pe, 1), 1, 8); }
+
+// Image i of a chunk: its padded channels-last input into xps (slot i), its dY^T (Co x P, zero
+// column at P when Pe > P) into columns [i Pe, (i + 1) Pe) of dYt (Co x m Pe).
 template <typename T, typename CT>
-PYA_VECTOR void weight_gradient(const Backward& k, int64_t n, const float* dY, float* dw, bool first) {
+PYA_VECTOR void weight_gradient_inputs(const Backward& k, int64_t n, int64_t i, int64_t m, const float* dY) {
   const Geometry& g = k.g;
   const View& v = k.v;
-  const int64_t Kw = g.kh * v.Kt;
-  CT* xp = scratch<CT>(kInput, v.Hpd * v.Wpd * v.Cip);
-  fill_input<T, CT>(k.x, n, g, v, 0, v.Hpd, xp);
-  CT* dYt = scratch<CT>(kGradT, g.Co * v.Pe);
+  const int64_t ld = m * v.Pe;
+  fill_input<T, CT>(k.x, n, g, v, 0, v.Hpd, scratch<CT>(kInput, m * v.Hpd * v.Wpd * v.Cip) + i * v.Hpd * v.Wpd * v.Cip);
+  CT* dYt = scratch<CT>(kGradT, g.Co * ld) + i * v.Pe;
   constexpr int64_t kT = 16;  // transposed in 16 x 16 tiles: every line read and written is used whole
   for (int64_t p0 = 0; p0 < v.P; p0 += kT)
     for (int64_t c0 = 0; c0 < g.Co; c0 += kT)
       for (int64_t co = c0; co < std::min(c0 + kT, g.Co); ++co)
-        for (int64_t p = p0; p < std::min(p0 + kT, v.P); ++p) dYt[co * v.Pe + p] = narrow<CT>(dY[p * v.Cop + co]);
+        for (int64_t p = p0; p < std::min(p0 + kT, v.P); ++p) dYt[co * ld + p] = narrow<CT>(dY[p * v.Cop + co]);
   if (v.Pe > v.P)
-    for (int64_t co = 0; co < g.Co; ++co) dYt[co * v.Pe + v.P] = CT(0.f);
-  CT* bb = scratch<CT>(kPatches, v.Pe * kNb);
+    for (int64_t co = 0; co < g.Co; ++co) dYt[co * ld + v.P] = CT(0.f);
+}
+
+// dw (Co x kh Kt, float32) = (first) or += the chunk's dY^T (Co x m Pe) x its patches (m Pe x kh Kt),
+// in blocks of kNb columns: within one kernel row, or across them where the rows are short (stacked).
+template <typename T, typename CT>
+PYA_VECTOR void weight_gradient(const Backward& k, int64_t m, float* dw, bool first) {
+  const Geometry& g = k.g;
+  const View& v = k.v;
+  const int64_t Kw = g.kh * v.Kt, img = v.Hpd * v.Wpd * v.Cip, K = m * v.Pe;
+  const CT* xps = scratch<CT>(kInput, m * img);
+  const CT* dYt = scratch<CT>(kGradT, g.Co * K);
+  CT* bb = scratch<CT>(kPatches, K * kNb);
   CT* pair = scratch<CT>(kPair, 2 * kNb);
   const auto product = [&](int64_t t0, int64_t nb) {  // columns [t0, t0 + nb) of dw
-    if (!k.vnni) {
-      for (int64_t pos = 0; pos < v.P; ++pos) patch_columns(xp, g, v, pos, t0, nb, bb + pos * nb);
-    } else {
+    for (int64_t i = 0; i < m; ++i) {
+      const CT* xp = xps + i * img;
+      CT* bi = bb + i * v.Pe * nb;
+      if (!k.vnni) {
+        for (int64_t pos = 0; pos < v.P; ++pos) patch_columns(xp, g, v, pos, t0, nb, bi + pos * nb);
+        continue;
+      }
       const bool one_row = t0 / v.Kt == (t0 + nb - 1) / v.Kt;  // the columns lie in one kernel row
       for (int64_t pos = 0; pos < v.Pe; pos += 2) {  // VNNI: positions pos, pos + 1 interleaved
         const bool second = pos + 1 < v.P;
@@ -664,15 +682,15 @@ PYA_VECTOR void weight_gradient(const Backward& k, int64_t n, const float* dY, f
           const auto at = [&](int64_t q) {
             return xp + ((q / g.Wc) * g.sh + t0 / v.Kt) * v.Wpd * v.Cip + (q % g.Wc) * g.sw * v.Cip + t0 % v.Kt;
           };
-          interleave(at(pos), second ? at(pos + 1) : nullptr, nb, bb + pos * nb);
+          interleave(at(pos), second ? at(pos + 1) : nullptr, nb, bi + pos * nb);
           continue;
         }
         patch_columns(xp, g, v, pos, t0, nb, pair);
         if (second) patch_columns(xp, g, v, pos + 1, t0, nb, pair + kNb);
-        interleave(pair, second ? pair + kNb : nullptr, nb, bb + pos * nb);
+        interleave(pair, second ? pair + kNb : nullptr, nb, bi + pos * nb);
       }
     }
-    cb::brgemm(g.Co, nb, v.Pe, v.Pe, nb, Kw, !first, dYt, bb, dw + t0, k.vnni);
+    cb::brgemm(g.Co, nb, K, K, nb, Kw, !first, dYt, bb, dw + t0, k.vnni);
   };
   if (stacked(v)) {
     for (int64_t j = 0; j < blocks(Kw); ++j) product(j * kNb, block_n(Kw, j));
@@ -682,8 +700,9 @@ PYA_VECTOR void weight_gradient(const Backward& k, int64_t n, const float* dY, f
   }
 }
 
+// Image i of a chunk of m: un-pooling, the data gradient, and its weight-gradient inputs.
 template <typename T, typename CT>
-PYA_VECTOR void backward_image(const Backward& k, int64_t n, float* dw, float* db, bool first) {
+PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, int64_t m, float* db) {
   const View& v = k.v;
   float* dY = scratch<float>(kAcc, v.P * v.Cop);
   unpool<T>(k, n, dY, db);
@@ -693,12 +712,23 @@ PYA_VECTOR void backward_image(const Backward& k, int64_t n, float* dw, float* d
     const CT* dYc = reinterpret_cast<const CT*>(dY);
     if constexpr (!std::is_same_v<CT, float>) {
       CT* c = scratch<CT>(kGradIn, v.P * v.Cop);
-      for (int64_t i = 0; i < v.P * v.Cop; ++i) c[i] = narrow<CT>(dY[i]);
+      for (int64_t e = 0; e < v.P * v.Cop; ++e) c[e] = narrow<CT>(dY[e]);
       dYc = c;
     }
     data_gradient<T, CT>(k, n, dYc);
   }
-  if (k.need_w) weight_gradient<T, CT>(k, n, dY, dw, first);
+  if (k.need_w) weight_gradient_inputs<T, CT>(k, n, i, m, dY);
+}
+
+// Images [n0, n1), one weight-gradient copy dw, written by the first product.
+template <typename T, typename CT>
+void backward_images(const Backward& k, int64_t n0, int64_t n1, float* dw, float* db) {
+  const int64_t chunk = chunk_images(k.v);
+  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+    const int64_t m = std::min(chunk, n1 - c0);
+    for (int64_t i = 0; i < m; ++i) backward_image<T, CT>(k, c0 + i, i, m, db);
+    if (k.need_w) weight_gradient<T, CT>(k, m, dw, c0 == n0);
+  }
 }
 
 // Groups of images that sum their weight gradients in their own float32 copy (added up in group
@@ -725,8 +755,7 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
   float* wp = wpart.data_ptr<float>();
   float* bp = bpart.data_ptr<float>();
   for_each_item(S, vnni, [&](int64_t s) {
-    const int64_t n0 = s * g.N / S;
-    for (int64_t n = n0; n < (s + 1) * g.N / S; ++n) backward_image<T, CT>(k, n, wp + s * wsize, bp + s * g.Co, n == n0);
+    backward_images<T, CT>(k, s * g.N / S, (s + 1) * g.N / S, wp + s * wsize, bp + s * g.Co);
   });
   if (db) {
     T* d = db->data_ptr<T>();
@@ -762,8 +791,9 @@ bool brgemm_runs(at::ScalarType dt) { return multiply_in(dt).has_value(); }
 
 bool brgemm_backward_fits(const Geometry& g) {
   const View v = view_of(g, true);  // the larger of the two views
-  const int64_t bytes = v.P * v.Cop * 8 + v.Hpd * v.Wpd * v.Cip * 8 + (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 +
-                        g.H * g.W * kNb * 4 + v.Pe * kNb * 4 + g.Co * v.Pe * 2;
+  const int64_t m = chunk_images(v);
+  const int64_t bytes = v.P * v.Cop * 8 + m * v.Hpd * v.Wpd * v.Cip * 8 + (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 +
+                        g.H * g.W * kNb * 4 + m * v.Pe * kNb * 4 + m * g.Co * v.Pe * 2;
   return bytes <= kBackwardScratchBytes;
 }
 
