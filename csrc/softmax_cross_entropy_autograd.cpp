@@ -60,7 +60,7 @@ struct SoftmaxCrossEntropy : public torch::autograd::Function<SoftmaxCrossEntrop
     if (ctx->needs_input_grad(0)) {
       const variable_list s = ctx->get_saved_variables();
       const std::optional<at::Tensor> weight = s[2].defined() ? std::optional<at::Tensor>(s[2]) : std::nullopt;
-      const std::string reduction = ctx->saved_data["reduction"].toStringRef();
+      const std::string& reduction = ctx->saved_data["reduction"].toStringRef();
       grad_logits = backward_op().call(grads[0], s[0], s[1], weight, s[3], s[4],
                                        ctx->saved_data["ignore_index"].toInt(), reduction,
                                        ctx->saved_data["label_smoothing"].toDouble());

@@ -168,13 +168,13 @@ def test_stride0_grad_output(dtype):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_bfloat16_rows_converted_exactly(reduction, layout):
     """bfloat16 rows are widened to float32 and the gradient narrowed back by vectorised loops: the
-    bfloat16 op must equal the float32 op on the same values, rounded by torch, bit for bit (ties
-    and large values included; NaN where it is NaN), whatever the dtype of a scalar incoming gradient."""
+    bfloat16 op must equal the float32 op on the same values, rounded by torch, bit for bit (large
+    values and equal logits included; NaN where it is NaN), whatever the dtype of a scalar incoming gradient."""
     N, C = 37, 45
     x = random_logits(N, C, dtype=torch.bfloat16)
     x[3, 5] = float("nan")
     x[6] = x[6] * 1000
-    x[7, ::2] = x[7, 0]  # many equal logits: gradient values that round to ties
+    x[7, ::2] = x[7, 0]  # many equal logits (ties: test_bfloat16_gradient_rounds_ties_to_even)
     if layout == "column_strided":
         x = x.t().contiguous().t()
         assert x.stride(1) != 1

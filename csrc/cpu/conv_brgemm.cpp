@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "common/conv_relu_maxpool_index.h"
+#include "cpu/bf16_bits.h"
 
 #if __has_include(<oneapi/dnnl/dnnl_config.h>)
 #include <oneapi/dnnl/dnnl_config.h>  // DNNL_EXPERIMENTAL_UKERNEL: torch's oneDNN has the micro-kernel
@@ -176,11 +177,7 @@ void for_each_item(int64_t n, bool vnni, const F& f) {
 template <typename E>
 PYA_VECTOR inline E narrow(float f) {
   if constexpr (std::is_same_v<E, at::BFloat16>) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
-    const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
-    return at::BFloat16(static_cast<uint16_t>(nan ? 0x7FC0u : rounded), at::BFloat16::from_bits());
+    return at::BFloat16(bf16_bits(f), at::BFloat16::from_bits());
   } else {
     return static_cast<E>(f);
   }

@@ -21,6 +21,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/bf16_bits.h"
 #include "common/softmax_cross_entropy_math.h"
 #include "softmax_cross_entropy_checks.h"
 
@@ -141,8 +142,8 @@ inline double sumexp(const double* z, int64_t C, double m) { return row_sumexp<d
 inline void grad(const float* z, const float* w, int64_t C, float m, float l, float A, float E, float* o) { row_grad_f32(z, w, C, m, l, A, E, o); }
 inline void grad(const double* z, const double* w, int64_t C, double m, double l, double A, double E, double* o) { row_grad<double>(z, w, C, m, l, A, E, o); }
 
-// bfloat16 <-> float rows, vectorised: widening is a shift; narrowing rounds to nearest even and
-// keeps NaN as c10::BFloat16 does (0x7FC0), bit for bit the same as static_cast.
+// bfloat16 <-> float rows, vectorised: widening is a shift; narrowing is bf16_bits, bit for bit
+// the same as static_cast.
 PYA_MULTIVERSION void widen_bf16(const uint16_t* x, int64_t sC, int64_t C, float* out) {
   if (sC == 1) {
     for (int64_t j = 0; j < C; ++j) out[j] = std::bit_cast<float>(uint32_t(x[j]) << 16);
@@ -151,11 +152,7 @@ PYA_MULTIVERSION void widen_bf16(const uint16_t* x, int64_t sC, int64_t C, float
   }
 }
 PYA_MULTIVERSION void narrow_bf16(const float* x, int64_t C, uint16_t* out) {
-  for (int64_t j = 0; j < C; ++j) {
-    const uint32_t u = std::bit_cast<uint32_t>(x[j]);
-    const uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    out[j] = static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : r);
-  }
+  for (int64_t j = 0; j < C; ++j) out[j] = bf16_bits(x[j]);
 }
 
 // Row i of x as acc_t: in place when it already is (unit column stride), else copied into buf.
