@@ -91,11 +91,16 @@ WIDE = {  # past one 64-wide block of output channels, input channels, and kerne
     "stride1_pad_ge_kernel": Cfg(2, 5, 6, 6, 7, (2, 2), padding=(2, 2), pool_kernel=(1, 1), pool_stride=(1, 1)),
     "stride2_kernel_rows_wide": Cfg(3, 33, 13, 12, 70, (3, 5), (2, 2), (1, 2), (2, 2), (2, 2)),
     "one_column": Cfg(2, 4, 9, 1, 5, (3, 1), padding=(1, 0), pool_kernel=(2, 1), pool_stride=(1, 1)),
-    # the weight gradient's products over several images (K = images x positions): 19 images in 8
+    # the weight gradient's products over several images (K = images x positions): 19 images in 4
     # groups, 25 positions (odd: a VNNI zero column per image), then 225 positions, 2 images a
     # product, so that groups of 3 end on a product of one image
     "images_per_product": Cfg(19, 8, 5, 5, 12, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
     "images_per_product_partial": Cfg(19, 4, 15, 15, 6, (3, 3), padding=(1, 1)),
+    # short kernel rows (3 x 20 input channels forward, 3 x 40 output channels in the data
+    # gradient): stacked products of 8 conv rows of 9 columns, bands and images ending on a partial
+    # group, past one block of output channels (forward) and of input channels (data gradient)
+    "stacked_rows_forward": Cfg(2, 20, 30, 9, 70, (3, 3), padding=(1, 1)),
+    "stacked_rows_data_gradient": Cfg(2, 70, 30, 9, 40, (3, 3), padding=(1, 1)),
 }
 
 

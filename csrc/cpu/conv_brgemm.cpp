@@ -8,10 +8,12 @@
 // row pitch sw * Ci: the rows overlap, nothing is copied), B = that kernel row's weights (K x Co).
 // kh products, accumulated in float32, give a conv row of a block of 64 output channels; bias,
 // ReLU, the max-pool and the argmax codes follow while the rows are in cache. The full-resolution
-// conv output is never written.
+// conv output is never written. Short kernel rows (few input channels) instead copy the patches of
+// several conv rows side by side, one product per block (conv_band).
 // Backward, per image: the un-pooled conv-output gradient dY (channels last); the data gradient as
-// dY x W^T per (conv row, kernel row), added into a padded channels-last dx; the weight gradient as
-// dY^T x patches per kernel row, over all the image's positions at once.
+// the forward convolution of the padded dY with the flipped weights (stride 1; else dY x W^T per
+// (conv row, kernel row), added into a padded channels-last dx); the weight gradient as
+// dY^T x patches, over several images' positions at once.
 // 16-bit inputs are multiplied as they are (VNNI pairs: K interleaved two by two in B) with float32
 // sums where the CPU has the instructions (bf16: AVX-512; f16: AVX512-FP16), else converted to
 // float32 on the way into the scratch rows.
@@ -34,6 +36,10 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include "common/conv_relu_maxpool_index.h"
 #include "cpu/bf16_bits.h"
@@ -153,7 +159,11 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 
 // Per-thread scratch, kept from call to call (fresh pages would cost page faults each call). Every
 // user writes what it reads. One slot per use, whatever the element type.
-enum Slot { kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kPair, kTileValues, kTileCodes, kSlots };
+enum Slot {
+  kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kPair, kTileValues, kTileCodes,
+  kWeightRows, kWeights, kWeightGroups,  // the calling thread's, outside the parallel regions
+  kSlots
+};
 template <typename E>
 E* scratch(Slot slot, int64_t n) {
   thread_local std::vector<E> buffers[kSlots];
@@ -200,6 +210,12 @@ PYA_VECTOR void fill_input(const at::Tensor& x, int64_t n, const Geometry& g, co
     std::fill(d, d + lo * v.Cip, CT(0.f));
     std::fill(d + hi * v.Cip, d + row, CT(0.f));
     const T* s = base + iy * sH + (lo - g.pw) * sW;
+    if constexpr (std::is_same_v<T, CT>) {
+      if (sC == 1 && sW == g.Ci && v.Cip == g.Ci) {  // channels last, no channel padding: one copy
+        std::memcpy(d + lo * v.Cip, s, (hi - lo) * g.Ci * sizeof(CT));
+        continue;
+      }
+    }
     if (sC == 1) {
       for (int64_t j = lo; j < hi; ++j, s += sW) {
         CT* dp = d + j * v.Cip;
@@ -237,12 +253,85 @@ void interleave<float>(const float*, const float*, int64_t, float*) {
   TORCH_CHECK(false, "internal: no VNNI pairs for float32");
 }
 
-// The weights permuted to (d0, d1, d2, d3) of (Co, Ci, kh, kw), flipped in kh and kw if asked, in
-// the product type, contiguous: the rows the packers copy from.
-template <typename CT>
-at::Tensor weight_rows(const at::Tensor& w, at::IntArrayRef order, bool flip) {
-  const at::Tensor f = flip ? w.flip({2, 3}) : w;
-  return f.permute(order).to(c10::CppTypeToScalarType<CT>::value).contiguous();
+// d[c][r] = s[r][c] for r in [r0, r1), c in [c0, c1) (s: R x C, d: C x R), converted to CT.
+template <typename T, typename CT>
+void transpose_scalar(const T* s, int64_t R, int64_t C, int64_t r0, int64_t r1, int64_t c0, int64_t c1, CT* d) {
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t r = r0; r < r1; ++r) d[c * R + r] = static_cast<CT>(s[r * C + c]);
+}
+
+#if defined(__SSE2__)
+// The 8 x 8 block of 16-bit values at s (rows ls apart) transposed to d (rows ld apart): pairs,
+// then quads, then halves interleaved (SSE2, on every x86-64).
+inline void transpose8x8(const uint16_t* s, int64_t ls, uint16_t* d, int64_t ld) {
+  __m128i r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i * ls));
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm_unpacklo_epi16(r[2 * i], r[2 * i + 1]);      // a0 b0 a1 b1 .. a3 b3
+    t[2 * i + 1] = _mm_unpackhi_epi16(r[2 * i], r[2 * i + 1]);  // a4 b4 .. a7 b7
+  }
+  for (int h = 0; h < 2; ++h)    // rows 0-3, 4-7
+    for (int i = 0; i < 2; ++i) {  // columns 0-3, 4-7
+      u[4 * h + 2 * i] = _mm_unpacklo_epi32(t[4 * h + i], t[4 * h + i + 2]);      // a0 b0 c0 d0 a1 b1 c1 d1
+      u[4 * h + 2 * i + 1] = _mm_unpackhi_epi32(t[4 * h + i], t[4 * h + i + 2]);  // a2 .. d2 a3 .. d3
+    }
+  for (int i = 0; i < 4; ++i) {  // u[i]: columns 2i, 2i + 1 of rows 0-3; u[4 + i]: of rows 4-7
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 2 * i * ld), _mm_unpacklo_epi64(u[i], u[4 + i]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + (2 * i + 1) * ld), _mm_unpackhi_epi64(u[i], u[4 + i]));
+  }
+}
+
+// The 4 x 4 block of 32-bit values at s transposed to d.
+inline void transpose4x4(const float* s, int64_t ls, float* d, int64_t ld) {
+  __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + ls), r2 = _mm_loadu_ps(s + 2 * ls), r3 = _mm_loadu_ps(s + 3 * ls);
+  _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+  _mm_storeu_ps(d, r0), _mm_storeu_ps(d + ld, r1), _mm_storeu_ps(d + 2 * ld, r2), _mm_storeu_ps(d + 3 * ld, r3);
+}
+#endif
+
+// Rows [r0, r1) of an R x C matrix s into columns [r0, r1) of the C x R matrix d, converted to CT:
+// in 8 x 8 (16-bit) or 4 x 4 (32-bit) register blocks where no conversion is needed, the edges and
+// conversions one value at a time.
+template <typename T, typename CT>
+void transpose_rows(const T* s, int64_t R, int64_t C, int64_t r0, int64_t r1, CT* d) {
+  int64_t b = 1;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<T, CT>) {
+    b = sizeof(T) == 2 ? 8 : sizeof(T) == 4 ? 4 : 1;
+    const int64_t rb = r0 + (r1 - r0) / b * b, cb = C / b * b;
+    for (int64_t c = 0; c < cb && b > 1; c += b)
+      for (int64_t r = r0; r < rb; r += b) {
+        if constexpr (sizeof(T) == 2) {
+          transpose8x8(reinterpret_cast<const uint16_t*>(s + r * C + c), C, reinterpret_cast<uint16_t*>(d + c * R + r), R);
+        } else if constexpr (sizeof(T) == 4) {
+          transpose4x4(reinterpret_cast<const float*>(s + r * C + c), C, reinterpret_cast<float*>(d + c * R + r), R);
+        }
+      }
+    if (b > 1) {
+      transpose_scalar(s, R, C, rb, r1, 0, C, d);  // the rows past the blocks
+      transpose_scalar(s, R, C, r0, rb, cb, C, d);  // the columns past them
+      return;
+    }
+  }
+#endif
+  transpose_scalar(s, R, C, r0, r1, 0, C, d);
+}
+
+// d = each of the batch's R x C matrices of s (contiguous, one after another) transposed, in the
+// product type CT, on all threads: the rows the packers copy from. Once per call, in the calling
+// thread's scratch (fresh memory would cost page faults every call).
+template <typename T, typename CT>
+const CT* weight_rows(const T* s, int64_t batch, int64_t R, int64_t C) {
+  CT* d = scratch<CT>(kWeightRows, batch * R * C);
+  constexpr int64_t kT = 64 / sizeof(CT);  // rows a work item: its stores fill d's lines whole
+  const int64_t tiles = (R + kT - 1) / kT;
+  at::parallel_for(0, batch * tiles, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / tiles, r0 = (q % tiles) * kT;
+      transpose_rows(s + b * R * C, R, C, r0, std::min(r0 + kT, R), d + b * R * C);
+    }
+  });
+  return d;
 }
 
 // Rows [0, K) of a K x nb block b of B, each from row(k) (nb values; nullptr: zeros), in VNNI pairs
@@ -261,34 +350,90 @@ void pack_rows(int64_t K, int64_t nb, bool vnni, const Row& row, CT* b) {
 }
 
 // B of the forward products: per block j of output channels and kernel row ky, Kt x nb: row
-// kx Cip + ci is w[j kNb .. + nb][ci][ky][kx].
-template <typename CT>
-std::vector<CT> pack_forward(const at::Tensor& w, const Geometry& g, const View& v, bool vnni) {
-  const at::Tensor rows = weight_rows<CT>(w, {2, 3, 1, 0}, false);  // kh, kw, Ci, Co
-  const CT* wt = rows.const_data_ptr<CT>();
-  std::vector<CT> p(static_cast<size_t>(blocks(g.Co) * kNb * g.kh * v.Kt), CT(0.f));
+// kx Cip + ci is w[j kNb .. + nb][ci][ky][kx]. In the calling thread's scratch.
+template <typename T, typename CT>
+const CT* pack_forward(const T* w, const Geometry& g, const View& v, bool vnni) {
+  const CT* wt = weight_rows<T, CT>(w, 1, g.Co, g.Ci * g.kh * g.kw);  // row (ci, ky, kx): Co values
+  CT* p = scratch<CT>(kWeights, blocks(g.Co) * kNb * g.kh * v.Kt);
   // (block, kernel row) pairs write disjoint parts: packed by all threads, not before them
   at::parallel_for(0, blocks(g.Co) * g.kh, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t j = q / g.kh, ky = q % g.kh, nb = block_n(g.Co, j);
       const auto row = [&](int64_t k) -> const CT* {
         const int64_t kx = k / v.Cip, ci = k % v.Cip;
-        return ci < g.Ci ? wt + ((ky * g.kw + kx) * g.Ci + ci) * g.Co + j * kNb : nullptr;
+        return ci < g.Ci ? wt + ((ci * g.kh + ky) * g.kw + kx) * g.Co + j * kNb : nullptr;
       };
       // kernel rows back to back: the stacked products read them as one K = kh Kt matrix
-      pack_rows(v.Kt, nb, vnni, row, p.data() + j * g.kh * kNb * v.Kt + ky * nb * v.Kt);
+      pack_rows(v.Kt, nb, vnni, row, p + j * g.kh * kNb * v.Kt + ky * nb * v.Kt);
     }
   });
   return p;
 }
 
-// Bands of B pooled rows: their conv rows' float32 sums of one block (R x Wc x 64) stay in L2, and
-// a small batch still gives the threads 8 items. Fixed by the shape alone.
-int64_t band_size(const Geometry& g) {
-  const int64_t rows_fit = std::max<int64_t>((int64_t(192) << 10) / (g.Wc * kNb * 4), 1);
-  int64_t B = std::clamp<int64_t>((rows_fit - g.pkh) / g.psh + 1, 1, g.Hp);
-  while (B > 1 && g.N * ((g.Hp + B - 1) / B) < 8) B = (B + 1) / 2;
-  return B;
+// A convolution as the micro-kernel sees it: output rows of Wo columns, each column's product over
+// kh kernel rows of Kt = kw C values of a padded channels-last input (rows of `row` values, C
+// channels a column, columns sw apart, conv rows sh input rows apart), into Co output channels; B
+// (packed) block after block of kNb channels, each its kh kernel rows back to back (kh Kt x nb).
+struct RowConv {
+  int64_t kh, kw, sh, sw, C, row, Wo, Co;
+  int64_t Kt() const { return kw * C; }
+};
+
+// Short kernel rows (a few input channels: CIFAR's and ImageNet's conv1) make products too small to
+// keep the micro-kernel busy. There the patches of several conv rows are copied side by side
+// (M = rows x Wo, K = kh Kt) and multiplied at once, each B block as one kh Kt x nb matrix (Kt is
+// even in VNNI pairs). (Measured: stacking narrow images' rows as well, Wo < 16, gained 3% in
+// bfloat16 and lost up to 10% in float32: the products are not too short there.)
+constexpr int64_t kStackBelowK = 128;
+inline bool stacked(const RowConv& c) { return c.Kt() < kStackBelowK; }
+
+// Conv rows per stacked product: M about 64, the patches within 256 KiB (at least one row).
+template <typename CT>
+int64_t stack_rows(const RowConv& c, int64_t R) {
+  const int64_t by_m = (64 + c.Wo - 1) / c.Wo;
+  const int64_t by_bytes = (int64_t(256) << 10) / std::max<int64_t>(c.Wo * c.kh * c.Kt() * int64_t(sizeof(CT)), 1);
+  return std::clamp<int64_t>(std::min(by_m, by_bytes), 1, std::max<int64_t>(R, 1));
+}
+
+// float32 values of one band's conv rows: one block's (reused block after block), or all blocks'
+// when stacked.
+inline int64_t band_acc_size(const RowConv& c, int64_t R) { return (stacked(c) ? blocks(c.Co) : 1) * R * c.Wo * kNb; }
+
+// Conv rows [0, R) of a band (xp: its padded input from the first conv row's first input row), into
+// acc (per block: R x Wo x nb, channels last); done(j, acc_j) once block j's rows are complete.
+template <typename CT, typename Done>
+PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R, bool vnni, float* acc,
+                          const Done& done) {
+  const int64_t Kt = c.Kt(), K = c.kh * Kt;
+  if (!stacked(c)) {
+    for (int64_t j = 0; j < blocks(c.Co); ++j) {
+      const int64_t nb = block_n(c.Co, j);
+      const CT* bj = w + j * K * kNb;
+      for (int64_t ky = 0; ky < c.kh; ++ky)  // kernel rows outside: one row's B stays in L2 over all R
+        for (int64_t r = 0; r < R; ++r)
+          cb::brgemm(c.Wo, nb, Kt, c.sw * c.C, nb, nb, ky > 0, xp + (r * c.sh + ky) * c.row, bj + ky * nb * Kt,
+                     acc + r * c.Wo * nb, vnni);
+      done(j, acc);
+    }
+    return;
+  }
+  const int64_t G = stack_rows<CT>(c, R);
+  CT* patches = scratch<CT>(kPatches, G * c.Wo * K);
+  for (int64_t r0 = 0; r0 < R; r0 += G) {
+    const int64_t rows = std::min(G, R - r0);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t x = 0; x < c.Wo; ++x)
+        for (int64_t ky = 0; ky < c.kh; ++ky) {
+          const CT* s = xp + ((r0 + r) * c.sh + ky) * c.row + x * c.sw * c.C;
+          std::copy(s, s + Kt, patches + (r * c.Wo + x) * K + ky * Kt);
+        }
+    for (int64_t j = 0; j < blocks(c.Co); ++j) {  // the patches stay in cache over the blocks
+      const int64_t nb = block_n(c.Co, j);
+      cb::brgemm(rows * c.Wo, nb, K, K, nb, nb, false, patches, w + j * K * kNb, acc + j * R * c.Wo * kNb + r0 * c.Wo * nb,
+                 vnni);
+    }
+  }
+  for (int64_t j = 0; j < blocks(c.Co); ++j) done(j, acc + j * R * c.Wo * kNb);
 }
 
 struct Output {
@@ -320,21 +465,22 @@ PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry&
         for (int64_t q = 0; q < g.Wp; ++q) d[q * s3] = narrow<T>(v[q * nb]);
       }
   }
-  const bool bits = is_bitmask(g.pkh, g.pkw);
-  for (int64_t c = 0; c < nb; ++c)
-    for (int64_t p = 0; p < np; ++p) {
-      uint8_t* crow = o.code + ((n * g.Co + c0 + c) * g.Hp + p0 + p) * cw;
-      const uint8_t* s = cod + p * g.Wp * nb + c;
-      if (!bits) {
-        for (int64_t q = 0; q < g.Wp; ++q) crow[q] = s[q * nb];
-        continue;
+  uint8_t* code = o.code + ((n * g.Co + c0) * g.Hp + p0) * cw;  // channel c, row p: + (c Hp + p) cw
+  if (!is_bitmask(g.pkh, g.pkw)) {
+    for (int64_t c = 0; c < nb; ++c)
+      for (int64_t p = 0; p < np; ++p)
+        for (int64_t q = 0; q < g.Wp; ++q) code[(c * g.Hp + p) * cw + q] = cod[(p * g.Wp + q) * nb + c];
+    return;
+  }
+  uint8_t byte[kNb];  // the ReLU mask: bit q & 7 of byte q >> 3, built for all channels at once
+  for (int64_t p = 0; p < np; ++p)
+    for (int64_t b = 0; b < cw; ++b) {
+      std::fill(byte, byte + nb, uint8_t(0));
+      for (int64_t e = 0; e < 8 && b * 8 + e < g.Wp; ++e) {
+        const uint8_t* s = cod + (p * g.Wp + b * 8 + e) * nb;
+        for (int64_t c = 0; c < nb; ++c) byte[c] |= static_cast<uint8_t>((s[c] == 0) << e);
       }
-      for (int64_t byte = 0; byte < cw; ++byte) {  // the ReLU mask: bit q & 7 of byte q >> 3
-        uint8_t bitsof8 = 0;
-        for (int64_t e = 0; e < 8 && byte * 8 + e < g.Wp; ++e)
-          bitsof8 |= static_cast<uint8_t>((s[(byte * 8 + e) * nb] == 0) << e);
-        crow[byte] = bitsof8;
-      }
+      for (int64_t c = 0; c < nb; ++c) code[(c * g.Hp + p) * cw + b] = byte[c];
     }
 }
 
@@ -386,57 +532,45 @@ PYA_VECTOR void epilogue(const float* acc, const Geometry& g, const Output& o, i
   write_tile<T>(val, cod, g, o, n, c0, nb, p0, np);
 }
 
-// Kernel rows this short (a few input channels: CIFAR's and ImageNet's conv1) make products too
-// small to keep the micro-kernel busy. There a conv row's patches are copied side by side, K = kh x
-// Kt, and multiplied at once: pack_forward's blocks, kernel row after kernel row, are already that
-// B (Kt is even in VNNI pairs).
-constexpr int64_t kStackBelow = 128;
-inline bool stacked(const View& v) { return v.Kt < kStackBelow; }
+RowConv forward_conv(const Geometry& g, const View& v) {
+  return RowConv{g.kh, g.kw, g.sh, g.sw, v.Cip, v.Wpd * v.Cip, g.Wc, g.Co};
+}
+
+// Bands of B pooled rows: their conv rows' float32 sums (band_acc_size) within 192 KiB, in L2, and
+// a small batch still gives the threads 8 items. Fixed by the shape alone.
+int64_t band_size(const Geometry& g, const RowConv& c) {
+  const int64_t rows_fit = std::max<int64_t>((int64_t(192) << 10) / (band_acc_size(c, 1) * 4), 1);
+  int64_t B = std::clamp<int64_t>((rows_fit - g.pkh) / g.psh + 1, 1, g.Hp);
+  while (B > 1 && g.N * ((g.Hp + B - 1) / B) < 8) B = (B + 1) / 2;
+  return B;
+}
 
 template <typename T, typename CT>
 PYA_VECTOR void forward_band(const at::Tensor& x, const CT* wp, const Geometry& g, const View& v, bool vnni,
-                  const Output& o, int64_t n, int64_t p0, int64_t np) {
+                             const Output& o, int64_t n, int64_t p0, int64_t np) {
+  const RowConv c = forward_conv(g, v);
   const int64_t r0 = band_first_row(p0, g.psh), R = band_rows(np, g.pkh, g.psh);
-  const int64_t rows_in = (R - 1) * g.sh + g.kh, row = v.Wpd * v.Cip;
-  CT* xp = scratch<CT>(kInput, rows_in * row);
+  const int64_t rows_in = (R - 1) * g.sh + g.kh;
+  CT* xp = scratch<CT>(kInput, rows_in * c.row);
   fill_input<T, CT>(x, n, g, v, r0 * g.sh, rows_in, xp);
-  float* acc = scratch<float>(kAcc, R * g.Wc * kNb);
-  for (int64_t j = 0; j < blocks(g.Co); ++j) {
-    const int64_t nb = block_n(g.Co, j);
-    const CT* bj = wp + j * g.kh * kNb * v.Kt;
-    if (stacked(v)) {
-      const int64_t K = g.kh * v.Kt;
-      CT* patches = scratch<CT>(kPatches, g.Wc * K);
-      for (int64_t r = 0; r < R; ++r) {
-        for (int64_t c = 0; c < g.Wc; ++c)
-          for (int64_t ky = 0; ky < g.kh; ++ky) {
-            const CT* s = xp + (r * g.sh + ky) * row + c * g.sw * v.Cip;
-            std::copy(s, s + v.Kt, patches + c * K + ky * v.Kt);
-          }
-        cb::brgemm(g.Wc, nb, K, K, nb, nb, false, patches, bj, acc + r * g.Wc * nb, vnni);
-      }
-    } else {
-      for (int64_t ky = 0; ky < g.kh; ++ky)  // kernel rows outside: one row's B stays in L2 over all R
-        for (int64_t r = 0; r < R; ++r)
-          cb::brgemm(g.Wc, nb, v.Kt, g.sw * v.Cip, nb, nb, ky > 0, xp + (r * g.sh + ky) * row,
-                     bj + ky * nb * v.Kt, acc + r * g.Wc * nb, vnni);
-    }
-    epilogue<T>(acc, g, o, n, j * kNb, nb, p0, np, r0);
-  }
+  float* acc = scratch<float>(kAcc, band_acc_size(c, R));
+  conv_band(c, xp, wp, R, vnni, acc, [&](int64_t j, const float* a) {
+    epilogue<T>(a, g, o, n, j * kNb, block_n(g.Co, j), p0, np, r0);
+  });
 }
 
 template <typename T, typename CT>
 void forward_impl(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b, const Geometry& g,
                   at::Tensor& out, at::Tensor& code, bool vnni) {
   const View v = view_of(g, vnni);
-  const std::vector<CT> wp = pack_forward<CT>(w, g, v, vnni);
+  const CT* wp = pack_forward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
   const at::Tensor bias = b ? b->to(at::kFloat).contiguous() : at::zeros({g.Co}, x.options().dtype(at::kFloat));
   const Output o{bias.const_data_ptr<float>(), static_cast<char*>(out.data_ptr()), out.strides(),
                  code.data_ptr<uint8_t>()};
-  const int64_t B = band_size(g), bands = (g.Hp + B - 1) / B;
+  const int64_t B = band_size(g, forward_conv(g, v)), bands = (g.Hp + B - 1) / B;
   for_each_item(g.N * bands, vnni, [&](int64_t i) {
     const int64_t n = i / bands, p0 = (i % bands) * B;
-    forward_band<T, CT>(x, wp.data(), g, v, vnni, o, n, p0, std::min(B, g.Hp - p0));
+    forward_band<T, CT>(x, wp, g, v, vnni, o, n, p0, std::min(B, g.Hp - p0));
   });
 }
 
@@ -522,32 +656,45 @@ PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
 // row one product (K = kw x Cop), summed in the micro-kernel's accumulator, with nothing to scatter.
 bool flipped_data_gradient(const Geometry& g) { return g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw; }
 
-// B of those products: per block j of input channels and (flipped) kernel row ky, (kw Cop) x nb:
-// row kx Cop + co is w[co][j kNb .. + nb][kh - 1 - ky][kw - 1 - kx].
-template <typename CT>
-std::vector<CT> pack_flipped(const at::Tensor& w, const Geometry& g, const View& v, bool vnni) {
+// B of those products: per block j of input channels, kernel row after (flipped) kernel row ky,
+// (kw Cop) x nb: row kx Cop + co is w[co][j kNb .. + nb][kh - 1 - ky][kw - 1 - kx].
+template <typename T, typename CT>
+const CT* pack_flipped(const T* w, const Geometry& g, const View& v, bool vnni) {
   const int64_t Kf = g.kw * v.Cop;
-  const at::Tensor rows = weight_rows<CT>(w, {2, 3, 0, 1}, true);  // kh, kw (flipped), Co, Ci
-  const CT* wf = rows.const_data_ptr<CT>();
-  std::vector<CT> p(static_cast<size_t>(blocks(g.Ci) * g.kh * kNb * Kf), CT(0.f));
+  const CT* wt = weight_rows<T, CT>(w, g.Co, g.Ci, g.kh * g.kw);  // row (co, ky, kx): Ci values
+  CT* p = scratch<CT>(kWeights, blocks(g.Ci) * g.kh * kNb * Kf);
   at::parallel_for(0, blocks(g.Ci) * g.kh, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t j = q / g.kh, ky = q % g.kh, nb = block_n(g.Ci, j);
       const auto row = [&](int64_t k) -> const CT* {
         const int64_t kx = k / v.Cop, co = k % v.Cop;
-        return co < g.Co ? wf + ((ky * g.kw + kx) * g.Co + co) * g.Ci + j * kNb : nullptr;
+        return co < g.Co ? wt + ((co * g.kh + g.kh - 1 - ky) * g.kw + g.kw - 1 - kx) * g.Ci + j * kNb : nullptr;
       };
-      pack_rows(Kf, nb, vnni, row, p.data() + (j * g.kh + ky) * kNb * Kf);
+      pack_rows(Kf, nb, vnni, row, p + j * g.kh * kNb * Kf + ky * nb * Kf);  // as pack_forward's
     }
   });
   return p;
+}
+
+// An H x W x nb channels-last float32 block a into d (strides sC, sH, sW), as T.
+template <typename T>
+PYA_VECTOR void store_block(const float* a, int64_t H, int64_t W, int64_t nb, T* d, int64_t sC, int64_t sH, int64_t sW) {
+  if (sC == 1) {
+    for (int64_t iy = 0; iy < H; ++iy)
+      for (int64_t ix = 0; ix < W; ++ix)
+        for (int64_t c = 0; c < nb; ++c) d[iy * sH + ix * sW + c] = narrow<T>(a[(iy * W + ix) * nb + c]);
+    return;
+  }
+  for (int64_t c = 0; c < nb; ++c)
+    for (int64_t iy = 0; iy < H; ++iy)
+      for (int64_t ix = 0; ix < W; ++ix) d[c * sC + iy * sH + ix * sW] = narrow<T>(a[(iy * W + ix) * nb + c]);
 }
 
 template <typename T, typename CT>
 PYA_VECTOR void data_gradient_flipped(const Backward& k, int64_t n, const float* dY) {
   const Geometry& g = k.g;
   const int64_t Cop = k.v.Cop, top = g.kh - 1 - g.ph, left = g.kw - 1 - g.pw;
-  const int64_t Hq = g.H + g.kh - 1, Wq = g.W + g.kw - 1, Kf = g.kw * Cop, row = Wq * Cop;
+  const int64_t Hq = g.H + g.kh - 1, Wq = g.W + g.kw - 1, row = Wq * Cop;
   CT* dyp = scratch<CT>(kGradIn, Hq * row);
   for (int64_t i = 0; i < Hq; ++i) {
     CT* d = dyp + i * row;
@@ -560,29 +707,13 @@ PYA_VECTOR void data_gradient_flipped(const Backward& k, int64_t n, const float*
       for (int64_t co = 0; co < Cop; ++co) dp[co] = narrow<CT>(s[co]);
     }
   }
-  float* acc = scratch<float>(kProduct, g.H * g.W * kNb);
-  const CT* wf = static_cast<const CT*>(k.wb);
+  const RowConv conv{g.kh, g.kw, 1, 1, Cop, row, g.W, g.Ci};
+  float* acc = scratch<float>(kProduct, band_acc_size(conv, g.H));
   T* dx = k.dx->data_ptr<T>() + n * k.dx->stride(0);
   const int64_t sC = k.dx->stride(1), sH = k.dx->stride(2), sW = k.dx->stride(3);
-  for (int64_t j = 0; j < blocks(g.Ci); ++j) {
-    const int64_t nb = block_n(g.Ci, j);
-    const CT* bj = wf + j * g.kh * kNb * Kf;
-    for (int64_t ky = 0; ky < g.kh; ++ky)  // kernel rows outside: one row's B stays in L2 over all rows
-      for (int64_t iy = 0; iy < g.H; ++iy)
-        cb::brgemm(g.W, nb, Kf, Cop, nb, nb, ky > 0, dyp + (iy + ky) * row, bj + ky * kNb * Kf,
-                   acc + iy * g.W * nb, k.vnni);
-    for (int64_t iy = 0; iy < g.H; ++iy) {
-      const float* a = acc + iy * g.W * nb;
-      T* d = dx + j * kNb * sC + iy * sH;
-      if (sC == 1) {
-        for (int64_t ix = 0; ix < g.W; ++ix)
-          for (int64_t c = 0; c < nb; ++c) d[ix * sW + c] = narrow<T>(a[ix * nb + c]);
-      } else {
-        for (int64_t c = 0; c < nb; ++c)
-          for (int64_t ix = 0; ix < g.W; ++ix) d[c * sC + ix * sW] = narrow<T>(a[ix * nb + c]);
-      }
-    }
-  }
+  conv_band(conv, dyp, static_cast<const CT*>(k.wb), g.H, k.vnni, acc, [&](int64_t j, const float* a) {
+    store_block(a, g.H, g.W, block_n(g.Ci, j), dx + j * kNb * sC, sC, sH, sW);
+  });
 }
 
 // dx of image n: per conv row and kernel row, dY's row x W^T (Wc x Kt), added at the patches' places
@@ -689,7 +820,7 @@ PYA_VECTOR void weight_gradient(const Backward& k, int64_t m, float* dw, bool fi
     }
     cb::brgemm(g.Co, nb, K, K, nb, Kw, !first, dYt, bb, dw + t0, k.vnni);
   };
-  if (stacked(v)) {
+  if (v.Kt < kStackBelowK) {  // short kernel rows: blocks across them
     for (int64_t j = 0; j < blocks(Kw); ++j) product(j * kNb, block_n(Kw, j));
   } else {
     for (int64_t ky = 0; ky < g.kh; ++ky)
@@ -729,28 +860,58 @@ void backward_images(const Backward& k, int64_t n0, int64_t n1, float* dw, float
 }
 
 // Groups of images that sum their weight gradients in their own float32 copy (added up in group
-// order at the end): enough groups for the threads to share, within ~16 MiB of copies.
+// order at the end), fixed by the shape alone: a group a product of chunk_images (every copy costs
+// its writes and the final sum), but at least 4 groups for the threads to share, within ~16 MiB of
+// copies and at most 8.
 int64_t weight_groups(const Geometry& g, const View& v, bool need_w) {
+  if (!need_w) return std::max<int64_t>(1, std::min<int64_t>(g.N, 64));
   const int64_t bytes = std::max<int64_t>(g.kh * g.Co * v.Kt * 4, 1);
-  const int64_t cap = need_w ? std::clamp<int64_t>((int64_t(16) << 20) / bytes, 1, 8) : 64;
-  return std::max<int64_t>(1, std::min(g.N, cap));
+  const int64_t cap = std::clamp<int64_t>((int64_t(16) << 20) / bytes, 1, 8);
+  const int64_t by_chunks = (g.N + chunk_images(v) - 1) / chunk_images(v);
+  return std::max<int64_t>(1, std::min({cap, g.N, std::max<int64_t>(by_chunks, 4)}));
+}
+
+// Output channels [c0, c1) of dw (Co, Ci, kh, kw) from the S groups' float32 copies (wsize values
+// each, Co x kh Kt): per channel the copies summed in group order along their rows, then permuted.
+template <typename T>
+PYA_VECTOR void sum_weight_groups(const float* wp, int64_t S, int64_t wsize, const Geometry& g, const View& v,
+                                  int64_t c0, int64_t c1, T* d) {
+  const int64_t per_co = g.kh * v.Kt;
+  float* sum = scratch<float>(kAcc, per_co);
+  for (int64_t co = c0; co < c1; ++co) {
+    std::fill(sum, sum + per_co, 0.f);
+    for (int64_t s = 0; s < S; ++s) {
+      const float* part = wp + s * wsize + co * per_co;
+      for (int64_t e = 0; e < per_co; ++e) sum[e] += part[e];
+    }
+    const int64_t taps = g.kh * g.kw;
+    for (int64_t t = 0; t < taps; ++t) {  // per tap along the channels: reads in a row, writes taps apart
+      const float* row = sum + (t / g.kw) * v.Kt + (t % g.kw) * v.Cip;
+      T* out = d + co * g.Ci * taps + t;
+      for (int64_t ci = 0; ci < g.Ci; ++ci) out[ci * taps] = narrow<T>(row[ci]);
+    }
+  }
 }
 
 template <typename T, typename CT>
 void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& code,
                    const Geometry& g, at::Tensor* dx, at::Tensor* dw, at::Tensor* db, bool vnni) {
   const View v = view_of(g, vnni);
-  const std::vector<CT> wb = !dx                         ? std::vector<CT>()
-                             : flipped_data_gradient(g) ? pack_flipped<CT>(w, g, v, vnni)
-                                                        : pack_backward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
-  const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), x, wb.data(), dx, dw != nullptr};
+  std::vector<CT> strided;  // pack_backward's
+  const CT* wb = nullptr;
+  if (dx && flipped_data_gradient(g)) {
+    wb = pack_flipped<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
+  } else if (dx) {
+    strided = pack_backward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
+    wb = strided.data();
+  }
+  const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), x, wb, dx, dw != nullptr};
   const int64_t S = weight_groups(g, v, dw != nullptr), wsize = dw ? g.kh * g.Co * v.Kt : 0;
-  // Each group's first image writes its copy (an empty batch: zeros).
-  at::Tensor wpart = g.N > 0 ? at::empty({S, wsize}, x.options().dtype(at::kFloat))
-                             : at::zeros({S, wsize}, x.options().dtype(at::kFloat));
-  at::Tensor bpart = at::zeros({S, g.Co}, x.options().dtype(at::kFloat));
-  float* wp = wpart.data_ptr<float>();
-  float* bp = bpart.data_ptr<float>();
+  // Each group's first image writes its copy (an empty batch: zeros). Calling thread's scratch.
+  float* wp = scratch<float>(kWeightGroups, S * wsize + S * g.Co);
+  float* bp = wp + S * wsize;
+  if (g.N == 0) std::fill(wp, wp + S * wsize, 0.f);
+  std::fill(bp, bp + S * g.Co, 0.f);
   for_each_item(S, vnni, [&](int64_t s) {
     backward_images<T, CT>(k, s * g.N / S, (s + 1) * g.N / S, wp + s * wsize, bp + s * g.Co);
   });
@@ -763,16 +924,9 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
     }
   }
   if (!dw) return;
-  T* d = dw->data_ptr<T>();
+  // (the lambdas call functions compiled for AVX2: they are not themselves)
   at::parallel_for(0, g.Co, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t co = c0; co < c1; ++co)
-      for (int64_t ci = 0; ci < g.Ci; ++ci)
-        for (int64_t ky = 0; ky < g.kh; ++ky)
-          for (int64_t kx = 0; kx < g.kw; ++kx) {
-            float sum = 0.f;
-            for (int64_t s = 0; s < S; ++s) sum += wp[s * wsize + (co * g.kh + ky) * v.Kt + kx * v.Cip + ci];
-            d[((co * g.Ci + ci) * g.kh + ky) * g.kw + kx] = static_cast<T>(sum);
-          }
+    sum_weight_groups<T>(wp, S, wsize, g, v, c0, c1, dw->data_ptr<T>());
   });
 }
 
@@ -789,8 +943,10 @@ bool brgemm_runs(at::ScalarType dt) { return multiply_in(dt).has_value(); }
 bool brgemm_backward_fits(const Geometry& g) {
   const View v = view_of(g, true);  // the larger of the two views
   const int64_t m = chunk_images(v);
+  // the data gradient's patches (stacked products) and the weight gradient's share a slot
+  const int64_t patches = std::max({m * v.Pe * kNb * 4, int64_t(256) << 10, g.W * g.kh * g.kw * v.Cop * 4});
   const int64_t bytes = v.P * v.Cop * 8 + m * v.Hpd * v.Wpd * v.Cip * 8 + (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 +
-                        g.H * g.W * kNb * 4 + m * v.Pe * kNb * 4 + m * g.Co * v.Pe * 2;
+                        g.H * g.W * blocks(g.Ci) * kNb * 4 + patches + m * g.Co * v.Pe * 2;
   return bytes <= kBackwardScratchBytes;
 }
 
