@@ -101,6 +101,9 @@ WIDE = {  # past one 64-wide block of output channels, input channels, and kerne
     # group, past one block of output channels (forward) and of input channels (data gradient)
     "stacked_rows_forward": Cfg(2, 20, 30, 9, 70, (3, 3), padding=(1, 1)),
     "stacked_rows_data_gradient": Cfg(2, 70, 30, 9, 40, (3, 3), padding=(1, 1)),
+    # the weight gradient's inputs past one range (16 MiB: 8 of these images), the second range of 2
+    # images split between the 2 groups of dw copies (5 column blocks)
+    "weight_gradient_ranges": Cfg(10, 32, 56, 56, 128, (3, 3), padding=(1, 1)),
 }
 
 

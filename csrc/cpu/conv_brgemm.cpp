@@ -12,13 +12,14 @@
 // several conv rows side by side, one product per block (conv_band).
 // Backward, per image: the un-pooled conv-output gradient dY (channels last); the data gradient as
 // the forward convolution of the padded dY with the flipped weights (stride 1; else dY x W^T per
-// (conv row, kernel row), added into a padded channels-last dx); the weight gradient as
-// dY^T x patches, over several images' positions at once.
+// (conv row, kernel row), added into a padded channels-last dx). Then the weight gradient as
+// dY^T x patches over all images (K: several images' positions a product), its column blocks
+// shared by the threads, so that no thread keeps a copy of dw to be added up.
 // 16-bit inputs are multiplied as they are (VNNI pairs: K interleaved two by two in B) with float32
 // sums where the CPU has the instructions (bf16: AVX-512; f16: AVX512-FP16), else converted to
 // float32 on the way into the scratch rows.
 // Threads: one parallel region per pass, whose threads take work items (image bands forward,
-// groups of images backward) from a shared counter, so a thread that the OS preempts holds no fixed
+// images, then dw's column blocks backward) from a shared counter, so a thread that the OS preempts holds no fixed
 // share of the work hostage. Which thread takes which item never changes a result.
 #include "cpu/conv_brgemm.h"
 
@@ -161,7 +162,7 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
   kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kPair, kTileValues, kTileCodes,
-  kWeightRows, kWeights, kWeightGroups,  // the calling thread's, outside the parallel regions
+  kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT,  // the calling thread's, shared
   kSlots
 };
 template <typename E>
@@ -766,15 +767,24 @@ PYA_VECTOR void patch_columns(const CT* xp, const Geometry& g, const View& v, in
 // block of dw stays in cache over several images instead of being read and written per image.
 inline int64_t chunk_images(const View& v) { return std::clamp<int64_t>(512 / std::max<int64_t>(v.Pe, 1), 1, 8); }
 
-// Image i of a chunk: its padded channels-last input into xps (slot i), its dY^T (Co x P, zero
-// column at P when Pe > P) into columns [i Pe, (i + 1) Pe) of dYt (Co x m Pe).
+// The weight gradient's inputs for a range of images, shared by the threads (the calling thread's
+// scratch): image i's padded channels-last input at xps + i img, and dY^T (Co x ld, ld = the
+// range's images x Pe): image i's columns [i Pe, (i + 1) Pe), a zero column at P when Pe > P.
+template <typename CT>
+struct WeightInputs {
+  CT* xps;
+  CT* dYt;
+  int64_t ld;
+};
+
 template <typename T, typename CT>
-PYA_VECTOR void weight_gradient_inputs(const Backward& k, int64_t n, int64_t i, int64_t m, const float* dY) {
+PYA_VECTOR void weight_gradient_inputs(const Backward& k, int64_t n, int64_t i, const WeightInputs<CT>& wi,
+                                       const float* dY) {
   const Geometry& g = k.g;
   const View& v = k.v;
-  const int64_t ld = m * v.Pe;
-  fill_input<T, CT>(k.x, n, g, v, 0, v.Hpd, scratch<CT>(kInput, m * v.Hpd * v.Wpd * v.Cip) + i * v.Hpd * v.Wpd * v.Cip);
-  CT* dYt = scratch<CT>(kGradT, g.Co * ld) + i * v.Pe;
+  fill_input<T, CT>(k.x, n, g, v, 0, v.Hpd, wi.xps + i * v.Hpd * v.Wpd * v.Cip);
+  CT* dYt = wi.dYt + i * v.Pe;
+  const int64_t ld = wi.ld;
   constexpr int64_t kT = 16;  // transposed in 16 x 16 tiles: every line read and written is used whole
   for (int64_t p0 = 0; p0 < v.P; p0 += kT)
     for (int64_t c0 = 0; c0 < g.Co; c0 += kT)
@@ -784,53 +794,72 @@ PYA_VECTOR void weight_gradient_inputs(const Backward& k, int64_t n, int64_t i, 
     for (int64_t co = 0; co < g.Co; ++co) dYt[co * ld + v.P] = CT(0.f);
 }
 
-// dw (Co x kh Kt, float32) = (first) or += the chunk's dY^T (Co x m Pe) x its patches (m Pe x kh Kt),
-// in blocks of kNb columns: within one kernel row, or across them where the rows are short (stacked).
-template <typename T, typename CT>
-PYA_VECTOR void weight_gradient(const Backward& k, int64_t m, float* dw, bool first) {
+// Rows [0, m Pe) of B for columns [t0, t0 + nb) of dw: the patches of images [i0, i0 + m) of the
+// range, position after position (VNNI: positions in interleaved pairs).
+template <typename CT>
+PYA_VECTOR void weight_patches(const Backward& k, const WeightInputs<CT>& wi, int64_t i0, int64_t m, int64_t t0,
+                               int64_t nb, CT* bb) {
   const Geometry& g = k.g;
   const View& v = k.v;
-  const int64_t Kw = g.kh * v.Kt, img = v.Hpd * v.Wpd * v.Cip, K = m * v.Pe;
-  const CT* xps = scratch<CT>(kInput, m * img);
-  const CT* dYt = scratch<CT>(kGradT, g.Co * K);
-  CT* bb = scratch<CT>(kPatches, K * kNb);
+  const int64_t img = v.Hpd * v.Wpd * v.Cip;
   CT* pair = scratch<CT>(kPair, 2 * kNb);
-  const auto product = [&](int64_t t0, int64_t nb) {  // columns [t0, t0 + nb) of dw
-    for (int64_t i = 0; i < m; ++i) {
-      const CT* xp = xps + i * img;
-      CT* bi = bb + i * v.Pe * nb;
-      if (!k.vnni) {
-        for (int64_t pos = 0; pos < v.P; ++pos) patch_columns(xp, g, v, pos, t0, nb, bi + pos * nb);
+  for (int64_t i = 0; i < m; ++i) {
+    const CT* xp = wi.xps + (i0 + i) * img;
+    CT* bi = bb + i * v.Pe * nb;
+    if (!k.vnni) {
+      for (int64_t pos = 0; pos < v.P; ++pos) patch_columns(xp, g, v, pos, t0, nb, bi + pos * nb);
+      continue;
+    }
+    const bool one_row = t0 / v.Kt == (t0 + nb - 1) / v.Kt;  // the columns lie in one kernel row
+    for (int64_t pos = 0; pos < v.Pe; pos += 2) {  // VNNI: positions pos, pos + 1 interleaved
+      const bool second = pos + 1 < v.P;
+      if (one_row) {  // straight from the image
+        const auto at = [&](int64_t q) {
+          return xp + ((q / g.Wc) * g.sh + t0 / v.Kt) * v.Wpd * v.Cip + (q % g.Wc) * g.sw * v.Cip + t0 % v.Kt;
+        };
+        interleave(at(pos), second ? at(pos + 1) : nullptr, nb, bi + pos * nb);
         continue;
       }
-      const bool one_row = t0 / v.Kt == (t0 + nb - 1) / v.Kt;  // the columns lie in one kernel row
-      for (int64_t pos = 0; pos < v.Pe; pos += 2) {  // VNNI: positions pos, pos + 1 interleaved
-        const bool second = pos + 1 < v.P;
-        if (one_row) {  // straight from the image
-          const auto at = [&](int64_t q) {
-            return xp + ((q / g.Wc) * g.sh + t0 / v.Kt) * v.Wpd * v.Cip + (q % g.Wc) * g.sw * v.Cip + t0 % v.Kt;
-          };
-          interleave(at(pos), second ? at(pos + 1) : nullptr, nb, bi + pos * nb);
-          continue;
-        }
-        patch_columns(xp, g, v, pos, t0, nb, pair);
-        if (second) patch_columns(xp, g, v, pos + 1, t0, nb, pair + kNb);
-        interleave(pair, second ? pair + kNb : nullptr, nb, bi + pos * nb);
-      }
+      patch_columns(xp, g, v, pos, t0, nb, pair);
+      if (second) patch_columns(xp, g, v, pos + 1, t0, nb, pair + kNb);
+      interleave(pair, second ? pair + kNb : nullptr, nb, bi + pos * nb);
     }
-    cb::brgemm(g.Co, nb, K, K, nb, Kw, !first, dYt, bb, dw + t0, k.vnni);
-  };
-  if (v.Kt < kStackBelowK) {  // short kernel rows: blocks across them
-    for (int64_t j = 0; j < blocks(Kw); ++j) product(j * kNb, block_n(Kw, j));
-  } else {
-    for (int64_t ky = 0; ky < g.kh; ++ky)
-      for (int64_t j = 0; j < blocks(v.Kt); ++j) product(ky * v.Kt + j * kNb, block_n(v.Kt, j));
   }
 }
 
-// Image i of a chunk of m: un-pooling, the data gradient, and its weight-gradient inputs.
+// Columns [t0, t0 + nb) of dw (Co x kh Kt, float32, in dwc) = (first) or += dY^T x patches over
+// images [i0, i1) of the range, chunk_images at a time (K = images x positions, about 512).
 template <typename T, typename CT>
-PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, int64_t m, float* db) {
+PYA_VECTOR void weight_gradient(const Backward& k, const WeightInputs<CT>& wi, int64_t i0, int64_t i1, int64_t t0,
+                                int64_t nb, float* dwc, bool first) {
+  const View& v = k.v;
+  const int64_t chunk = chunk_images(v), Kw = k.g.kh * v.Kt;
+  CT* bb = scratch<CT>(kPatches, chunk * v.Pe * kNb);
+  for (int64_t c = i0; c < i1; c += chunk) {
+    const int64_t m = std::min(chunk, i1 - c);
+    weight_patches(k, wi, c, m, t0, nb, bb);
+    cb::brgemm(k.g.Co, nb, m * v.Pe, wi.ld, nb, Kw, !(first && c == i0), wi.dYt + c * v.Pe, bb, dwc + t0, k.vnni);
+  }
+}
+
+// dw's column blocks (t0, nb): kNb columns within one kernel row, or across them where the rows are
+// short.
+std::vector<std::pair<int64_t, int64_t>> weight_blocks(const Geometry& g, const View& v) {
+  std::vector<std::pair<int64_t, int64_t>> b;
+  const int64_t Kw = g.kh * v.Kt;
+  if (v.Kt < kStackBelowK) {
+    for (int64_t j = 0; j < blocks(Kw); ++j) b.emplace_back(j * kNb, block_n(Kw, j));
+  } else {
+    for (int64_t ky = 0; ky < g.kh; ++ky)
+      for (int64_t j = 0; j < blocks(v.Kt); ++j) b.emplace_back(ky * v.Kt + j * kNb, block_n(v.Kt, j));
+  }
+  return b;
+}
+
+// Image n (slot i of its range): un-pooling (its bias-gradient row db), the data gradient, and its
+// weight-gradient inputs.
+template <typename T, typename CT>
+PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, const WeightInputs<CT>& wi, float* db) {
   const View& v = k.v;
   float* dY = scratch<float>(kAcc, v.P * v.Cop);
   unpool<T>(k, n, dY, db);
@@ -845,30 +874,26 @@ PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, int64_t 
     }
     data_gradient<T, CT>(k, n, dYc);
   }
-  if (k.need_w) weight_gradient_inputs<T, CT>(k, n, i, m, dY);
+  if (k.need_w) weight_gradient_inputs<T, CT>(k, n, i, wi, dY);
 }
 
-// Images [n0, n1), one weight-gradient copy dw, written by the first product.
-template <typename T, typename CT>
-void backward_images(const Backward& k, int64_t n0, int64_t n1, float* dw, float* db) {
-  const int64_t chunk = chunk_images(k.v);
-  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
-    const int64_t m = std::min(chunk, n1 - c0);
-    for (int64_t i = 0; i < m; ++i) backward_image<T, CT>(k, c0 + i, i, m, db);
-    if (k.need_w) weight_gradient<T, CT>(k, m, dw, c0 == n0);
-  }
+// Images a range: their weight-gradient inputs (4 bytes a value, whatever the type: fixed by the
+// shape alone) within 16 MiB, so that they are still in L3 when the weight gradient reads them; at
+// least one image.
+int64_t range_images(const Geometry& g, const View& v) {
+  const int64_t per_image = (v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe) * 4;
+  return std::clamp<int64_t>((int64_t(16) << 20) / std::max<int64_t>(per_image, 1), 1, std::max<int64_t>(g.N, 1));
 }
 
 // Groups of images that sum their weight gradients in their own float32 copy (added up in group
-// order at the end), fixed by the shape alone: a group a product of chunk_images (every copy costs
-// its writes and the final sum), but at least 4 groups for the threads to share, within ~16 MiB of
-// copies and at most 8.
-int64_t weight_groups(const Geometry& g, const View& v, bool need_w) {
-  if (!need_w) return std::max<int64_t>(1, std::min<int64_t>(g.N, 64));
+// order at the end), fixed by the shape alone: the threads share (column block, group) items, so
+// one group (no copies) where dw has 8 column blocks or more, else enough groups for 8 items,
+// within ~16 MiB of copies.
+int64_t weight_groups(const Geometry& g, const View& v) {
+  const int64_t nb = static_cast<int64_t>(weight_blocks(g, v).size());
   const int64_t bytes = std::max<int64_t>(g.kh * g.Co * v.Kt * 4, 1);
   const int64_t cap = std::clamp<int64_t>((int64_t(16) << 20) / bytes, 1, 8);
-  const int64_t by_chunks = (g.N + chunk_images(v) - 1) / chunk_images(v);
-  return std::max<int64_t>(1, std::min({cap, g.N, std::max<int64_t>(by_chunks, 4)}));
+  return std::max<int64_t>(1, std::min({cap, g.N, (8 + nb - 1) / nb}));
 }
 
 // Output channels [c0, c1) of dw (Co, Ci, kh, kw) from the S groups' float32 copies (wsize values
@@ -906,24 +931,40 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
     wb = strided.data();
   }
   const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), x, wb, dx, dw != nullptr};
-  const int64_t S = weight_groups(g, v, dw != nullptr), wsize = dw ? g.kh * g.Co * v.Kt : 0;
-  // Each group's first image writes its copy (an empty batch: zeros). Calling thread's scratch.
-  float* wp = scratch<float>(kWeightGroups, S * wsize + S * g.Co);
-  float* bp = wp + S * wsize;
-  if (g.N == 0) std::fill(wp, wp + S * wsize, 0.f);
-  std::fill(bp, bp + S * g.Co, 0.f);
-  for_each_item(S, vnni, [&](int64_t s) {
-    backward_images<T, CT>(k, s * g.N / S, (s + 1) * g.N / S, wp + s * wsize, bp + s * g.Co);
-  });
+  // The calling thread's scratch: per image its bias-gradient row; the S groups' dw copies.
+  const int64_t S = dw ? weight_groups(g, v) : 0, wsize = g.kh * g.Co * v.Kt;
+  float* bp = scratch<float>(kWeightGroups, g.N * g.Co + S * wsize);
+  float* wp = bp + g.N * g.Co;
+  std::fill(bp, bp + g.N * g.Co, 0.f);
+  const int64_t range = range_images(g, v), img = v.Hpd * v.Wpd * v.Cip;
+  const WeightInputs<CT> wi{dw ? scratch<CT>(kRangeInputs, range * img) : nullptr,
+                            dw ? scratch<CT>(kRangeGradT, g.Co * range * v.Pe) : nullptr, range * v.Pe};
+  const auto wblocks = dw ? weight_blocks(g, v) : decltype(weight_blocks(g, v))();
+  std::vector<char> written(S, 0);  // a group's copy written (by its first product)
+  for (int64_t r0 = 0; r0 < g.N; r0 += range) {
+    const int64_t nr = std::min(range, g.N - r0);
+    // images one by one, then dw's (column block, group) pairs over this range's images
+    const WeightInputs<CT> r{wi.xps, wi.dYt, nr * v.Pe};
+    for_each_item(nr, vnni, [&](int64_t i) { backward_image<T, CT>(k, r0 + i, i, r, bp + (r0 + i) * g.Co); });
+    if (!dw) continue;
+    for_each_item(static_cast<int64_t>(wblocks.size()) * S, vnni, [&](int64_t q) {
+      const int64_t s = q % S, i0 = s * nr / S, i1 = (s + 1) * nr / S;
+      const auto [t0, nb] = wblocks[q / S];
+      if (i1 > i0) weight_gradient<T, CT>(k, r, i0, i1, t0, nb, wp + s * wsize, !written[s]);
+    });
+    for (int64_t s = 0; s < S; ++s) written[s] |= (s + 1) * nr / S > s * nr / S;
+  }
   if (db) {
     T* d = db->data_ptr<T>();
     for (int64_t co = 0; co < g.Co; ++co) {
       float sum = 0.f;
-      for (int64_t s = 0; s < S; ++s) sum += bp[s * g.Co + co];
+      for (int64_t n = 0; n < g.N; ++n) sum += bp[n * g.Co + co];
       d[co] = static_cast<T>(sum);
     }
   }
   if (!dw) return;
+  for (int64_t s = 0; s < S; ++s)
+    if (!written[s]) std::fill(wp + s * wsize, wp + (s + 1) * wsize, 0.f);  // no images (an empty batch)
   // (the lambdas call functions compiled for AVX2: they are not themselves)
   at::parallel_for(0, g.Co, 1, [&](int64_t c0, int64_t c1) {
     sum_weight_groups<T>(wp, S, wsize, g, v, c0, c1, dw->data_ptr<T>());
@@ -943,11 +984,15 @@ bool brgemm_runs(at::ScalarType dt) { return multiply_in(dt).has_value(); }
 bool brgemm_backward_fits(const Geometry& g) {
   const View v = view_of(g, true);  // the larger of the two views
   const int64_t m = chunk_images(v);
-  // the data gradient's patches (stacked products) and the weight gradient's share a slot
+  // per thread: dY (and its 16-bit copy), the data gradient's padded input and sums, the patches
+  // (the data gradient's stacked products and the weight gradient's share a slot)
   const int64_t patches = std::max({m * v.Pe * kNb * 4, int64_t(256) << 10, g.W * g.kh * g.kw * v.Cop * 4});
-  const int64_t bytes = v.P * v.Cop * 8 + m * v.Hpd * v.Wpd * v.Cip * 8 + (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 +
-                        g.H * g.W * blocks(g.Ci) * kNb * 4 + patches + m * g.Co * v.Pe * 2;
-  return bytes <= kBackwardScratchBytes;
+  const int64_t thread = v.P * v.Cop * 8 + (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 + g.H * g.W * blocks(g.Ci) * kNb * 4 +
+                         patches;
+  // shared: a range's weight-gradient inputs, the groups' dw copies, the bias-gradient rows
+  const int64_t shared = range_images(g, v) * (v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe) * 4 +
+                         weight_groups(g, v) * g.kh * g.Co * v.Kt * 4 + g.N * g.Co * 4;
+  return thread + shared <= kBackwardScratchBytes;
 }
 
 void brgemm_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

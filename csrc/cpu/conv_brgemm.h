@@ -19,9 +19,10 @@ namespace crm {
 std::string cpu_conv_kernel(at::ScalarType dt);
 bool brgemm_runs(at::ScalarType dt);  // cpu_conv_kernel(dt) != "portable"
 
-// The brgemm backward works a whole image at a time in per-thread scratch (kept for the next
-// call); images whose scratch would pass kBackwardScratchBytes go to the portable kernels, whose
-// scratch is bounded by their chunks.
+// The brgemm backward works a whole image at a time in per-thread scratch, and keeps the weight
+// gradient's inputs for a range of images (up to 16 MiB) in scratch the threads share (all kept for
+// the next call); shapes whose scratch would pass kBackwardScratchBytes go to the portable kernels,
+// whose scratch is bounded by their chunks.
 constexpr int64_t kBackwardScratchBytes = int64_t(256) << 20;
 bool brgemm_backward_fits(const Geometry& g);
 
