@@ -19,8 +19,8 @@
 // sums where the CPU has the instructions (bf16: AVX-512; f16: AVX512-FP16), else converted to
 // float32 on the way into the scratch rows.
 // Threads: one parallel region per pass, whose threads take work items (image bands forward,
-// images, then dw's column blocks backward) from a shared counter, so a thread that the OS preempts holds no fixed
-// share of the work hostage. Which thread takes which item never changes a result.
+// images, then dw's column blocks backward) from a shared counter, so a thread that the OS
+// preempts holds no fixed share of the work hostage. Which thread takes which item never changes a result.
 #include "cpu/conv_brgemm.h"
 
 #include <ATen/Context.h>
@@ -295,24 +295,21 @@ inline void transpose4x4(const float* s, int64_t ls, float* d, int64_t ld) {
 // conversions one value at a time.
 template <typename T, typename CT>
 void transpose_rows(const T* s, int64_t R, int64_t C, int64_t r0, int64_t r1, CT* d) {
-  int64_t b = 1;
 #if defined(__SSE2__)
-  if constexpr (std::is_same_v<T, CT>) {
-    b = sizeof(T) == 2 ? 8 : sizeof(T) == 4 ? 4 : 1;
+  if constexpr (std::is_same_v<T, CT> && (sizeof(T) == 2 || sizeof(T) == 4)) {
+    constexpr int64_t b = sizeof(T) == 2 ? 8 : 4;
     const int64_t rb = r0 + (r1 - r0) / b * b, cb = C / b * b;
-    for (int64_t c = 0; c < cb && b > 1; c += b)
+    for (int64_t c = 0; c < cb; c += b)
       for (int64_t r = r0; r < rb; r += b) {
         if constexpr (sizeof(T) == 2) {
           transpose8x8(reinterpret_cast<const uint16_t*>(s + r * C + c), C, reinterpret_cast<uint16_t*>(d + c * R + r), R);
-        } else if constexpr (sizeof(T) == 4) {
+        } else {
           transpose4x4(reinterpret_cast<const float*>(s + r * C + c), C, reinterpret_cast<float*>(d + c * R + r), R);
         }
       }
-    if (b > 1) {
-      transpose_scalar(s, R, C, rb, r1, 0, C, d);  // the rows past the blocks
-      transpose_scalar(s, R, C, r0, rb, cb, C, d);  // the columns past them
-      return;
-    }
+    transpose_scalar(s, R, C, rb, r1, 0, C, d);   // the rows past the blocks
+    transpose_scalar(s, R, C, r0, rb, cb, C, d);  // the columns past them
+    return;
   }
 #endif
   transpose_scalar(s, R, C, r0, r1, 0, C, d);
@@ -385,8 +382,8 @@ struct RowConv {
 // (M = rows x Wo, K = kh Kt) and multiplied at once, each B block as one kh Kt x nb matrix (Kt is
 // even in VNNI pairs). (Measured: stacking narrow images' rows as well, Wo < 16, gained 3% in
 // bfloat16 and lost up to 10% in float32: the products are not too short there.)
-constexpr int64_t kStackBelowK = 128;
-inline bool stacked(const RowConv& c) { return c.Kt() < kStackBelowK; }
+inline bool short_rows(int64_t Kt) { return Kt < 128; }
+inline bool stacked(const RowConv& c) { return short_rows(c.Kt()); }
 
 // Conv rows per stacked product: M about 64, the patches within 256 KiB (at least one row).
 template <typename CT>
@@ -847,7 +844,7 @@ PYA_VECTOR void weight_gradient(const Backward& k, const WeightInputs<CT>& wi, i
 std::vector<std::pair<int64_t, int64_t>> weight_blocks(const Geometry& g, const View& v) {
   std::vector<std::pair<int64_t, int64_t>> b;
   const int64_t Kw = g.kh * v.Kt;
-  if (v.Kt < kStackBelowK) {
+  if (short_rows(v.Kt)) {
     for (int64_t j = 0; j < blocks(Kw); ++j) b.emplace_back(j * kNb, block_n(Kw, j));
   } else {
     for (int64_t ky = 0; ky < g.kh; ++ky)
@@ -878,11 +875,13 @@ PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, const We
 }
 
 // Images a range: their weight-gradient inputs (4 bytes a value, whatever the type: fixed by the
-// shape alone) within 16 MiB, so that they are still in L3 when the weight gradient reads them; at
-// least one image.
-int64_t range_images(const Geometry& g, const View& v) {
+// shape alone) within 16 MiB, so that they are still in L3 when the weight gradient reads them, but
+// at least 8 images (the threads share a range's images); the whole batch without dw.
+int64_t range_images(const Geometry& g, const View& v, bool need_w) {
+  const int64_t N = std::max<int64_t>(g.N, 1);
+  if (!need_w) return N;
   const int64_t per_image = (v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe) * 4;
-  return std::clamp<int64_t>((int64_t(16) << 20) / std::max<int64_t>(per_image, 1), 1, std::max<int64_t>(g.N, 1));
+  return std::clamp<int64_t>((int64_t(16) << 20) / std::max<int64_t>(per_image, 1), std::min<int64_t>(8, N), N);
 }
 
 // Groups of images that sum their weight gradients in their own float32 copy (added up in group
@@ -936,7 +935,7 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
   float* bp = scratch<float>(kWeightGroups, g.N * g.Co + S * wsize);
   float* wp = bp + g.N * g.Co;
   std::fill(bp, bp + g.N * g.Co, 0.f);
-  const int64_t range = range_images(g, v), img = v.Hpd * v.Wpd * v.Cip;
+  const int64_t range = range_images(g, v, dw != nullptr), img = v.Hpd * v.Wpd * v.Cip;
   const WeightInputs<CT> wi{dw ? scratch<CT>(kRangeInputs, range * img) : nullptr,
                             dw ? scratch<CT>(kRangeGradT, g.Co * range * v.Pe) : nullptr, range * v.Pe};
   const auto wblocks = dw ? weight_blocks(g, v) : decltype(weight_blocks(g, v))();
@@ -990,7 +989,7 @@ bool brgemm_backward_fits(const Geometry& g) {
   const int64_t thread = v.P * v.Cop * 8 + (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 + g.H * g.W * blocks(g.Ci) * kNb * 4 +
                          patches;
   // shared: a range's weight-gradient inputs, the groups' dw copies, the bias-gradient rows
-  const int64_t shared = range_images(g, v) * (v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe) * 4 +
+  const int64_t shared = range_images(g, v, true) * (v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe) * 4 +
                          weight_groups(g, v) * g.kh * g.Co * v.Kt * 4 + g.N * g.Co * 4;
   return thread + shared <= kBackwardScratchBytes;
 }
