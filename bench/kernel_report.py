@@ -6,6 +6,12 @@ package that the CUDA build of torch installs) and counts, per kernel, the instr
 whether the code is what it is meant to be: tensor-core MMAs (HMMA), 16-byte global loads, cp.async copies (LDGSTS) and
 stores, local-memory traffic (LDL/STL: spills), FMAs.
 
+Main loop: the innermost loop of the SASS that holds HMMA instructions (the span from a backward
+branch's target to the branch; the smallest such span holding an HMMA). Its static instruction
+count (NOPs left out) is what one K step issues per warp, counting each inner loop it contains once;
+`loop HMMA%` is the tensor-core share of it, `loop LDSM` its ldmatrix loads, `loop LD` its generic
+(address-space-less) loads, which a shared-memory operand path should not have.
+
     python bench/kernel_report.py                      # sm_90, every kernel file
     python bench/kernel_report.py --arch 80 --filter conv_relu_maxpool
 """
@@ -32,6 +38,29 @@ COUNTS = {  # column -> SASS opcode pattern
     "FFMA": r"\bFFMA\b",
     "DFMA": r"\bDFMA\b",
 }
+
+
+LOOP_COUNTS = {"HMMA": r"\bHMMA\.", "LDSM": r"\bLDSM\b", "LD": r"\bLD(?:\.|\s)", "LDS": r"\bLDS(?:\.\w+)*\s",
+               "LDGSTS": r"\bLDGSTS\b", "BAR": r"\bBAR\."}
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
+_BACK_BRANCH = re.compile(r"\bBRA(?:\.\w+)*\s+0x([0-9a-f]+)")
+
+
+def main_loop(sass_function: str) -> dict | None:
+    """Counts of the innermost loop holding an HMMA in one function's SASS, or None (no such loop)."""
+    ins = [(int(a, 16), text.strip()) for a, text in _INSTRUCTION.findall(sass_function)]
+    best = None
+    for addr, text in ins:
+        m = _BACK_BRANCH.search(text)
+        if not m or int(m.group(1), 16) > addr:
+            continue
+        body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr and not t.startswith("NOP")]
+        if any(re.search(LOOP_COUNTS["HMMA"], t) for t in body) and (best is None or len(body) < len(best)):
+            best = body
+    if best is None:
+        return None
+    counts = {k: sum(1 for t in best if re.search(p, t)) for k, p in LOOP_COUNTS.items()}
+    return {"instructions": len(best), **counts, "share": counts["HMMA"] / len(best)}
 
 
 def cuobjdump() -> str:
@@ -72,8 +101,11 @@ def report(cu: Path, arch: str, nvcc: str, work: Path) -> list[dict]:
     rows, cur = {}, None
     for line in r.stderr.splitlines():
         m = re.search(r"Compiling entry function '(\w+)'", line)
+        p = re.search(r"Function properties for (\w+)", line)
         if m:
             cur = rows.setdefault(m.group(1), {"kernel": short(m.group(1)), "file": cu.name})
+        elif p:  # a kernel's, or a device function's that follows it (not the kernel's numbers)
+            cur = rows.get(p.group(1))
         elif cur is not None and "spill stores" in line:
             st, ss, sl = re.findall(r"(\d+) bytes", line)[:3]
             cur.update(stack=int(st), spill=int(ss) + int(sl))
@@ -87,7 +119,18 @@ def report(cu: Path, arch: str, nvcc: str, work: Path) -> list[dict]:
         if name in rows:
             for col, pat in COUNTS.items():
                 rows[name][col] = len(re.findall(pat, part))
+            rows[name]["loop"] = main_loop(part)
     return list(rows.values())
+
+
+def kernel_rows(arch: str = "90", name_filter: str = "") -> list[dict]:
+    """One dict per kernel of csrc/cuda/*.cu (files whose name contains name_filter)."""
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    if not os.path.exists(nvcc):
+        raise FileNotFoundError("nvcc not found (PATH or /usr/local/cuda/bin)")
+    files = [f for f in sorted((ROOT / "csrc" / "cuda").glob("*.cu")) if name_filter in f.name]
+    with tempfile.TemporaryDirectory() as d:
+        return [r for f in files for r in report(f, arch, nvcc, Path(d))]
 
 
 def main() -> int:
@@ -95,18 +138,22 @@ def main() -> int:
     ap.add_argument("--arch", default="90", help="compute capability without the dot (default 90)")
     ap.add_argument("--filter", default="", help="only kernel files whose name contains this")
     args = ap.parse_args()
+    try:
+        rows = kernel_rows(args.arch, args.filter)
+    except FileNotFoundError as e:
+        sys.exit(str(e))
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
-    if not os.path.exists(nvcc):
-        sys.exit("nvcc not found (PATH or /usr/local/cuda/bin)")
-    files = [f for f in sorted((ROOT / "csrc" / "cuda").glob("*.cu")) if args.filter in f.name]
-    with tempfile.TemporaryDirectory() as d:
-        rows = [r for f in files for r in report(f, args.arch, nvcc, Path(d))]
     cols = ["regs", "stack", "spill", "smem", *COUNTS]
+    loop_cols = ["instructions", "HMMA", "share", "LDSM", "LD", "LDS", "LDGSTS", "BAR"]
     print(f"sm_{args.arch}, {subprocess.run([nvcc, '--version'], capture_output=True, text=True).stdout.strip().splitlines()[-1]}")
     width = max([len(r["kernel"]) for r in rows] + [6])
-    print(f"{'kernel':{width}s} " + " ".join(f"{c:>7s}" for c in cols))
+    print(f"{'kernel':{width}s} " + " ".join(f"{c:>7s}" for c in cols)
+          + " | main loop: " + " ".join(f"{c[:7]:>7s}" for c in loop_cols))
     for r in sorted(rows, key=lambda r: r["kernel"]):
-        print(f"{r['kernel']:{width}s} " + " ".join(f"{r.get(c, 0):7d}" for c in cols))
+        loop = r.get("loop")
+        tail = "" if loop is None else " |            " + " ".join(
+            f"{100 * loop[c]:6.1f}%" if c == "share" else f"{loop[c]:7d}" for c in loop_cols)
+        print(f"{r['kernel']:{width}s} " + " ".join(f"{r.get(c, 0):7d}" for c in cols) + tail)
     return 0
 
 

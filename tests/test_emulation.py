@@ -1,7 +1,8 @@
 """Self-tests of the CPU emulation of CUDA (csrc/cuda/emulation.h) that runs our kernels in CI: the
 two schedules expose a missing barrier, the sanitizers catch out-of-bounds accesses, divergent
 barriers and warp collectives are reported (no hang), a spinning kernel meets the watchdog, and the
-warp intrinsics, atomics, conversions and WMMA compute what the hardware computes.
+warp intrinsics, atomics, conversions, WMMA, ldmatrix and mma.sync compute what the hardware computes
+(ldmatrix and mma.sync element for element, against the PTX ISA's fragment tables).
 The kernels are in tests/emulation/selftest_kernels.cu; the build and runner in tests/emulation/.
 
 EMULATED_TESTS (tests/emulation/coverage.py) lists, for every CUDA kernel of the repository, the tests
@@ -226,6 +227,99 @@ def test_wmma_matches_a_product_of_the_rounded_inputs(tmp_path, name, dtype, K, 
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name} ({s}): {m}")
     # the rounding is really applied: the unrounded product differs measurably
     assert (ref - plain).abs().max() > 1e-4
+
+
+# The PTX ISA's fragment tables ("Matrix Fragments for mma.m16n8k16 / mma.m16n8k8", "ldmatrix"), written
+# out here as the ISA states them, independently of the emulation's code. Lane l: group g = l // 4,
+# t = l % 4; a 32-bit register holds fragment elements 2r (low half) and 2r + 1 (high half).
+def _ptx_a16(i, g, t):  # element i (0-7) of A (16 x 16)
+    return (g if i < 2 or 4 <= i < 6 else g + 8), t * 2 + (i & 1) + (8 if i >= 4 else 0)
+
+
+def _ptx_b16(i, g, t):  # element i (0-3) of B (16 x 8)
+    return t * 2 + (i & 1) + (8 if i >= 2 else 0), g
+
+
+def _ptx_a_tf32(i, g, t):  # register i (0-3) of A (16 x 8)
+    return (g if i in (0, 2) else g + 8), (t if i < 2 else t + 4)
+
+
+def _ptx_b_tf32(i, g, t):  # register i (0-1) of B (8 x 8)
+    return (t if i == 0 else t + 4), g
+
+
+def _ptx_c(i, g, t):  # element i (0-3) of C and D (16 x 8)
+    return (g if i < 2 else g + 8), t * 2 + (i & 1)
+
+
+@pytest.mark.parametrize("n, trans", [(1, False), (2, False), (4, False), (4, True), (2, True)])
+def test_ldmatrix_gives_each_lane_the_ptx_isa_elements(tmp_path, n, trans):
+    """ldmatrix.m8n8.x{1,2,4}[.trans].b16: lane 8 i + j gives the address of row j of matrix i (here a
+    random permutation of 32 stored rows); lane l receives, per matrix, row l // 4, columns 2 (l % 4)
+    and + 1, or with .trans those of the transpose. Stored value: 8 row + column."""
+    rows = np.random.default_rng().permutation(32)
+    name = f"ldmatrix_x{n}" + ("_trans" if trans else "")
+    out = _outputs(name, tmp_path, rows.astype(np.float32), np.uint32)
+    want = np.zeros((32, n), np.uint32)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for i in range(n):
+            if trans:
+                lo, hi = rows[8 * i + 2 * t] * 8 + g, rows[8 * i + 2 * t + 1] * 8 + g
+            else:
+                lo, hi = rows[8 * i + g] * 8 + 2 * t, rows[8 * i + g] * 8 + 2 * t + 1
+            want[lane, i] = lo | hi << 16
+    for s in harness.SCHEDULES:
+        np.testing.assert_array_equal(out[s].reshape(32, n), want, err_msg=f"{name} ({s})")
+
+
+def _bits16(x: torch.Tensor, dtype) -> np.ndarray:
+    return x.to(dtype).view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
+
+
+@pytest.mark.parametrize("name, dtype", [("mma_bf16", torch.bfloat16), ("mma_f16", torch.float16), ("mma_tf32", "tf32")])
+def test_mma_sync_fragments_follow_the_ptx_isa(tmp_path, name, dtype):
+    """mma.sync.m16n8k16 (bf16, f16) and m16n8k8 (tf32) with float accumulators: registers built from A,
+    B and C by the PTX ISA's tables, D read back by them, against float64 A B + C of the inputs as the
+    tensor core reads them (tf32: the low 13 bits of each float ignored). A fragment element in the
+    wrong place gives a wrong product."""
+    tf32 = dtype == "tf32"
+    K = 8 if tf32 else 16
+    a, b, c = torch.randn(16, K), torch.randn(K, 8), torch.randn(16, 8)
+    regs = np.zeros((32, 10), np.uint32)
+    if tf32:
+        abits, bbits = a.numpy().view(np.uint32), b.numpy().view(np.uint32)
+        ra = torch.from_numpy((abits & 0xFFFFE000).view(np.float32))
+        rb = torch.from_numpy((bbits & 0xFFFFE000).view(np.float32))
+    else:
+        abits, bbits = _bits16(a, dtype).reshape(16, K), _bits16(b, dtype).reshape(K, 8)
+        ra, rb = a.to(dtype).float(), b.to(dtype).float()
+    cbits = c.numpy().view(np.uint32)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        if tf32:
+            for i in range(4):
+                regs[lane, i] = abits[_ptx_a_tf32(i, g, t)]
+            for i in range(2):
+                regs[lane, 4 + i] = bbits[_ptx_b_tf32(i, g, t)]
+        else:
+            for i in range(8):
+                regs[lane, i // 2] |= abits[_ptx_a16(i, g, t)] << (16 * (i % 2))
+            for i in range(4):
+                regs[lane, 4 + i // 2] |= bbits[_ptx_b16(i, g, t)] << (16 * (i % 2))
+        for i in range(4):
+            regs[lane, 6 + i] = cbits[_ptx_c(i, g, t)]
+    out = _outputs(name, tmp_path, regs.view(np.float32).ravel(), np.float32)
+    ref = ra.double() @ rb.double() + c.double()
+    for s in harness.SCHEDULES:
+        d = out[s].reshape(32, 4)
+        got = torch.zeros(16, 8, dtype=torch.float64)
+        for lane in range(32):
+            for i in range(4):
+                got[_ptx_c(i, lane // 4, lane % 4)] = float(d[lane, i])
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name} ({s}): {m}")
+    if tf32:  # the ignored bits are really ignored: the full floats give a measurably different product
+        assert (a.double() @ b.double() + c.double() - ref).abs().max() > 1e-5
 
 
 def test_async_copies_land_at_the_wait_and_not_before(tmp_path):

@@ -2,7 +2,7 @@
 in the emulation of CUDA (csrc/cuda/emulation.h) with AddressSanitizer and UBSan: forward (16-byte and
 element gathers, image groups, patches with halos, 1x1 windows with their mask bits, windows larger
 than a tile in several passes), the data, weight and bias gradients and their reductions, for every
-dtype and math mode (WMMA bf16/f16, TF32 WMMA, FP32 and FP64 FMA), under two thread schedules that
+dtype and math mode (mma.sync bf16/f16 and TF32, FP32 and FP64 FMA), under two thread schedules that
 must agree bit for bit. No GPU needed.
 
 - Exact inputs (small integers scaled by powers of 2, as in test_conv_relu_maxpool.py): every product

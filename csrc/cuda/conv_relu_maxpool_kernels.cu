@@ -19,60 +19,26 @@
 //   wgrad: dw (Co x kh kw Ci) = unpooled^T . patches, split over conv positions into partial sums
 //          (workspace), summed by a reduce kernel in a fixed order: deterministic, no atomics;
 //   bias:  db = the sum of the pooled gradients that passed (same split + reduce).
-// Arithmetic: bfloat16/float16 on the tensor cores (WMMA 16x16x16) with float accumulation; float32
-// as TF32 on the tensor cores (16x16x8) when allowed (torch.backends.cudnn.allow_tf32), else exact
-// FP32 FMA; float64 FMA. The tile loops are the same for all: only the 32x32 warp tile's inner
-// product (Accum) differs.
-// Roofline, per layer: forward 2 N Hc Wc Co K flops (the halo adds (CH CW) / (PH PW psh psw) - 1 of
-// it, ~20% for 3/2 pooling), minimal bytes = input + weights + pooled output + codes; backward
-// twice the flops, reading gy, the codes, x and the weights and writing dx and dw.
+// Arithmetic: bfloat16/float16 on the tensor cores (mma.sync m16n8k16, fragments by ldmatrix.x4 from
+// 32-bit shared addresses: csrc/cuda/mma_sync.h) with float accumulation; float32 as TF32 on the
+// tensor cores (m16n8k8) when allowed (torch.backends.cudnn.allow_tf32), else exact FP32 FMA; float64
+// FMA. The tile loops are the same for all: only the 32x32 warp tile's inner product (Accum) differs.
 // Operand pipeline (block_gemm), version 2: cp.async (cuda/async_copy.h) copies the 16-byte input
 // gathers, the weight rows, dgrad's dconv gathers and wgrad's tiles straight into a ring of 3
 // shared-memory stages, two K steps ahead of the tensor cores, one barrier per step. wgrad's
 // operands run along the channels (m and n), so its tiles are k-major (a row per conv position) and
-// read as col-major A / row-major B fragments. Element gathers (conv1's 3 channels; wgrad where Co
+// read by ldmatrix.trans (TF32: 32-bit LDS). Element gathers (conv1's 3 channels; wgrad where Co
 // or Ci is not a multiple of 16 bytes, its 16-byte loads then stored transposed) still go through
-// registers. TF32 rounds on the fragments, after the copy. Version 1 (loads and stores, 2 stages,
-// un-pooling in the loaders) stays selectable, PYALEXNET_CONV_VERSION=1, so that one GPU run times
-// both (bench/compare.py's ours_v1); both give the same bits (tests).
-// ptxas -v (nvcc 13.0, sm_90; `python bench/kernel_report.py --filter conv`): no spills and no
-// local memory in any kernel (sm_80: 8-16 bytes of spill in the TF32 element-gather forward, conv1
-// on an A100, since the fragments are rounded after loading). The three GEMM kernels carry __launch_bounds__(256, 2): at most 128
-// registers; without the bound ptxas picked 80 for some version-1 variants and spilled 8-56 bytes.
-// Registers: forward 92-128; dgrad 102-128 in version 1, 71-119 in version 2; wgrad 110-128 and
-// 72-112; unpool 62-64. Static shared memory: 34-37 KB with 2 stages, 48,128 bytes with 3 (40 KB in
-// float64), under the 48 KB static limit. Occupancy: the registers allow 2 blocks = 16 of 64 warps
-// per SM (25%); their 2 x 48 KB fit an SM's 228 KB (H100; 164 KB A100).
-// SASS: HMMA in every bf16/f16 (16 per K step) and TF32 (32 per K step) variant, none in the FP32/
-// FP64 FMA ones (128 FFMA / 64 DFMA per K step); LDGSTS (cp.async) in version 2's forward, dgrad
-// and k-major wgrad, LDG.E.128 in its transposing wgrad and in version 1's 16-byte gathers.
-// Performance model (H100 SXM: ~990 TFLOP/s dense bf16 through wgmma, of which WMMA/mma.sync reach
-// about two thirds; ~495 TF32; ~67 FP32; 3.35 TB/s HBM; not yet measured: no GPU has run these
-// kernels). ImageNet conv2 at batch 128 is 57 GFLOP forward, 58 us at the bf16 peak; every AlexNet
-// layer is compute-bound at batch 128 (>= 100 flops per minimal byte).
-// - Forward, version 1: each thread's 16-byte loads of step i + 1 (three, one after another, ~600
-//   cycles of L2/HBM latency each) come before its products of step i, and one block step of
-//   tensor work is ~400 cycles: the two blocks of an SM mostly wait: 25-35% of the tensor peak.
-// - Forward, version 2 (prediction, for compare.py's `v2 x` column to check): steps i + 1 and i + 2
-//   are in flight while step i multiplies, so a step costs its tensor time. The next limit is
-//   shared memory: a 32 x 32 warp tile reads 2 KB of fragments per 16k MACs, and the copies write
-//   12 KB per block step, ~175 bytes per 1024 MACs against 128 bytes/cycle/SM: at most ~70% of the
-//   peak, ~45-55% with bank conflicts. So 1.4-1.8x on the 16-byte layers (conv2-5 of both
-//   variants), ~1.1x on conv1 (only the weights go by cp.async).
-// - Backward, version 1: every A element of dgrad and wgrad is an un-pooling (two divisions, up to
-//   four code bytes and gradients): ~1000 instructions per thread per K step against ~400 cycles of
-//   tensor work per block, so both GEMMs run at ~10-15% of the peak (ImageNet conv2: ~770 us).
-// - Backward, version 2: the unpool kernel does that once per conv output, 16 bytes of channels per
-//   thread (the window arithmetic and its 64-bit divisions once per 8 bf16 channels; per element
-//   it was ~300 instructions, ~180 us for conv2's 18M outputs): ~15-25 us, near the memory bound
-//   (36 MB written, ~20 MB of gradients and codes read); dgrad and wgrad then copy their tiles by
-//   cp.async like the forward (~50% of the peak: ~115 us each): ~250 us, ~3x version 1.
-// - The bars: ImageNet conv2's forward (+20% halo) at ~50% of the peak takes ~140 us, against an
-//   estimated ~125 us for cuDNN's conv (~65% of the peak) -> relu -> max_pool2d (two memory passes
-//   over the 36 MB conv output): short of 1.3x; fwd+bwd ~390 us against ~350 us: ~0.9x, short of
-//   1.0x. Next, by expected gain: wgmma with TMA on sm_90 (the other third of the peak, and no
-//   fragment reads through the LSU), ldmatrix + mma.sync with 64 x 64 warp tiles (half the
-//   shared-memory reads per MAC), and less halo recomputation for 3/2 pooling.
+// registers. TF32 rounds on the fragments, after the copy. The forward's 16-byte loader keeps each
+// thread's two rows in registers and walks (ky, kx, c) by one K step at a time (no division a step).
+// Version 1 (loads and stores, 2 stages, un-pooling in the loaders) stays selectable,
+// PYALEXNET_CONV_VERSION=1, so that one GPU run times both (bench/compare.py's ours_v1); both give
+// the same bits (tests).
+// Machine code: `python bench/kernel_report.py --filter conv` prints registers, spills and, per
+// kernel, the main loop's instructions per K step, its HMMA share, ldmatrix and generic loads;
+// tests/test_kernel_code.py checks no spills and no generic loads in the tensor-core main loops.
+// Counts and the performance model built on them: bench/results/2026-12-03-cuda-main-loop-sass.md
+// (no GPU has run these kernels yet).
 // Index arithmetic inside the K loops and the forward's epilogue is 32-bit (K, image rows and
 // columns < 2^31, which the wrapper checks; tile-local indices < kBM x BN; offsets stay 64-bit),
 // and dgrad divides by the stride only where it is not 1.
@@ -82,27 +48,25 @@
 #include <type_traits>
 
 #include "cuda/cuda_or_emulation.h"
-#if defined(__CUDACC__)
-#include <mma.h>
-#endif
 
 #include "common/conv_relu_maxpool_index.h"
 #include "cuda/acc_convert.h"
 #include "cuda/async_copy.h"
 #include "cuda/conv_relu_maxpool_kernels.h"
+#include "cuda/mma_sync.h"
 
 namespace pyalexnet {
 namespace crm {
 namespace {
-
-namespace wmma = nvcuda::wmma;
 
 constexpr int kThreads = 256;  // 8 warps
 constexpr int kBM = 128;       // rows of a GEMM tile
 
 __device__ __forceinline__ float tf32_round(float v) {
 #if defined(__CUDACC__)
-  return wmma::__float_to_tf32(v);
+  uint32_t r;  // cvt.rna.tf32.f32: nearest, ties away; the result is a float with 13 zero low bits
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+  return __uint_as_float(r);
 #else
   return __float_to_tf32(v);
 #endif
@@ -112,34 +76,35 @@ __device__ __forceinline__ float tf32_round(float v) {
 // accumulator; BN columns per tile, BK the K step (64 bytes of Tc: four 16-byte vectors per row).
 template <typename T, bool kTF32> struct Cfg;
 template <> struct Cfg<__nv_bfloat16, false> {
-  using Tc = __nv_bfloat16; using acc = float; using frag = __nv_bfloat16;
+  using Tc = __nv_bfloat16; using acc = float;
   static constexpr bool kMma = true, kTf32 = false;
   static constexpr int BN = 64, BK = 32, PADK = 8, WK = 16;
 };
 template <> struct Cfg<__half, false> {
-  using Tc = __half; using acc = float; using frag = __half;
+  using Tc = __half; using acc = float;
   static constexpr bool kMma = true, kTf32 = false;
   static constexpr int BN = 64, BK = 32, PADK = 8, WK = 16;
 };
 template <> struct Cfg<float, true> {
-  using Tc = float; using acc = float; using frag = wmma::precision::tf32;
+  using Tc = float; using acc = float;
   static constexpr bool kMma = true, kTf32 = true;
   static constexpr int BN = 64, BK = 16, PADK = 4, WK = 8;
 };
 template <> struct Cfg<float, false> {
-  using Tc = float; using acc = float; using frag = float;
+  using Tc = float; using acc = float;
   static constexpr bool kMma = false, kTf32 = false;
   static constexpr int BN = 64, BK = 16, PADK = 4, WK = 0;
 };
 template <> struct Cfg<double, false> {
-  using Tc = double; using acc = double; using frag = double;
+  using Tc = double; using acc = double;
   static constexpr bool kMma = false, kTf32 = false;
   static constexpr int BN = 32, BK = 8, PADK = 2, WK = 0;
 };
 
 // Shared memory of a GEMM tile: S stages of A (kBM x BK, row-major) and B (BN x BK: B's columns,
-// k contiguous), and afterwards the result C (kBM x BN, acc) in the same bytes. Row pitches keep every WMMA
-// pointer 32-byte aligned and every 16-byte store aligned; the padding spreads rows over banks.
+// k contiguous), and afterwards the result C (kBM x BN, acc) in the same bytes. Row pitches keep every
+// ldmatrix row and 16-byte store aligned; the padding puts the 8 rows of an ldmatrix phase in
+// distinct banks (80-byte rows, 272 k-major).
 // S = 3 (cp.async: two K steps in flight while a third is multiplied) fits the 48 KB of static shared
 // memory in every dtype: 45 KB of stages + 2 KB of the forward's row table.
 // kKMajor: A stored BK x kBM and B BK x BN (m and n contiguous, 16 bytes of padding a row), for
@@ -184,62 +149,111 @@ template <class C> __device__ __forceinline__ void put16(typename C::Tc* dst, ui
 }
 
 // The block's 128 x BN result. Tensor cores: warp w owns the 32 x 32 sub-tile at rows 32 (w % 4),
-// columns 32 (w / 4), as 2 x 2 WMMA fragments; a warp whose rows all lie past the tile's valid rows
-// skips its products. FMA: thread t owns rows t / NT + MT i and columns t % NT + NT j.
+// columns 32 (w / 4): 2 x 4 mma.sync tiles of 16 x 8 (csrc/cuda/mma_sync.h), fragments read by
+// ldmatrix.x4 from 32-bit shared addresses (each lane's row offsets computed once, in init); a warp
+// whose rows all lie past the tile's valid rows skips its products. k-major tiles (kKMajor) are read
+// with ldmatrix.trans; TF32 ones, whose 32-bit elements ldmatrix cannot transpose, by 32-bit LDS.
+// FMA: thread t owns rows t / NT + MT i and columns t % NT + NT j.
 template <class C, class L, bool kMma = C::kMma> struct Accum;
 
 template <class C, class L> struct Accum<C, L, true> {
   using Tc = typename C::Tc;
-  static constexpr bool kKM = L::kKMajor;
-  using FA = wmma::fragment<wmma::matrix_a, 16, 16, C::WK, typename C::frag,
-                            std::conditional_t<kKM, wmma::col_major, wmma::row_major>>;
-  using FB = wmma::fragment<wmma::matrix_b, 16, 16, C::WK, typename C::frag,
-                            std::conditional_t<kKM, wmma::row_major, wmma::col_major>>;
-  using FC = wmma::fragment<wmma::accumulator, 16, 16, C::WK, float>;
-  FC f[2][2];
+  static constexpr bool kKM = L::kKMajor, kTf32 = C::kTf32;
+  static constexpr int E = int(sizeof(Tc));                 // bytes of an element
+  static constexpr int SA = L::LDA * E, SB = L::LDB * E;    // bytes of a row of A / B
+  float d[2][4][4];  // [m16 tile][n8 tile][element]
   int wm, wn;
+  // This lane's byte offsets of its ldmatrix rows (or LDS elements) in the first m16 tile of A and
+  // the first n16 pair of B; the second ones lie 16 rows (k-major: 16 elements) further.
+  uint32_t a_off, b_off;
+  static constexpr uint32_t kA2 = kKM ? 16 * E : 16 * SA, kB2 = kKM ? 16 * E : 16 * SB;
   __device__ void init() {
-    const int warp = threadIdx.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     wm = warp % 4, wn = warp / 4;
+    const int l8 = lane % 8, q = lane / 8;  // row l8 of matrix q
+    const int m = wm * 32, n = wn * 32;
+    if constexpr (!kKM) {  // matrices q: A (rows +8 (q & 1), k +8 (q >> 1)), B (n +8 (q >> 1), k +8 (q & 1))
+      a_off = (m + lane % 16) * SA + (q >> 1) * 16;
+      b_off = (n + (q >> 1) * 8 + l8) * SB + (q & 1) * 16;
+    } else if constexpr (!kTf32) {  // rows are k: A (m +8 (q & 1), k +8 (q >> 1)), B (k +8 (q & 1), n +8 (q >> 1))
+      a_off = ((q >> 1) * 8 + l8) * SA + (m + (q & 1) * 8) * E;
+      b_off = ((q & 1) * 8 + l8) * SB + (n + (q >> 1) * 8) * E;
+    } else {  // LDS: element (k = t, m = g) of the first m16 / n8 tile
+      a_off = (lane % 4) * SA + (m + lane / 4) * E;
+      b_off = (lane % 4) * SB + (n + lane / 4) * E;
+    }
+#pragma unroll
     for (int i = 0; i < 2; ++i)
-      for (int j = 0; j < 2; ++j) wmma::fill_fragment(f[i][j], 0.0f);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) d[i][j][e] = 0.0f;
+  }
+  __device__ static uint32_t rounded(uint32_t v) {  // cp.async lands raw floats: TF32 (nearest, ties away)
+    return kTf32 ? __float_as_uint(tf32_round(__uint_as_float(v))) : v;
+  }
+  // A (m16 tile i) and B (n8 tiles 2 i, 2 i + 1) fragments of K slice kk.
+  __device__ void fragments(mma::saddr a0, mma::saddr b0, int kk, uint32_t (&a)[2][4], uint32_t (&b)[4][2]) const {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if constexpr (!kKM) {
+        mma::ldmatrix<4, false>(a[i], a0 + a_off + i * kA2 + kk * E);
+        uint32_t r[4];
+        mma::ldmatrix<4, false>(r, b0 + b_off + i * kB2 + kk * E);
+        b[2 * i][0] = r[0], b[2 * i][1] = r[1], b[2 * i + 1][0] = r[2], b[2 * i + 1][1] = r[3];
+      } else if constexpr (!kTf32) {
+        mma::ldmatrix<4, true>(a[i], a0 + a_off + i * kA2 + kk * SA);
+        uint32_t r[4];
+        mma::ldmatrix<4, true>(r, b0 + b_off + i * kB2 + kk * SB);
+        b[2 * i][0] = r[0], b[2 * i][1] = r[1], b[2 * i + 1][0] = r[2], b[2 * i + 1][1] = r[3];
+      } else {
+        const mma::saddr pa = a0 + a_off + i * kA2 + kk * SA, pb = b0 + b_off + i * kB2 + kk * SB;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[i][r] = mma::lds32(pa + (r >> 1) * 4 * SA + (r & 1) * 8 * E);
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) b[2 * i + j][r] = mma::lds32(pb + r * 4 * SB + j * 8 * E);
+      }
+    }
   }
   __device__ void step(const Tc* sA, const Tc* sB, int mvalid) {
     if (wm * 32 >= mvalid) return;  // warp-uniform
+    const mma::saddr a0 = mma::shared_addr(sA), b0 = mma::shared_addr(sB);
 #pragma unroll
     for (int kk = 0; kk < C::BK; kk += C::WK) {
-      FA a[2];
-      FB b[2];
+      uint32_t a[2][4], b[4][2];
+      fragments(a0, b0, kk, a, b);
+      if constexpr (kTf32) {
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int m = wm * 32 + i * 16;
-        wmma::load_matrix_sync(a[i], sA + (kKM ? kk * L::LDA + m : m * L::LDA + kk), L::LDA);
-      }
+        for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int n = wn * 32 + j * 16;
-        wmma::load_matrix_sync(b[j], sB + (kKM ? kk * L::LDB + n : n * L::LDB + kk), L::LDB);
-      }
-      if constexpr (C::kTf32) {  // cp.async lands raw floats: round each to TF32 (nearest, ties away) here
+          for (int r = 0; r < 4; ++r) a[i][r] = rounded(a[i][r]);
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
+        for (int j = 0; j < 4; ++j)
 #pragma unroll
-          for (int t = 0; t < a[i].num_elements; ++t) a[i].x[t] = tf32_round(a[i].x[t]);
-#pragma unroll
-          for (int t = 0; t < b[i].num_elements; ++t) b[i].x[t] = tf32_round(b[i].x[t]);
-        }
+          for (int r = 0; r < 2; ++r) b[j][r] = rounded(b[j][r]);
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(f[i][j], a[i], b[j], f[i][j]);
+        for (int j = 0; j < 4; ++j) {
+          if constexpr (kTf32) mma::mma_1688_tf32(d[i][j], a[i], b[j]);
+          else mma::mma_16816<Tc>(d[i][j], a[i], b[j]);
+        }
     }
   }
   __device__ void store(float* sC) const {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
     for (int i = 0; i < 2; ++i)
-      for (int j = 0; j < 2; ++j)
-        wmma::store_matrix_sync(sC + (wm * 32 + i * 16) * L::LDC + wn * 32 + j * 16, f[i][j], L::LDC,
-                                wmma::mem_row_major);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float* p = sC + (wm * 32 + i * 16 + g + 8 * h) * L::LDC + wn * 32 + j * 8 + 2 * t;
+          *reinterpret_cast<float2*>(p) = float2{d[i][j][2 * h], d[i][j][2 * h + 1]};
+        }
   }
 };
 
@@ -286,49 +300,67 @@ template <class C, class L, class LoadA, class LoadB>
 __device__ void block_gemm(Accum<C, L>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
                            const LoadA& load_a, const LoadB& load_b) {
   constexpr int S = L::kStages;
-  auto a_of = [&](int64_t st) { return stages + st * L::kStage; };
-  auto b_of = [&](int64_t st) { return stages + st * L::kStage + L::kASize; };
+  auto a_of = [&](int st) { return stages + st * L::kStage; };
+  auto b_of = [&](int st) { return stages + st * L::kStage + L::kASize; };
   if (kbeg >= kend) return;
-  const int64_t steps = (kend - kbeg + C::BK - 1) / C::BK;
+  const int64_t steps = (kend - kbeg + C::BK - 1) / C::BK;  // wgrad's positions may pass 2^31
+  int wr = 0, rd = 0;  // the stages of the next load (step i % S) and of the next product
+  auto next = [](int st) { return st + 1 == S ? 0 : st + 1; };
   auto load = [&](int64_t i) {  // step i into stage i % S, if there is a step i
     if (i < steps) {
-      load_a(a_of(i % S), kbeg + i * C::BK);
-      load_b(b_of(i % S), kbeg + i * C::BK);
+      load_a(a_of(wr), kbeg + i * C::BK);
+      load_b(b_of(wr), kbeg + i * C::BK);
     }
     async::commit();
+    wr = next(wr);
   };
   for (int i = 0; i < S - 1; ++i) load(i);
   for (int64_t i = 0; i < steps; ++i) {
     async::wait<S - 2>();  // this thread's copies of step i have landed
     __syncthreads();       // everyone's have; and everyone is done with step i - 1's stage
     load(i + S - 1);
-    acc.step(a_of(i % S), b_of(i % S), mvalid);
+    acc.step(a_of(rd), b_of(rd), mvalid);
+    rd = next(rd);
   }
   async::wait<0>();
   __syncthreads();  // the caller reuses the stages
 }
 
-// B tile from rows [row0, row0 + BN) of a packed row-major matrix (row pitch ld, a multiple of BK):
-// 16-byte copies (kAsync: cp.async, L2 only: each row is read once per block), zero rows past nrows.
+// B tiles from rows [row0, row0 + BN) of a packed row-major matrix (row pitch ld, a multiple of BK),
+// one K step after another (block_gemm loads the steps in order): 16-byte copies (kAsync: cp.async,
+// L2 only: each row is read once per block), zero rows past nrows. Each thread keeps the source of
+// its vectors and moves it by BK a step.
 template <class C, class L, bool kAsync>
-__device__ void load_rows(typename C::Tc* s, const typename C::Tc* __restrict__ src, int64_t ld, int64_t row0,
-                          int64_t nrows, int64_t k0) {
+struct RowLoader {
   using Tc = typename C::Tc;
-  constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V;
-#pragma unroll 1
-  for (int e = threadIdx.x; e < C::BN * NV; e += kThreads) {
-    const int n = e / NV, v = e % NV;
-    const bool ok = row0 + n < nrows;
-    const Tc* p = src + (ok ? (row0 + n) * ld + k0 + v * V : 0);
-    if constexpr (kAsync) {
-      async::copy16<false>(s + n * L::LDB + v * V, p, ok);
-    } else {
-      uint4 val = {0u, 0u, 0u, 0u};
-      if (ok) val = __ldg(reinterpret_cast<const uint4*>(p));
-      put16<C>(s + n * L::LDB + v * V, val);
+  static constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V, kTrips = (C::BN * NV + kThreads - 1) / kThreads;
+  const Tc* p[kTrips];
+  bool ok[kTrips];
+  __device__ RowLoader(const Tc* __restrict__ src, int64_t ld, int64_t row0, int64_t nrows) {
+#pragma unroll
+    for (int j = 0; j < kTrips; ++j) {
+      const int e = int(threadIdx.x) + j * kThreads, n = e / NV, v = e % NV;
+      ok[j] = e < C::BN * NV && row0 + n < nrows;
+      p[j] = src + (ok[j] ? (row0 + n) * ld + v * V : 0);
     }
   }
-}
+  __device__ void operator()(Tc* s) {
+#pragma unroll
+    for (int j = 0; j < kTrips; ++j) {
+      const int e = int(threadIdx.x) + j * kThreads;
+      if (C::BN * NV % kThreads != 0 && e >= C::BN * NV) break;
+      Tc* d = s + (e / NV) * L::LDB + (e % NV) * V;
+      if constexpr (kAsync) {
+        async::copy16<false>(d, p[j], ok[j]);
+      } else {
+        uint4 val = {0u, 0u, 0u, 0u};
+        if (ok[j]) val = __ldg(reinterpret_cast<const uint4*>(p[j]));
+        put16<C>(d, val);
+      }
+      p[j] += C::BK;  // stays inside the row (or at its end) for valid rows; never read otherwise
+    }
+  }
+};
 
 // Column k of a GEMM K axis ordered (ky, kx, c) over nc channels: its (ky, kx, c). 32-bit: K < 2^31
 // (the wrapper checks).
@@ -430,9 +462,30 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
     }
     __syncthreads();
 
+    // kVec: one (ky, kx) and BK consecutive channels a step, NV 16-byte vectors a row. Thread tid
+    // copies vector v = tid % NV of the rows m = tid / NV + (kThreads / NV) j, whose input offsets at
+    // (ky, kx) = (0, 0) and first input row/column it keeps in registers; (ky, kx, ci0) advance by BK
+    // channels a step (block_gemm loads the steps in order), so that a step costs no division.
+    // (FMA arithmetic, whose accumulators leave no registers for this, reads them from the row table.)
+    constexpr bool kRegRows = kVec && C::kMma;
+    constexpr int V = 16 / int(sizeof(T)), NV = C::BK / V, RPT = kRegRows ? kBM * NV / kThreads : 1;
+    static_assert(kBM * NV % kThreads == 0 && kThreads % NV == 0, "whole rows of vectors per thread");
+    int64_t roff[RPT];
+    int rh[RPT], rw[RPT];  // first input row/column; far negative for rows past the output
+    if constexpr (kRegRows) {
+#pragma unroll
+      for (int j = 0; j < RPT; ++j) {
+        const int m = tid / NV + (kThreads / NV) * j;
+        const bool live = rbase[m] >= 0;
+        rh[j] = live ? rih[m] : -(1 << 30), rw[j] = live ? riw[m] : -(1 << 30);
+        roff[j] = live ? rbase[m] + (int64_t(rih[m]) * g.W + riw[m]) * g.Ci + (tid % NV) * V : 0;
+      }
+    }
+    int ky = 0, kx = 0, ci0 = 0;  // the next step's (ky, kx, first channel)
+    int64_t koff = 0;             // and its offset in x from a row's first input pixel: (ky W + kx) Ci + ci0
+    const int64_t row_wrap = (g.W - g.kw) * g.Ci;
     auto load_a = [&](Tc* s, int64_t k0) {
-      if constexpr (kVec) {  // one (ky, kx) and BK consecutive channels: four 16-byte loads a row
-        constexpr int V = 16 / int(sizeof(T)), NV = C::BK / V;
+      if constexpr (kVec && !kRegRows) {
         const auto [ky, kx, ci0] = k_position(int(k0), Ci32, kw32);
 #pragma unroll 1
         for (int e = tid; e < kBM * NV; e += kThreads) {
@@ -440,13 +493,33 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
           const int ih = rih[m] + ky, iw = riw[m] + kx;
           const bool ok = rbase[m] >= 0 && patch_inside<T>(g, ih, iw);
           const T* p = x + (ok ? rbase[m] + (int64_t(ih) * g.W + iw) * g.Ci + ci0 + v * V : 0);
-          if constexpr (kAsync) {  // L1 too: the next (ky, kx) steps read most of these pixels again
+          if constexpr (kAsync) {
             async::copy16<true>(s + m * L::LDA + v * V, p, ok);
           } else {
             uint4 val = {0u, 0u, 0u, 0u};
             if (ok) val = __ldg(reinterpret_cast<const uint4*>(p));
             put16<C>(s + m * L::LDA + v * V, val);
           }
+        }
+      } else if constexpr (kVec) {
+        const uint32_t H32 = uint32_t(g.H), W32 = uint32_t(g.W);
+#pragma unroll
+        for (int j = 0; j < RPT; ++j) {
+          const bool ok = uint32_t(rh[j] + ky) < H32 && uint32_t(rw[j] + kx) < W32;
+          const T* p = x + (roff[j] + koff);  // not read when !ok (a zero-fill copy)
+          Tc* d = s + (tid / NV + (kThreads / NV) * j) * L::LDA + (tid % NV) * V;
+          if constexpr (kAsync) {  // L1 too: the next (ky, kx) steps read most of these pixels again
+            async::copy16<true>(d, p, ok);
+          } else {
+            uint4 val = {0u, 0u, 0u, 0u};
+            if (ok) val = __ldg(reinterpret_cast<const uint4*>(p));
+            put16<C>(d, val);
+          }
+        }
+        koff += C::BK;
+        if ((ci0 += C::BK) == Ci32) {
+          ci0 = 0;
+          if (++kx == kw32) kx = 0, ++ky, koff += row_wrap;
         }
       } else {  // element gathers; each thread keeps one column k of the step (BK divides kThreads)
         const int kk = tid % C::BK;
@@ -461,7 +534,8 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
         }
       }
     };
-    auto load_b = [&](Tc* s, int64_t k0) { load_rows<C, L, kAsync>(s, w, Kp, co0, g.Co, k0); };
+    RowLoader<C, L, kAsync> rows_b(w, Kp, co0, g.Co);
+    auto load_b = [&](Tc* s, int64_t) { rows_b(s); };
     Accum<C, L> acc;
     acc.init();
     block_gemm<C, L>(acc, stages, 0, Kp, mvalid, load_a, load_b);
@@ -597,13 +671,14 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_unpool_vec_kernel_
 
 // Where the A operands of the backward GEMMs come from: kFused, un-pooled inside the loader (version
 // 1); kDconv, elements of the materialised dconv; kDconvVec, 16-byte cp.async copies of it (the
-// channel count a multiple of the K step).
-enum Src : int { kFused, kDconv, kDconvVec };
+// channel count a multiple of the K step); kDconvVecUnit, the same for dgrad at stride 1, each
+// thread's rows in registers and (ky, kx, co) walked a step at a time.
+enum Src : int { kFused, kDconv, kDconvVec, kDconvVecUnit };
 
 // dx (N x H x W x Ci) = unpooled gradient (rows: input pixels; K = (ky, kx, co)) . wt^T.
 // gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co (kFused), or dconv: N x Hc x Wc x Co (compute type);
 // wt: Ci x Kdp (Tc). Block: 128 consecutive input pixels x BN input channels. kAsync: the weight rows
-// (and with kDconvVec the gradient) by cp.async through 3 stages.
+// (and with kDconvVec/kDconvVecUnit the gradient) by cp.async through 3 stages.
 template <typename T, bool kTF32, bool kAsync, int kSrc>
 __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_impl(
     const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
@@ -635,9 +710,37 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
     pr = unit ? rr : rr / sh, pc = unit ? cc : cc / sw;
     return rn[m] >= 0 && rr >= 0 && cc >= 0 && (unit || (pr * sh == rr && pc * sw == cc)) && pr < Hc32 && pc < Wc32;
   };
+  // kDconvVecUnit: thread tid copies vector tid % NV of the rows tid / NV + (kThreads / NV) j: conv
+  // output (rih - ky, riw - kx) at offset roff - ((ky Wc + kx) Co - co0) of dconv.
+  constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V, RPT = kSrc == kDconvVecUnit ? kBM * NV / kThreads : 1;
+  int64_t roff[RPT];
+  int rh[RPT], rw[RPT];  // far negative past the batch
+  if constexpr (kSrc == kDconvVecUnit) {
+    static_assert(kBM * NV % kThreads == 0 && kThreads % NV == 0, "whole rows of vectors per thread");
+#pragma unroll
+    for (int j = 0; j < RPT; ++j) {
+      const int m = tid / NV + (kThreads / NV) * j;
+      const bool live = rn[m] >= 0;
+      rh[j] = live ? rih[m] : -(1 << 30), rw[j] = live ? riw[m] : -(1 << 30);
+      roff[j] = live ? ((rn[m] * g.Hc + rih[m]) * g.Wc + riw[m]) * g.Co + (tid % NV) * V : 0;
+    }
+  }
+  int wky = 0, wkx = 0, wco = 0;  // kDconvVecUnit: the next step's (ky, kx, first channel)
+  int64_t koff = 0;               // and co0 - (ky Wc + kx) Co
   auto load_a = [&](Tc* s, int64_t k0) {
-    if constexpr (kSrc == kDconvVec) {  // one (ky, kx) and BK consecutive channels: 16-byte copies
-      constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V;
+    if constexpr (kSrc == kDconvVecUnit) {
+#pragma unroll
+      for (int j = 0; j < RPT; ++j) {
+        const bool ok = uint32_t(rh[j] - wky) < uint32_t(Hc32) && uint32_t(rw[j] - wkx) < uint32_t(Wc32);
+        async::copy16<true>(s + (tid / NV + (kThreads / NV) * j) * L::LDA + (tid % NV) * V,
+                            dconv + (roff[j] + koff), ok);  // not read when !ok (a zero-fill copy)
+      }
+      koff += C::BK;
+      if ((wco += C::BK) == Co32) {  // next kx: co0 back by Co, (ky Wc + kx) Co on by Co
+        wco = 0, koff -= 2 * g.Co;
+        if (++wkx == kw32) wkx = 0, ++wky, koff -= (g.Wc - g.kw) * g.Co;
+      }
+    } else if constexpr (kSrc == kDconvVec) {  // one (ky, kx) and BK consecutive channels: 16-byte copies
       const auto [ky, kx, co0] = k_position(int(k0), Co32, kw32);
 #pragma unroll 1
       for (int e = tid; e < kBM * NV; e += kThreads) {
@@ -662,7 +765,8 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
       }
     }
   };
-  auto load_b = [&](Tc* s, int64_t k0) { load_rows<C, L, kAsync>(s, wt, Kdp, ci0, g.Ci, k0); };
+  RowLoader<C, L, kAsync> rows_b(wt, Kdp, ci0, g.Ci);
+  auto load_b = [&](Tc* s, int64_t) { rows_b(s); };
   Accum<C, L> acc;
   acc.init();
   const int64_t left = total - pix0;
@@ -674,6 +778,56 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
     if (pix0 + m < total && ci0 + j < g.Ci) dx[(pix0 + m) * g.Ci + ci0 + j] = from_acc<T>(sC[m * L::LDC + j]);
   }
 }
+
+// The weight gradient's k-major tiles (kKM), one K step (BK positions) after another (block_gemm
+// loads the steps in order): every thread's copies keep their sources in registers and move one step
+// a call; the patch copies walk their position's (image, conv row, conv column) forward instead of
+// dividing. A: BK positions x kBM channels of dconv; B: BK positions x BN columns k of the patches.
+template <class C, class L>
+struct WgradDconvRows {
+  using Tc = typename C::Tc;
+  static constexpr int V = 16 / int(sizeof(Tc)), NV = kBM / V, R = (C::BK * NV + kThreads - 1) / kThreads;
+  const Tc* p[R];
+  int64_t pos[R];
+  bool co_ok[R];
+  int64_t pend_, co_;
+  __device__ void operator()(Tc* s) {
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const int e = int(threadIdx.x) + j * kThreads;
+      if (C::BK * NV % kThreads != 0 && e >= C::BK * NV) break;
+      async::copy16<false>(s + (e / NV) * L::LDA + (e % NV) * V, p[j], co_ok[j] && pos[j] < pend_);
+      p[j] += int64_t(C::BK) * co_;
+      pos[j] += C::BK;
+    }
+  }
+};
+template <class T, class C, class L>
+struct WgradPatchRows {
+  using Tc = typename C::Tc;
+  static constexpr int V = 16 / int(sizeof(T)), NV = C::BN / V, R = (C::BK * NV + kThreads - 1) / kThreads;
+  int64_t pos[R], n[R];
+  int oh[R], ow[R], ky[R], kx[R], ci[R];
+  const T* x_;
+  Shape g_;
+  int64_t pend_;
+  __device__ void operator()(Tc* s) {
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const int e = int(threadIdx.x) + j * kThreads;
+      if (C::BK * NV % kThreads != 0 && e >= C::BK * NV) break;
+      const int ih = oh[j] * int(g_.sh) - int(g_.ph) + ky[j], iw = ow[j] * int(g_.sw) - int(g_.pw) + kx[j];
+      const bool ok = pos[j] < pend_ && ci[j] >= 0 && patch_inside<T>(g_, ih, iw);
+      async::copy16<true>(s + (e / NV) * L::LDB + (e % NV) * V,
+                          x_ + ((n[j] * g_.H + ih) * g_.W + iw) * g_.Ci + ci[j], ok);  // read only when ok
+      pos[j] += C::BK;
+      for (ow[j] += C::BK; ow[j] >= int(g_.Wc);) {  // BK positions on
+        ow[j] -= int(g_.Wc);
+        if (++oh[j] == int(g_.Hc)) oh[j] = 0, ++n[j];
+      }
+    }
+  }
+};
 
 // Partial weight gradients: part[s] (Co x K, k = (ky kw + kx) Ci + ci) = sum over conv positions
 // [s p_chunk, (s + 1) p_chunk) of unpooled gradient (Co) x input patch (K). Block: 128 output
@@ -717,18 +871,31 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_im
     if (p >= pend) return Pos{-1, 0, 0};
     return Pos{p / HWc, int((p % HWc) / g.Wc), int(p % g.Wc)};
   };
+  WgradDconvRows<C, L> ka{};
+  WgradPatchRows<T, C, L> kb{};
+  if constexpr (kKM) {
+    ka.pend_ = pend, ka.co_ = g.Co;
+#pragma unroll
+    for (int j = 0; j < WgradDconvRows<C, L>::R; ++j) {
+      const int e = tid + j * kThreads;
+      const int64_t co = co0 + (e % WgradDconvRows<C, L>::NV) * WgradDconvRows<C, L>::V;
+      ka.pos[j] = pbeg + e / WgradDconvRows<C, L>::NV, ka.co_ok[j] = co < g.Co && e < C::BK * WgradDconvRows<C, L>::NV;
+      ka.p[j] = dconv + (ka.co_ok[j] ? ka.pos[j] * g.Co + co : 0);
+    }
+    kb.x_ = x, kb.g_ = g, kb.pend_ = pend;
+#pragma unroll
+    for (int j = 0; j < WgradPatchRows<T, C, L>::R; ++j) {
+      const int e = tid + j * kThreads, c = e < C::BK * WgradPatchRows<T, C, L>::NV ? (e % WgradPatchRows<T, C, L>::NV) * WgradPatchRows<T, C, L>::V : 0;
+      const int64_t pos = pbeg + e / WgradPatchRows<T, C, L>::NV;
+      kb.pos[j] = pos, kb.n[j] = pos / HWc, kb.oh[j] = int((pos % HWc) / g.Wc), kb.ow[j] = int(pos % g.Wc);
+      kb.ky[j] = cky[c], kb.kx[j] = ckx[c], kb.ci[j] = cci[c];
+    }
+  }
   auto load_a = [&](Tc* s, int64_t k0) {  // A[co][p]: the unpooled gradient
     const int kk = tid % C::BK;
     const int64_t p = k0 + kk;  // dconv's row of position p: p Co (positions are n, r, c in order)
-    if constexpr (kKM) {  // row kk of the tile = kBM channels of position k0 + kk: 16-byte copies
-      constexpr int V = 16 / int(sizeof(Tc)), NV = kBM / V;
-#pragma unroll 1
-      for (int e = tid; e < C::BK * NV; e += kThreads) {
-        const int r = e / NV, v = e % NV;
-        const int64_t pr = k0 + r, co = co0 + v * V;
-        const bool ok = pr < pend && co < g.Co;
-        async::copy16<false>(s + r * L::LDA + v * V, dconv + (ok ? pr * g.Co + co : 0), ok);
-      }
+    if constexpr (kKM) {  // row r of the tile = kBM channels of position k0 + r: 16-byte copies
+      ka(s);
     } else if constexpr (kSrc == kDconvVec) {
       constexpr int V = 16 / int(sizeof(Tc));
 #pragma unroll 1
@@ -751,16 +918,8 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_im
     }
   };
   auto load_b = [&](Tc* s, int64_t k0) {  // B[k][p]: the input patch of position p
-    if constexpr (kKM) {  // row kk of the tile = BN columns k of position k0 + kk: 16-byte copies
-      constexpr int V = 16 / int(sizeof(T)), NV = C::BN / V;
-#pragma unroll 1
-      for (int e = tid; e < C::BK * NV; e += kThreads) {
-        const int r = e / NV, j = (e % NV) * V;
-        const int64_t pr = k0 + r, n = pr / HWc, rc = pr % HWc;
-        const int ih = int(input_start(rc / g.Wc, g.sh, g.ph)) + cky[j], iw = int(input_start(rc % g.Wc, g.sw, g.pw)) + ckx[j];
-        const bool ok = pr < pend && cci[j] >= 0 && patch_inside<T>(g, ih, iw);
-        async::copy16<true>(s + r * L::LDB + j, x + (ok ? ((n * g.H + ih) * g.W + iw) * g.Ci + cci[j] : 0), ok);
-      }
+    if constexpr (kKM) {  // row r of the tile = BN columns k of position k0 + r: 16-byte copies
+      kb(s);
       return;
     }
     const Pos ps = position(k0);
@@ -980,6 +1139,8 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
     const dim3 grid = grid_of(ceil_div(g.N * g.H * g.W, kBM), ceil_div(g.Ci, C::BN));
     if (!v2)
       PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, false, kFused>)(gy, code, dconv, wt, a.Kdp, dx, g);
+    else if (g.Co % C::BK == 0 && g.sh == 1 && g.sw == 1)
+      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVecUnit>)(gy, code, dconv, wt, a.Kdp, dx, g);
     else if (g.Co % C::BK == 0)
       PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVec>)(gy, code, dconv, wt, a.Kdp, dx, g);
     else

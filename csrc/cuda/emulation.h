@@ -3,7 +3,7 @@
 // csrc/cuda/cuda_or_emulation.h when nvcc is not the compiler; never part of the extension. Parts,
 // in csrc/cuda/emulation/: types.h (dim3, vectors, runtime API, atomics, intrinsics), scheduler.h
 // (fibers, blocks, launches), warp.h (barrier, warp collectives, __trap, printf), half.h, wmma.h,
-// async_copy.h (cp.async).
+// mma_sync.h (ldmatrix, mma.sync), async_copy.h (cp.async).
 //
 // What it models
 // - A launch (PYA_LAUNCH) runs the grid's blocks one after another on the calling OS thread; a block's
@@ -38,6 +38,10 @@
 //   wise loops over x[] work with any). mma_sync multiplies the inputs (tf32: the low 13 bits of each
 //   float ignored, as the tensor core ignores them) exactly and accumulates in float, k ascending,
 //   from c. Float accumulators only.
+// - ldmatrix (.x1/.x2/.x4, .trans) and mma.sync (m16n8k16 bf16/f16, m16n8k8 tf32; csrc/cuda/
+//   mma_sync.h): warp collectives with the PTX ISA's fragment layouts, element for element (unlike
+//   WMMA's, they are specified): a fragment built or read the wrong way gives wrong numbers. Row
+//   addresses must be 16-byte aligned. Shared-memory addresses are host addresses.
 // - cp.async (pya_emu::cp_async16, used through csrc/cuda/async_copy.h): the source is read when the
 //   copy is issued, the destination is filled with 0xFF bytes (NaN) at once and gets the data only at
 //   a cp.async.wait_group that covers the copy's commit group. A read before the wait, or a copy
@@ -124,6 +128,7 @@
 #include "cuda/emulation/warp.h"
 #include "cuda/emulation/half.h"
 #include "cuda/emulation/wmma.h"
+#include "cuda/emulation/mma_sync.h"
 #include "cuda/emulation/async_copy.h"
 
 // ------------------------------------------------------------------------------------------------

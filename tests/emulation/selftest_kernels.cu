@@ -4,6 +4,7 @@
 // Each self-test reads float32 inputs and writes raw bytes; tests/test_emulation.py checks them.
 #include "cuda/cuda_or_emulation.h"
 #include "cuda/async_copy.h"
+#include "cuda/mma_sync.h"
 
 #include <cstring>
 #include <functional>
@@ -159,6 +160,34 @@ __global__ void wmma_kernel(const float* a, const float* b, const float* c0, flo
   wm::store_matrix_sync(c, acc, 16, wm::mem_row_major);
 }
 
+// ldmatrix: shared memory holds 32 rows of 8 16-bit values (value = 8 row + column); lane l points at
+// row rows[l] (the test's permutation). out: N registers per lane, raw.
+template <int N, bool kTrans>
+__global__ void ldmatrix_kernel(const float* rows, unsigned* out) {
+  __align__(16) __shared__ uint16_t s[32 * 8];
+  const int l = threadIdx.x;
+  for (int c = 0; c < 8; ++c) s[l * 8 + c] = uint16_t(l * 8 + c);
+  __syncthreads();
+  uint32_t r[N];
+  pyalexnet::mma::ldmatrix<N, kTrans>(r, pyalexnet::mma::shared_addr(s + int(rows[l]) * 8));
+  for (int i = 0; i < N; ++i) out[l * N + i] = r[i];
+}
+
+// mma.sync: in per lane: a0..a3, b0, b1 (raw 32-bit registers), c0..c3 (floats); out: d0..d3.
+template <int kType>
+__global__ void mma_sync_kernel(const float* in, float* out) {
+  const int l = threadIdx.x;
+  uint32_t a[4], b[2];
+  float d[4];
+  std::memcpy(a, in + 10 * l, 16);
+  std::memcpy(b, in + 10 * l + 4, 8);
+  for (int e = 0; e < 4; ++e) d[e] = in[10 * l + 6 + e];
+  if constexpr (kType == 0) pyalexnet::mma::mma_16816<__nv_bfloat16>(d, a, b);
+  else if constexpr (kType == 1) pyalexnet::mma::mma_16816<__half>(d, a, b);
+  else pyalexnet::mma::mma_1688_tf32(d, a, b);
+  for (int e = 0; e < 4; ++e) out[4 * l + e] = d[e];
+}
+
 // cp.async as the kernels use it: thread t copies in[4t, 4t + 4) in two commit groups (group 1 a
 // zero-fill copy, group 2 the data again into a second buffer) and reads before and after the waits.
 // out: 16 floats per thread: group 1 after wait<1> (landed: the data), group 2 after wait<1> (not
@@ -222,6 +251,19 @@ std::string run_wmma(const std::vector<float>& in) {
   PYA_LAUNCH(1, 32, 0, nullptr, wmma_kernel<T, Prec, K, LA, LB>)(in.data(), in.data() + 16 * K,
                                                                 in.data() + 32 * K, c.data());
   return bytes(c);
+}
+
+template <int N, bool kTrans>
+std::string run_ldmatrix(const std::vector<float>& in) {  // in: 32 row indices
+  std::vector<unsigned> out(32 * N);
+  PYA_LAUNCH(1, 32, 0, nullptr, ldmatrix_kernel<N, kTrans>)(in.data(), out.data());
+  return bytes(out);
+}
+template <int kType>
+std::string run_mma_sync(const std::vector<float>& in) {  // in: 10 values per lane
+  std::vector<float> out(32 * 4);
+  PYA_LAUNCH(1, 32, 0, nullptr, mma_sync_kernel<kType>)(in.data(), out.data());
+  return bytes(out);
 }
 
 }  // namespace
@@ -302,6 +344,14 @@ const std::map<std::string, Fn>& selftests() {
       {"wmma_f16_cc", run_wmma<__half, __half, 16, wm::col_major, wm::col_major>},
       {"wmma_bf16_rc", run_wmma<__nv_bfloat16, __nv_bfloat16, 16, wm::row_major, wm::col_major>},
       {"wmma_tf32_cr", run_wmma<float, wm::precision::tf32, 8, wm::col_major, wm::row_major>},
+      {"ldmatrix_x1", run_ldmatrix<1, false>},
+      {"ldmatrix_x2", run_ldmatrix<2, false>},
+      {"ldmatrix_x4", run_ldmatrix<4, false>},
+      {"ldmatrix_x4_trans", run_ldmatrix<4, true>},
+      {"ldmatrix_x2_trans", run_ldmatrix<2, true>},
+      {"mma_bf16", run_mma_sync<0>},
+      {"mma_f16", run_mma_sync<1>},
+      {"mma_tf32", run_mma_sync<2>},
       {"async_copy", [](const std::vector<float>& in) {
          std::vector<float> out(16 * 32);
          PYA_LAUNCH(1, 32, 0, nullptr, async_copy_kernel)(in.data(), out.data());
