@@ -42,7 +42,8 @@ CASES = {
     "conv1_like": Cfg(2, 3, 35, 35, 16, (11, 11), (4, 4), (2, 2)),
     # 32 channels: 16-byte gathers in every dtype; a conv patch larger than one tile (3x3 pooled)
     "conv2_like": Cfg(2, 32, 13, 13, 24, (5, 5), padding=(2, 2)),
-    # 1x1 windows: two images per tile, two channel tiles, the ReLU mask's bits
+    # 1x1 windows: two images per tile, two channel tiles with FMA (one on the tensor cores), the
+    # ReLU mask's bits
     "conv3_like_groups": Cfg(3, 16, 7, 7, 70, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
     # 1x1 windows subsampling (stride 1x2) with 20 outputs a row: tiles of whole mask bytes
     "mask_bytes": Cfg(1, 5, 12, 40, 6, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 2), bias=False),
@@ -55,6 +56,9 @@ CASES = {
     "co_multiple_of_k_step": Cfg(2, 16, 11, 10, 64, (3, 3), (2, 2), (1, 1), (2, 2), (1, 2)),
     # 1x1 windows with 32 channels: the mask bits un-pooled 16 bytes of channels at a time
     "mask_bits_vec": Cfg(2, 8, 9, 20, 32, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 2)),
+    # 136 channels in and out: two channel tiles, the second partial, in every pass of the 128-column
+    # tensor-core tiles (forward's output channels, dgrad's input channels)
+    "channel_tiles": Cfg(1, 136, 5, 6, 136, (3, 3), padding=(1, 1), pool_kernel=(2, 2), pool_stride=(2, 2)),
     "rect_everything": SPECIAL["rect_everything"],
     "padding_beyond_row": SPECIAL["padding_beyond_row"],
 }

@@ -1,9 +1,9 @@
 // Fused conv2d + ReLU + max-pool, CUDA kernels: implicit GEMM on the tensor cores, channels-last.
 //
 // Forward (conv_relu_maxpool_forward_kernel_impl): one block computes a tile of the convolution for
-// 64 output channels: the conv outputs that a patch of pooled outputs needs (plus the halo of the
+// BN output channels (128 on the tensor cores, 64 or 32 with FMA): the conv outputs that a patch of pooled outputs needs (plus the halo of the
 // overlapping windows, recomputed by the neighbouring tile), or G whole small images, as a
-// 128-row x 64-column GEMM tile over K = kh kw Ci. The input patches are gathered straight from the
+// 128-row x BN-column GEMM tile over K = kh kw Ci. The input patches are gathered straight from the
 // NHWC input into shared memory (16-byte loads when Ci is a multiple of the K step; element gathers
 // otherwise, e.g. conv1's 3 channels, which then waste no K padding); the weights stream in as
 // 16-byte rows. bias + ReLU + max-pool run in the epilogue from the tile in shared memory. Written:
@@ -13,16 +13,16 @@
 // The un-pooled gradient (unpooled_gradient: each conv output gathers the pooled gradients whose
 // saved maximum sits on it) is, in version 2 (the default), computed once into the workspace as
 // dconv (N Hc Wc x Co, unpool kernel) and freed after the backward; version 1 recomputes it inside
-// the GEMM loaders, (kh kw) times per conv output in dgrad and once per 64-column tile in wgrad:
+// the GEMM loaders, (kh kw) times per conv output in dgrad and once per BN-column tile in wgrad:
 //   dgrad: dx (N H W x Ci) = unpooled (N H W x kh kw Co, gathered) . W (kh kw Co x Ci); one block per
-//          128 input pixels x 64 input channels, the whole reduction in the block, dx written once;
+//          128 input pixels x BN input channels, the whole reduction in the block, dx written once;
 //   wgrad: dw (Co x kh kw Ci) = unpooled^T . patches, split over conv positions into partial sums
 //          (workspace), summed by a reduce kernel in a fixed order: deterministic, no atomics;
 //   bias:  db = the sum of the pooled gradients that passed (same split + reduce).
 // Arithmetic: bfloat16/float16 on the tensor cores (mma.sync m16n8k16, fragments by ldmatrix.x4 from
 // 32-bit shared addresses: csrc/cuda/mma_sync.h) with float accumulation; float32 as TF32 on the
 // tensor cores (m16n8k8) when allowed (torch.backends.cudnn.allow_tf32), else exact FP32 FMA; float64
-// FMA. The tile loops are the same for all: only the 32x32 warp tile's inner product (Accum) differs.
+// FMA. The tile loops are the same for all: only the warp tile's inner product (Accum) differs.
 // Operand pipeline (block_gemm), version 2: cp.async (cuda/async_copy.h) copies the 16-byte input
 // gathers, the weight rows, dgrad's dconv gathers and wgrad's tiles straight into a ring of 3
 // shared-memory stages, two K steps ahead of the tensor cores, one barrier per step. wgrad's
@@ -78,17 +78,17 @@ template <typename T, bool kTF32> struct Cfg;
 template <> struct Cfg<__nv_bfloat16, false> {
   using Tc = __nv_bfloat16; using acc = float;
   static constexpr bool kMma = true, kTf32 = false;
-  static constexpr int BN = 64, BK = 32, PADK = 8, WK = 16;
+  static constexpr int BN = 128, BK = 32, PADK = 8, WK = 16;
 };
 template <> struct Cfg<__half, false> {
   using Tc = __half; using acc = float;
   static constexpr bool kMma = true, kTf32 = false;
-  static constexpr int BN = 64, BK = 32, PADK = 8, WK = 16;
+  static constexpr int BN = 128, BK = 32, PADK = 8, WK = 16;
 };
 template <> struct Cfg<float, true> {
   using Tc = float; using acc = float;
   static constexpr bool kMma = true, kTf32 = true;
-  static constexpr int BN = 64, BK = 16, PADK = 4, WK = 8;
+  static constexpr int BN = 128, BK = 16, PADK = 4, WK = 8;
 };
 template <> struct Cfg<float, false> {
   using Tc = float; using acc = float;
@@ -101,12 +101,17 @@ template <> struct Cfg<double, false> {
   static constexpr int BN = 32, BK = 8, PADK = 2, WK = 0;
 };
 
+// Blocks per SM the GEMM kernels' registers must allow: 2 for FMA (128 registers a thread); 1 for
+// the tensor cores, whose 128 x 128 tile holds 64 float accumulators a thread (at a cap of 128
+// registers ptxas spilled in 11 of their variants); their 68 KB of shared memory allow 3.
+template <typename T, bool kTF32> constexpr int kMinBlocks = Cfg<T, kTF32>::kMma ? 1 : 2;
+
 // Shared memory of a GEMM tile: S stages of A (kBM x BK, row-major) and B (BN x BK: B's columns,
 // k contiguous), and afterwards the result C (kBM x BN, acc) in the same bytes. Row pitches keep every
 // ldmatrix row and 16-byte store aligned; the padding puts the 8 rows of an ldmatrix phase in
 // distinct banks (80-byte rows, 272 k-major).
-// S = 3 (cp.async: two K steps in flight while a third is multiplied) fits the 48 KB of static shared
-// memory in every dtype: 45 KB of stages + 2 KB of the forward's row table.
+// S = 3 (cp.async: two K steps in flight while a third is multiplied). The bytes are dynamic shared
+// memory (launch_gemm): 66 KB for a 128 x 128 tensor-core tile (the float result), 45 KB with FMA.
 // kKMajor: A stored BK x kBM and B BK x BN (m and n contiguous, 16 bytes of padding a row), for
 // operands whose 16-byte vectors run along m or n (wgrad's channels), read as col-major A and
 // row-major B fragments.
@@ -148,8 +153,8 @@ template <class C> __device__ __forceinline__ void put16(typename C::Tc* dst, ui
   }
 }
 
-// The block's 128 x BN result. Tensor cores: warp w owns the 32 x 32 sub-tile at rows 32 (w % 4),
-// columns 32 (w / 4): 2 x 4 mma.sync tiles of 16 x 8 (csrc/cuda/mma_sync.h), fragments read by
+// The block's 128 x BN result. Tensor cores: warp w owns the 32 x BN/2 sub-tile at rows 32 (w % 4),
+// columns BN/2 (w / 4): 2 x BN/16 mma.sync tiles of 16 x 8 (csrc/cuda/mma_sync.h), fragments read by
 // ldmatrix.x4 from 32-bit shared addresses (each lane's row offsets computed once, in init); a warp
 // whose rows all lie past the tile's valid rows skips its products. k-major tiles (kKMajor) are read
 // with ldmatrix.trans; TF32 ones, whose 32-bit elements ldmatrix cannot transpose, by 32-bit LDS.
@@ -161,7 +166,8 @@ template <class C, class L> struct Accum<C, L, true> {
   static constexpr bool kKM = L::kKMajor, kTf32 = C::kTf32;
   static constexpr int E = int(sizeof(Tc));                 // bytes of an element
   static constexpr int SA = L::LDA * E, SB = L::LDB * E;    // bytes of a row of A / B
-  float d[2][4][4];  // [m16 tile][n8 tile][element]
+  static constexpr int WN = C::BN / 2, NJ = WN / 8;  // a warp's columns, its n8 tiles
+  float d[2][NJ][4];  // [m16 tile][n8 tile][element]
   int wm, wn;
   // This lane's byte offsets of its ldmatrix rows (or LDS elements) in the first m16 tile of A and
   // the first n16 pair of B; the second ones lie 16 rows (k-major: 16 elements) further.
@@ -171,7 +177,7 @@ template <class C, class L> struct Accum<C, L, true> {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     wm = warp % 4, wn = warp / 4;
     const int l8 = lane % 8, q = lane / 8;  // row l8 of matrix q
-    const int m = wm * 32, n = wn * 32;
+    const int m = wm * 32, n = wn * WN;
     if constexpr (!kKM) {  // matrices q: A (rows +8 (q & 1), k +8 (q >> 1)), B (n +8 (q >> 1), k +8 (q & 1))
       a_off = (m + lane % 16) * SA + (q >> 1) * 16;
       b_off = (n + (q >> 1) * 8 + l8) * SB + (q & 1) * 16;
@@ -185,36 +191,40 @@ template <class C, class L> struct Accum<C, L, true> {
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int j = 0; j < NJ; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) d[i][j][e] = 0.0f;
   }
   __device__ static uint32_t rounded(uint32_t v) {  // cp.async lands raw floats: TF32 (nearest, ties away)
     return kTf32 ? __float_as_uint(tf32_round(__uint_as_float(v))) : v;
   }
-  // A (m16 tile i) and B (n8 tiles 2 i, 2 i + 1) fragments of K slice kk.
-  __device__ void fragments(mma::saddr a0, mma::saddr b0, int kk, uint32_t (&a)[2][4], uint32_t (&b)[4][2]) const {
+  // A (m16 tiles 0, 1) and B (n8 tiles 0 .. NJ - 1, by pairs) fragments of K slice kk.
+  __device__ void fragments(mma::saddr a0, mma::saddr b0, int kk, uint32_t (&a)[2][4], uint32_t (&b)[NJ][2]) const {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       if constexpr (!kKM) {
         mma::ldmatrix<4, false>(a[i], a0 + a_off + i * kA2 + kk * E);
-        uint32_t r[4];
-        mma::ldmatrix<4, false>(r, b0 + b_off + i * kB2 + kk * E);
-        b[2 * i][0] = r[0], b[2 * i][1] = r[1], b[2 * i + 1][0] = r[2], b[2 * i + 1][1] = r[3];
       } else if constexpr (!kTf32) {
         mma::ldmatrix<4, true>(a[i], a0 + a_off + i * kA2 + kk * SA);
-        uint32_t r[4];
-        mma::ldmatrix<4, true>(r, b0 + b_off + i * kB2 + kk * SB);
-        b[2 * i][0] = r[0], b[2 * i][1] = r[1], b[2 * i + 1][0] = r[2], b[2 * i + 1][1] = r[3];
       } else {
-        const mma::saddr pa = a0 + a_off + i * kA2 + kk * SA, pb = b0 + b_off + i * kB2 + kk * SB;
+        const mma::saddr pa = a0 + a_off + i * kA2 + kk * SA;
 #pragma unroll
         for (int r = 0; r < 4; ++r) a[i][r] = mma::lds32(pa + (r >> 1) * 4 * SA + (r & 1) * 8 * E);
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int r = 0; r < 2; ++r) b[2 * i + j][r] = mma::lds32(pb + r * 4 * SB + j * 8 * E);
       }
+    }
+#pragma unroll
+    for (int i = 0; i < NJ / 2; ++i) {
+      uint32_t r[4];
+      if constexpr (!kKM) {
+        mma::ldmatrix<4, false>(r, b0 + b_off + i * kB2 + kk * E);
+      } else if constexpr (!kTf32) {
+        mma::ldmatrix<4, true>(r, b0 + b_off + i * kB2 + kk * SB);
+      } else {
+        const mma::saddr pb = b0 + b_off + i * kB2 + kk * SB;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) r[q] = mma::lds32(pb + (q & 1) * 4 * SB + (q >> 1) * 8 * E);
+      }
+      b[2 * i][0] = r[0], b[2 * i][1] = r[1], b[2 * i + 1][0] = r[2], b[2 * i + 1][1] = r[3];
     }
   }
   __device__ void step(const Tc* sA, const Tc* sB, int mvalid) {
@@ -222,7 +232,7 @@ template <class C, class L> struct Accum<C, L, true> {
     const mma::saddr a0 = mma::shared_addr(sA), b0 = mma::shared_addr(sB);
 #pragma unroll
     for (int kk = 0; kk < C::BK; kk += C::WK) {
-      uint32_t a[2][4], b[4][2];
+      uint32_t a[2][4], b[NJ][2];
       fragments(a0, b0, kk, a, b);
       if constexpr (kTf32) {
 #pragma unroll
@@ -230,14 +240,14 @@ template <class C, class L> struct Accum<C, L, true> {
 #pragma unroll
           for (int r = 0; r < 4; ++r) a[i][r] = rounded(a[i][r]);
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < NJ; ++j)
 #pragma unroll
           for (int r = 0; r < 2; ++r) b[j][r] = rounded(b[j][r]);
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < NJ; ++j) {
           if constexpr (kTf32) mma::mma_1688_tf32(d[i][j], a[i], b[j]);
           else mma::mma_16816<Tc>(d[i][j], a[i], b[j]);
         }
@@ -248,10 +258,10 @@ template <class C, class L> struct Accum<C, L, true> {
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int j = 0; j < NJ; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          float* p = sC + (wm * 32 + i * 16 + g + 8 * h) * L::LDC + wn * 32 + j * 8 + 2 * t;
+          float* p = sC + (wm * 32 + i * 16 + g + 8 * h) * L::LDC + wn * WN + j * 8 + 2 * t;
           *reinterpret_cast<float2*>(p) = float2{d[i][j][2 * h], d[i][j][2 * h + 1]};
         }
   }
@@ -417,7 +427,7 @@ __device__ __forceinline__ acc_t unpooled_at(const Shape& g, const T* gy, const 
 // pooled column tile) of plan_forward_tile; kVec: Ci is a multiple of BK (16-byte gathers); kAsync:
 // the 16-byte gathers and the weight rows by cp.async through 3 stages (else loads and stores, 2).
 template <typename T, bool kTF32, bool kVec, bool kAsync>
-__global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_impl(
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxpool_forward_kernel_impl(
     const T* __restrict__ x, const typename Cfg<T, kTF32>::Tc* __restrict__ w, int64_t Kp,
     const typename Cfg<T, kTF32>::acc* __restrict__ bias, T* __restrict__ out, uint8_t* __restrict__ code,
     Shape g, ForwardTile t) {
@@ -425,7 +435,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_forward_kernel_
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
   using L = Lay<C, kAsync ? 3 : 2>;
-  __align__(128) __shared__ unsigned char smem[L::kBytes];
+  PYA_DYNAMIC_SHARED(unsigned char, smem);  // L::kBytes, set by launch_gemm
   __shared__ int64_t rbase[kBM];  // per tile row: offset of its image in x, -1 outside the output
   __shared__ int rih[kBM], riw[kBM];  // first input row/column its conv output reads
   Tc* stages = reinterpret_cast<Tc*>(smem);
@@ -680,14 +690,14 @@ enum Src : int { kFused, kDconv, kDconvVec, kDconvVecUnit };
 // wt: Ci x Kdp (Tc). Block: 128 consecutive input pixels x BN input channels. kAsync: the weight rows
 // (and with kDconvVec/kDconvVecUnit the gradient) by cp.async through 3 stages.
 template <typename T, bool kTF32, bool kAsync, int kSrc>
-__global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_impl(
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxpool_dgrad_kernel_impl(
     const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
     const typename Cfg<T, kTF32>::Tc* __restrict__ wt, int64_t Kdp, T* __restrict__ dx, Shape g) {
   using C = Cfg<T, kTF32>;
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
   using L = Lay<C, kAsync ? 3 : 2>;
-  __align__(128) __shared__ unsigned char smem[L::kBytes];
+  PYA_DYNAMIC_SHARED(unsigned char, smem);  // L::kBytes, set by launch_gemm
   __shared__ int64_t rn[kBM];         // per tile row: image, -1 past the batch
   __shared__ int rih[kBM], riw[kBM];  // input row/column + padding: conv row = (rih - ky) / sh
   Tc* stages = reinterpret_cast<Tc*>(smem);
@@ -781,24 +791,24 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_dgrad_kernel_im
 
 // The weight gradient's k-major tiles (kKM), one K step (BK positions) after another (block_gemm
 // loads the steps in order): every thread's copies keep their sources in registers and move one step
-// a call; the patch copies walk their position's (image, conv row, conv column) forward instead of
-// dividing. A: BK positions x kBM channels of dconv; B: BK positions x BN columns k of the patches.
+// a call; the patch copies walk their position's conv row and column (and its offset in x) forward
+// instead of dividing; the positions left in the split count down in 32 bits. A: BK positions x kBM
+// channels of dconv; B: BK positions x BN columns k of the patches.
 template <class C, class L>
 struct WgradDconvRows {
   using Tc = typename C::Tc;
   static constexpr int V = 16 / int(sizeof(Tc)), NV = kBM / V, R = (C::BK * NV + kThreads - 1) / kThreads;
   const Tc* p[R];
-  int64_t pos[R];
+  int left[R];  // positions of the split from this copy's on (a split holds < 2^30: backward_splits)
   bool co_ok[R];
-  int64_t pend_, co_;
+  int64_t step_;  // BK positions of dconv
   __device__ void operator()(Tc* s) {
 #pragma unroll
     for (int j = 0; j < R; ++j) {
       const int e = int(threadIdx.x) + j * kThreads;
       if (C::BK * NV % kThreads != 0 && e >= C::BK * NV) break;
-      async::copy16<false>(s + (e / NV) * L::LDA + (e % NV) * V, p[j], co_ok[j] && pos[j] < pend_);
-      p[j] += int64_t(C::BK) * co_;
-      pos[j] += C::BK;
+      async::copy16<false>(s + (e / NV) * L::LDA + (e % NV) * V, p[j], co_ok[j] && left[j] > 0);
+      p[j] += step_, left[j] -= C::BK;
     }
   }
 };
@@ -806,24 +816,24 @@ template <class T, class C, class L>
 struct WgradPatchRows {
   using Tc = typename C::Tc;
   static constexpr int V = 16 / int(sizeof(T)), NV = C::BN / V, R = (C::BK * NV + kThreads - 1) / kThreads;
-  int64_t pos[R], n[R];
-  int oh[R], ow[R], ky[R], kx[R], ci[R];
+  int64_t xo[R];  // offset in x of this copy's patch element (may lie outside x when !ok)
+  int left[R];    // positions of the split from this copy's on; far negative for a column past K
+  int oh[R], ow[R], ih0[R], iw0[R];  // conv row/column; input row/column at conv (0, 0)
   const T* x_;
-  Shape g_;
-  int64_t pend_;
+  int64_t step_o, row_o, img_o;  // x offsets: BK positions along a row, a conv row on, an image on
+  int H_, W_, Hc_, Wc_, sh_, sw_;
   __device__ void operator()(Tc* s) {
 #pragma unroll
     for (int j = 0; j < R; ++j) {
       const int e = int(threadIdx.x) + j * kThreads;
       if (C::BK * NV % kThreads != 0 && e >= C::BK * NV) break;
-      const int ih = oh[j] * int(g_.sh) - int(g_.ph) + ky[j], iw = ow[j] * int(g_.sw) - int(g_.pw) + kx[j];
-      const bool ok = pos[j] < pend_ && ci[j] >= 0 && patch_inside<T>(g_, ih, iw);
-      async::copy16<true>(s + (e / NV) * L::LDB + (e % NV) * V,
-                          x_ + ((n[j] * g_.H + ih) * g_.W + iw) * g_.Ci + ci[j], ok);  // read only when ok
-      pos[j] += C::BK;
-      for (ow[j] += C::BK; ow[j] >= int(g_.Wc);) {  // BK positions on
-        ow[j] -= int(g_.Wc);
-        if (++oh[j] == int(g_.Hc)) oh[j] = 0, ++n[j];
+      const int ih = ih0[j] + oh[j] * sh_, iw = iw0[j] + ow[j] * sw_;
+      const bool ok = left[j] > 0 && uint32_t(ih) < uint32_t(H_) && uint32_t(iw) < uint32_t(W_);
+      async::copy16<true>(s + (e / NV) * L::LDB + (e % NV) * V, x_ + xo[j], ok);  // read only when ok
+      left[j] -= C::BK, xo[j] += step_o;
+      for (ow[j] += C::BK; ow[j] >= Wc_;) {  // BK positions on: the next conv row(s), image(s)
+        ow[j] -= Wc_, xo[j] += row_o;
+        if (++oh[j] == Hc_) oh[j] = 0, xo[j] += img_o;
       }
     }
   }
@@ -839,7 +849,7 @@ struct WgradPatchRows {
 // 16-byte loads go through registers and are stored down a column (k = position contiguous): lanes
 // take consecutive positions, so that their 2- or 4-byte stores fall in distinct banks.
 template <typename T, bool kTF32, int kSrc, bool kVecX>
-__global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_impl(
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxpool_wgrad_kernel_impl(
     const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
     const T* __restrict__ x, typename Cfg<T, kTF32>::acc* __restrict__ part, Shape g, int64_t p_chunk) {
   using C = Cfg<T, kTF32>;
@@ -847,7 +857,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_im
   using acc_t = typename C::acc;
   constexpr bool kKM = kSrc == kDconvVec && kVecX;
   using L = Lay<C, kKM ? 3 : 2, kKM>;
-  __align__(128) __shared__ unsigned char smem[L::kBytes];
+  PYA_DYNAMIC_SHARED(unsigned char, smem);  // L::kBytes, set by launch_gemm
   __shared__ int cky[C::BN], ckx[C::BN], cci[C::BN];  // per tile column k: (ky, kx, ci), ci -1 past K
   Tc* stages = reinterpret_cast<Tc*>(smem);
   acc_t* sC = reinterpret_cast<acc_t*>(smem);
@@ -874,21 +884,29 @@ __global__ void __launch_bounds__(kThreads, 2) conv_relu_maxpool_wgrad_kernel_im
   WgradDconvRows<C, L> ka{};
   WgradPatchRows<T, C, L> kb{};
   if constexpr (kKM) {
-    ka.pend_ = pend, ka.co_ = g.Co;
+    using PA = WgradDconvRows<C, L>;
+    ka.step_ = int64_t(C::BK) * g.Co;
 #pragma unroll
-    for (int j = 0; j < WgradDconvRows<C, L>::R; ++j) {
+    for (int j = 0; j < PA::R; ++j) {
       const int e = tid + j * kThreads;
-      const int64_t co = co0 + (e % WgradDconvRows<C, L>::NV) * WgradDconvRows<C, L>::V;
-      ka.pos[j] = pbeg + e / WgradDconvRows<C, L>::NV, ka.co_ok[j] = co < g.Co && e < C::BK * WgradDconvRows<C, L>::NV;
-      ka.p[j] = dconv + (ka.co_ok[j] ? ka.pos[j] * g.Co + co : 0);
+      const int64_t co = co0 + (e % PA::NV) * PA::V, pos = pbeg + e / PA::NV;
+      ka.left[j] = int(pend - pos), ka.co_ok[j] = co < g.Co && e < C::BK * PA::NV;
+      ka.p[j] = dconv + (ka.co_ok[j] ? pos * g.Co + co : 0);
     }
-    kb.x_ = x, kb.g_ = g, kb.pend_ = pend;
+    using PB = WgradPatchRows<T, C, L>;
+    kb.x_ = x;
+    kb.H_ = int(g.H), kb.W_ = int(g.W), kb.Hc_ = int(g.Hc), kb.Wc_ = int(g.Wc), kb.sh_ = int(g.sh), kb.sw_ = int(g.sw);
+    kb.step_o = C::BK * g.sw * g.Ci;                        // ow + BK
+    kb.row_o = (g.sh * g.W - g.Wc * g.sw) * g.Ci;           // ow - Wc, oh + 1
+    kb.img_o = (g.H * g.W - g.Hc * g.sh * g.W) * g.Ci;      // oh - Hc, n + 1
 #pragma unroll
-    for (int j = 0; j < WgradPatchRows<T, C, L>::R; ++j) {
-      const int e = tid + j * kThreads, c = e < C::BK * WgradPatchRows<T, C, L>::NV ? (e % WgradPatchRows<T, C, L>::NV) * WgradPatchRows<T, C, L>::V : 0;
-      const int64_t pos = pbeg + e / WgradPatchRows<T, C, L>::NV;
-      kb.pos[j] = pos, kb.n[j] = pos / HWc, kb.oh[j] = int((pos % HWc) / g.Wc), kb.ow[j] = int(pos % g.Wc);
-      kb.ky[j] = cky[c], kb.kx[j] = ckx[c], kb.ci[j] = cci[c];
+    for (int j = 0; j < PB::R; ++j) {
+      const int e = tid + j * kThreads, c = e < C::BK * PB::NV ? (e % PB::NV) * PB::V : 0;
+      const int64_t pos = pbeg + e / PB::NV, n = pos / HWc;
+      const int oh = int((pos % HWc) / g.Wc), ow = int(pos % g.Wc);
+      kb.left[j] = cci[c] >= 0 ? int(pend - pos) : -(1 << 30), kb.oh[j] = oh, kb.ow[j] = ow;
+      kb.ih0[j] = cky[c] - int(g.ph), kb.iw0[j] = ckx[c] - int(g.pw);
+      kb.xo[j] = ((n * g.H + kb.ih0[j] + int64_t(oh) * g.sh) * g.W + kb.iw0[j] + int64_t(ow) * g.sw) * g.Ci + cci[c];
     }
   }
   auto load_a = [&](Tc* s, int64_t k0) {  // A[co][p]: the unpooled gradient
@@ -1027,6 +1045,8 @@ Splits backward_splits(const BackwardArgs& a) {
   n = n < steps ? n : steps;
   n = n < cap ? n : cap;
   n = n > 1 ? n : 1;
+  const int64_t fit = ceil_div(steps, (int64_t(1) << 30) / C::BK);  // < 2^30 positions a split (32-bit counts)
+  n = n > fit ? n : fit;
   s.w_chunk = ceil_div(steps, n) * C::BK;
   s.w_splits = ceil_div(P, s.w_chunk);
   const int64_t R = g.N * g.Hp * g.Wp, ct = ceil_div(g.Co, 64);
@@ -1058,6 +1078,15 @@ Workspace workspace_of(const BackwardArgs& a, const Splits& s) {
 
 dim3 grid_of(int64_t x, int64_t y, int64_t z = 1) { return dim3(unsigned(x), unsigned(y), unsigned(z)); }
 
+// Launches a GEMM kernel with its tile's shared memory (L::kBytes) as dynamic shared memory: the
+// tensor-core tiles (128 x 128, three stages) need more than the 48 KB a kernel gets by default.
+template <auto kKernel, class... A>
+void launch_gemm(dim3 grid, int smem, cudaStream_t stream, A... args) {
+  if (smem > 48 * 1024)  // if this fails, so does the launch, which the caller checks
+    (void)cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  PYA_LAUNCH(grid, kThreads, smem, stream, kKernel)(args...);
+}
+
 template <typename T, bool kTF32>
 cudaError_t forward(const ForwardArgs& a, cudaStream_t stream) {
   using C = Cfg<T, kTF32>;
@@ -1072,13 +1101,13 @@ cudaError_t forward(const ForwardArgs& a, cudaStream_t stream) {
   const bool vec = g.Ci % C::BK == 0;
   const bool async_copy = a.version >= 2;
   if (async_copy && vec)
-    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, true>)(x, w, a.Kp, bias, out, code, g, t);
+    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, true>>(grid, Lay<C, 3>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
   else if (async_copy)
-    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, true>)(x, w, a.Kp, bias, out, code, g, t);
+    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, true>>(grid, Lay<C, 3>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
   else if (vec)
-    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, false>)(x, w, a.Kp, bias, out, code, g, t);
+    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, false>>(grid, Lay<C, 2>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
   else
-    PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, false>)(x, w, a.Kp, bias, out, code, g, t);
+    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, false>>(grid, Lay<C, 2>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
   return cudaGetLastError();
 }
 
@@ -1123,28 +1152,28 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
     const dim3 grid = grid_of(ceil_div(K, C::BN), ceil_div(g.Co, kBM), s.w_splits);
     const bool vec_a = g.Co % (16 / int64_t(sizeof(Tc))) == 0, vec_x = g.Ci % (16 / int64_t(sizeof(T))) == 0;
     if (!v2)
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kFused, false>)(gy, code, dconv, x, wpart, g, s.w_chunk);
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kFused, false>>(grid, Lay<C, 2, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     else if (vec_a && vec_x)
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, true>)(gy, code, dconv, x, wpart, g, s.w_chunk);
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, true>>(grid, Lay<C, 3, true>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     else if (vec_a)
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, false>)(gy, code, dconv, x, wpart, g, s.w_chunk);
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, false>>(grid, Lay<C, 2, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     else if (vec_x)
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, true>)(gy, code, dconv, x, wpart, g, s.w_chunk);
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, true>>(grid, Lay<C, 2, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     else
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, false>)(gy, code, dconv, x, wpart, g, s.w_chunk);
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, false>>(grid, Lay<C, 2, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     PYA_LAUNCH(grid_of(ceil_div(g.Co * K, kThreads), 1), kThreads, 0, stream, conv_relu_maxpool_reduce_kernel_impl<T, acc_t>)(
         wpart, s.w_splits, g.Co * K, static_cast<T*>(a.dw), g, true);
   }
   if (a.dx) {
     const dim3 grid = grid_of(ceil_div(g.N * g.H * g.W, kBM), ceil_div(g.Ci, C::BN));
     if (!v2)
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, false, kFused>)(gy, code, dconv, wt, a.Kdp, dx, g);
+      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, false, kFused>>(grid, Lay<C, 2>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
     else if (g.Co % C::BK == 0 && g.sh == 1 && g.sw == 1)
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVecUnit>)(gy, code, dconv, wt, a.Kdp, dx, g);
+      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVecUnit>>(grid, Lay<C, 3>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
     else if (g.Co % C::BK == 0)
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVec>)(gy, code, dconv, wt, a.Kdp, dx, g);
+      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVec>>(grid, Lay<C, 3>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
     else
-      PYA_LAUNCH(grid, kThreads, 0, stream, conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconv>)(gy, code, dconv, wt, a.Kdp, dx, g);
+      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconv>>(grid, Lay<C, 3>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
   }
   return cudaGetLastError();
 }
