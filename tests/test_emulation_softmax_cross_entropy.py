@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import (REDUCED, REDUCTIONS, assert_backends_agree, assert_matches, grad_scale, random_logits, random_target,
                       random_weight, reference, torch_same_dtype, upstream_grad)
@@ -41,6 +42,7 @@ class Case:
     ignore_hits: bool = False         # every third target is ignore_index
     reduction: str = "mean"
     smoothing: float = 0.0
+    mask_first: bool = False          # logits[:, 0] = -inf, no target 0
 
     @property
     def rs(self) -> int:
@@ -62,6 +64,9 @@ def _inputs(c: Case):
     t = t_buf[::c.target_stride] if c.N else t_buf
     if c.ignore_hits and c.N:
         t[::3] = c.ignore_index
+    if c.mask_first:
+        x[:, 0] = float("-inf")
+        t[t == 0] = 1
     if c.target_i32:
         t_buf = t_buf.int()
         t = t_buf[::c.target_stride] if c.N else t_buf
@@ -129,6 +134,19 @@ def check_case(c: Case, tmp: Path) -> list[str]:
     cpu_grad = BWD(g.to(_acc(c.dtype)), x, t, w, cpu_lse, cpu_ws, c.ignore_index, c.reduction, c.smoothing)
     assert_backends_agree(res["grad"], cpu_grad, "grad vs CPU kernel")
     return launches
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_first_class_masked_with_smoothing(tmp_path, dtype):
+    """logits[:, 0] = -inf with label smoothing: the loss is +inf, as PyTorch's, not NaN (the smoothing
+    sum's shift is the first logit only when that is finite); the gradient matches the reference."""
+    c = Case(6, 40, dtype, reduction="none", smoothing=0.2, mask_first=True)
+    (x, t, w, g), res, _ = emulate(c, tmp_path)
+    want = F.cross_entropy(x.double(), t, reduction="none", label_smoothing=0.2)
+    assert torch.isinf(want).all() and torch.equal(res["loss"].double(), want)
+    opts = dict(reduction="none", ignore_index=-100, label_smoothing=0.2)
+    _, ref_grad = reference(x, t, w, g, **opts)
+    assert_matches(res["grad"], ref_grad, None, "grad", scale=grad_scale(t, w, g, **opts))
 
 
 def _variants(launches: list[str], kernel: str) -> set[tuple[str, ...]]:

@@ -215,16 +215,21 @@ def test_bfloat16_gradient_rounds_ties_to_even():
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
 @pytest.mark.parametrize("label_smoothing", (0.0, 0.2))
-def test_masked_classes(dtype, label_smoothing):
+@pytest.mark.parametrize("masked", ("tail", "first"))
+def test_masked_classes(dtype, label_smoothing, masked):
     """-inf logits at non-target classes (masked vocabulary) give finite losses and zero gradient
-    there, as in PyTorch; with smoothing the loss is +inf, as PyTorch's."""
+    there, as in PyTorch; with smoothing the loss is +inf, as PyTorch's, also when the first class
+    is masked (the smoothing sum's shift is the first logit, unless that is infinite)."""
     N, C = 6, 10
     x = random_logits(N, C, dtype=dtype)
-    t = torch.arange(N) % 5
-    x[:, 5:] = float("-inf")
+    if masked == "tail":
+        t, cols = torch.arange(N) % 5, slice(5, None)
+    else:
+        t, cols = 1 + torch.arange(N) % 4, [0, 7]
+    x[:, cols] = float("-inf")
     if label_smoothing == 0:
         loss, grad = check_against_reference(x, t, reduction="none")
-        assert loss.isfinite().all() and (grad[:, 5:] == 0).all()
+        assert loss.isfinite().all() and (grad[:, cols] == 0).all()
     else:
         loss = softmax_cross_entropy(x, t, reduction="none", label_smoothing=label_smoothing)
         ref = F.cross_entropy(x.double(), t, reduction="none", label_smoothing=label_smoothing)

@@ -7,13 +7,15 @@
 // low bits of l when the logits are large, ~1e-3 at 1e4; z_j - m is exact):
 //   nll_i    = -w_t ((z_t - m) - l)
 //   smooth_i = -sum_c w_c (z_c - L) = Wsum ((m - r) + l) - sum_c w_c (z_c - r)     (any shift r; we use
-//              z_0, so that the subtraction cancels at the scale of the logits' spread, not their offset)
+//              z_0, so that the subtraction cancels at the scale of the logits' spread, not their offset;
+//              0 when z_0 is infinite or NaN: smoothing_shift)
 //   loss_i   = (1 - eps) nll_i + (eps / C) smooth_i           (ignored rows: 0, and weight 0)
 //   mean     = sum_i loss_i / sum_i w_{t_i} over rows not ignored  (0/0 = NaN for an all-ignored batch)
 // and its gradient with respect to the logits, p_j = exp((z_j - m) - l), g the incoming gradient:
 //   dz_j = g [ (1 - eps) w_t (p_j - [j == t]) + (eps / C)(Wsum p_j - w_j) ] = A p_j - B [j == t] - E w_j
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "common/hd.h"
@@ -26,6 +28,13 @@ enum Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
 // A target is used when it is not ignore_index; a used target must lie in [0, C).
 PYA_HD bool is_ignored(int64_t t, int64_t ignore_index) { return t == ignore_index; }
 PYA_HD bool in_range(int64_t t, int64_t C) { return t >= 0 && t < C; }
+
+// The shift r of the smoothing sum: the row's first logit, or 0 when it is not finite (with z_0 = -inf,
+// z_0 - z_0 would make the loss NaN where PyTorch's is inf).
+template <typename acc_t>
+PYA_HD acc_t smoothing_shift(acc_t z0) {
+  return z0 > -acc_t(INFINITY) && z0 < acc_t(INFINITY) ? z0 : acc_t(0);
+}
 
 // loss_i of a row that is not ignored. zt: logit of the target; wt: its class weight; m, l: the two
 // parts of L; r: the shift of shifted_wsum = sum_c w_c (z_c - r); wsum = sum_c w_c. The smoothing term is left

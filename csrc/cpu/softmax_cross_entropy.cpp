@@ -69,7 +69,8 @@ struct RowStats {
   acc_t max, shifted_wsum;
 };
 
-// max_c z_c and, when smoothing, sum_c w_c (z_c - z_0) (w == nullptr: all weights one).
+// max_c z_c and, when smoothing, sum_c w_c (z_c - r), r = smoothing_shift(z_0) (w == nullptr: all
+// weights one).
 template <typename acc_t>
 PYA_INLINE RowStats<acc_t> row_stats(const acc_t* z, const acc_t* w, int64_t C, bool smooth) {
   acc_t m[kLanes], a[kLanes];
@@ -79,7 +80,7 @@ PYA_INLINE RowStats<acc_t> row_stats(const acc_t* z, const acc_t* w, int64_t C, 
     for (int k = 0; k < kLanes; ++k) m[k] = z[j + k] > m[k] ? z[j + k] : m[k];
   for (; j < C; ++j) m[0] = z[j] > m[0] ? z[j] : m[0];
   if (smooth) {
-    const acc_t r = z[0];
+    const acc_t r = smoothing_shift(z[0]);
     j = 0;
     if (w) {
       for (; j + kLanes <= C; j += kLanes)
@@ -204,7 +205,7 @@ void softmax_cross_entropy_forward_kernel_impl(
       acc_t wt = 0, li = 0;
       if (!ign) {
         wt = w ? w[t] : acc_t(1);
-        li = row_loss<acc_t>(z[t], wt, s.max, l, z[0], s.shifted_wsum, wsum, eps, C);
+        li = row_loss<acc_t>(z[t], wt, s.max, l, smoothing_shift(z[0]), s.shifted_wsum, wsum, eps, C);
       }
       if (red == kNone) loss_none[i] = static_cast<T>(li);
       else rloss[i] = li;

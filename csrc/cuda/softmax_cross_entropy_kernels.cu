@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_forward_kernel_im
   const int lane = threadIdx.x % G;
   if (row >= N) return;  // whole groups leave together (G == BLOCK: never)
   const T* xr = x + row * sN;
-  const acc_t r = to_acc(xr[0]);
+  const acc_t r = smoothing_shift(to_acc(xr[0]));
   const bool smooth = eps > acc_t(0);
   MaxSum<acc_t> ms{-INFINITY, acc_t(0)};
   acc_t a = 0, ws = 0;
