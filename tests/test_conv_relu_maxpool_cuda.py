@@ -157,22 +157,47 @@ def test_layouts_and_formats():
 
 
 def test_side_stream_and_second_device():
-    """Launches go to the current stream (a side stream here) and the device guard picks x's device."""
+    """Launches go to the current stream (a side stream here) and the device guard picks x's device.
+    The side stream is kept busy (torch.cuda._sleep, ~30 ms) before it writes the input the op reads,
+    so a launch on any other stream would read that input unwritten."""
     c = SPECIAL["conv2_5x5_p2_pool3s2"]
     x, w, b = exact_inputs(c, torch.float32)
     want = FWD(x, w, b, *[list(a) for a in c.args()])
     devs = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     for d in devs[-1:]:
+        xd, wd, bd = x.to(d), w.to(d), b.to(d)
         s = torch.cuda.Stream(device=d)
-        with torch.cuda.stream(s):
-            got = FWD(x.to(d), w.to(d), b.to(d), *[list(a) for a in c.args()])
+        s.wait_stream(torch.cuda.current_stream(d))
+        with torch.cuda.device(d), torch.cuda.stream(s):
+            torch.cuda._sleep(50_000_000)
+            xs = torch.empty_like(xd).copy_(xd)  # written on s, after the sleep
+            got = FWD(xs, wd, bd, *[list(a) for a in c.args()])
         s.synchronize()
         assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
 
 
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
+def test_weight_viewed_at_an_odd_offset(dtype, monkeypatch):
+    """A channels_last weight viewed one element into a larger buffer: its packed form is the weight
+    itself (K = 144 needs no padding), not 16-byte aligned, so it is copied before the kernels' 16-byte
+    loads; the results equal the CPU kernels' on exact inputs."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    c = Cfg(2, 16, 9, 9, 32, (3, 3), padding=(1, 1))
+    x, w, b = exact_inputs(c, dtype)
+    want = FWD(x, w, b, *[list(a) for a in c.args()])
+    wcl = w.contiguous(memory_format=torch.channels_last)
+    buf = torch.empty(w.numel() + 1, dtype=dtype, device=DEV)
+    wv = buf[1:].as_strided(w.shape, wcl.stride())
+    wv.copy_(wcl)
+    assert wv.data_ptr() % 16 != 0 and wv.permute(0, 2, 3, 1).is_contiguous()
+    got = FWD(x.to(DEV), wv, b.to(DEV), *[list(a) for a in c.args()])
+    assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+
+
 @pytest.mark.bigmem
 def test_offsets_past_2_31():
-    """An input and an input gradient of more than 2^31 elements: the last image's results are right."""
+    """An input and an input gradient of more than 2^31 elements: the last image's results are right,
+    and the weight gradient, which sums over all of them, matches its float64 reference."""
     free = torch.cuda.mem_get_info()[0] / 2**30
     if free < 24:
         pytest.skip(f"needs 24 GiB of free GPU memory, {free:.1f} GiB free")
@@ -187,7 +212,11 @@ def test_offsets_past_2_31():
     ref = run(eager, x[-1:].double(), w.double(), None, g[-1:].double(), *last.args())
     torch.testing.assert_close(out[-1:].double(), ref[0], rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(gx[-1:].double(), ref[1], rtol=2e-2, atol=2e-2)
-    assert torch.isfinite(gw).all()
+    # the weight gradient sums over every position: its float64 reference, 10 images at a time
+    full = Cfg(10, c.Ci, c.H, c.W, c.Co, c.k, pool_kernel=c.pool_kernel, pool_stride=c.pool_stride, bias=False)
+    gw_ref = sum(run(eager, x[i:i + 10].double(), w.double(), None, g[i:i + 10].double(), *full.args())[2]
+                 for i in range(0, c.N, 10))
+    torch.testing.assert_close(gw.double(), gw_ref, rtol=2e-2, atol=1e-2 * gw_ref.abs().max().item())
 
 
 @pytest.fixture(params=[2, 1], ids=["v2", "v1"])

@@ -166,8 +166,13 @@ def test_missing_cuda_kernels_are_named(monkeypatch):
 def test_backends_agree_on_the_gpu():
     if not torch.cuda.is_available() or not __import__("pyalexnet").build_info()["cuda"]:
         pytest.skip("needs a CUDA GPU and the CUDA kernels")
-    model = alexnet(10, "cifar", dropout=0.0).cuda().double()
+    # float64 and eval (BatchNorm on running statistics), as on the CPU: forward and every gradient
+    model = alexnet(10, "cifar", dropout=0.0).cuda().double().eval()
     x = torch.randn(4, 3, 32, 32, device="cuda", dtype=torch.float64)
     a = _forward_backward(model.set_backend("custom"), x)
     b = _forward_backward(model.set_backend("cudnn"), x)
     torch.testing.assert_close(a[0], b[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(a[1], b[1], rtol=1e-9, atol=1e-9)
+    for k in a[2]:
+        scale = b[2][k].abs().max().item()
+        torch.testing.assert_close(a[2][k], b[2][k], rtol=1e-9, atol=1e-9 * max(scale, 1), msg=lambda m, k=k: f"{k}: {m}")

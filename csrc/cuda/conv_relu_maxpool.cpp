@@ -75,7 +75,11 @@ at::Tensor pack(const at::Tensor& m, int64_t rows, int64_t cols, int64_t multipl
   const int64_t padded = (cols + multiple - 1) / multiple * multiple;
   at::Tensor t = m.reshape({rows, cols});
   if (padded != cols) t = at::constant_pad_nd(t, {0, padded - cols}, 0);
-  return t.to(dtype).contiguous();
+  t = t.to(dtype).contiguous();  // may be m itself, a view
+  // The kernels copy 16-byte pieces of the rows: a weight viewed at an offset that is not a multiple
+  // of 16 bytes (a slice of a larger tensor) is copied to fresh memory.
+  if (reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 != 0) t = t.clone();
+  return t;
 }
 
 Shape shape_of(const Geometry& g) {
