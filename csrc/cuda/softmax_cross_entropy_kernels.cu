@@ -237,6 +237,62 @@ __global__ void __launch_bounds__(1024) softmax_cross_entropy_finalize_kernel_im
   }
 }
 
+// Row of a backward group: exact zeros (an ignored row, whose logits are not read: they may be
+// inf/NaN), 16-byte stores where kVec.
+template <typename T, int G, bool kVec>
+__device__ __forceinline__ void zero_row(T* o, int64_t C, int lane) {
+  constexpr int V = Pack<T>::V;
+  int64_t j0 = 0;
+  if constexpr (kVec) {
+    Pack<T> z;
+#pragma unroll
+    for (int q = 0; q < V; ++q) z.e[q] = from_acc<T>(typename AccOf<T>::type(0));
+    const int64_t Cv = C / V * V;
+    for (int64_t j = int64_t(lane) * V; j < Cv; j += int64_t(G) * V) *reinterpret_cast<Pack<T>*>(o + j) = z;
+    j0 = Cv;
+  }
+  for (int64_t j = j0 + lane; j < C; j += G) o[j] = from_acc<T>(typename AccOf<T>::type(0));
+}
+
+// Row of a backward group that is not ignored: dz_j = A p_j - E w_j for every class (kW: class
+// weights, else w_j = 1), then the target's element again with - B, by the lane that wrote it: the
+// per-element loop holds no target test, no weight branch and no ignored-row select.
+template <typename T, int G, bool kVec, bool kW, typename acc_t>
+__device__ __forceinline__ void grad_row(const T* xr, T* o, int64_t C, int lane, GradCoeffs<acc_t> k, acc_t m,
+                                         acc_t l, const acc_t* w, int64_t t) {
+  constexpr int V = Pack<T>::V;
+  auto grad = [&](acc_t z, int64_t j) { return k.A * exp_((z - m) - l) - k.E * (kW ? __ldg(w + j) : acc_t(1)); };
+  int64_t j0 = 0, Cv = 0;
+  if constexpr (kVec) {
+    Cv = C / V * V;
+    const int64_t step = int64_t(G) * V;
+    auto apply = [&](Pack<T>& p, int64_t j) {
+#pragma unroll
+      for (int q = 0; q < V; ++q) p.e[q] = from_acc<T>(grad(to_acc(p.e[q]), j + q));
+    };
+    int64_t j = int64_t(lane) * V;
+    for (; j + (kUnroll<T> - 1) * step < Cv; j += kUnroll<T> * step) {  // kUnroll<T> loads issued, then written
+      Pack<T> p[kUnroll<T>];
+#pragma unroll
+      for (int u = 0; u < kUnroll<T>; ++u) p[u] = *reinterpret_cast<const Pack<T>*>(xr + j + u * step);
+#pragma unroll
+      for (int u = 0; u < kUnroll<T>; ++u) {
+        apply(p[u], j + u * step);
+        *reinterpret_cast<Pack<T>*>(o + j + u * step) = p[u];
+      }
+    }
+    for (; j < Cv; j += step) {
+      Pack<T> p = *reinterpret_cast<const Pack<T>*>(xr + j);
+      apply(p, j);
+      *reinterpret_cast<Pack<T>*>(o + j) = p;
+    }
+    j0 = Cv;
+  }
+  for (int64_t j = j0 + lane; j < C; j += G) o[j] = from_acc<T>(grad(to_acc(xr[j]), j));
+  const int64_t writer = t < Cv ? (t / V) % G : (t - j0) % G;  // the lane that wrote element t
+  if (lane == writer) o[t] = from_acc<T>(grad(to_acc(xr[t]), t) - k.B);
+}
+
 // out = grad of the loss w.r.t. x: N x C contiguous.
 template <typename T, typename I, int G, int BLOCK, bool kVec>
 __global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_backward_kernel_impl(
@@ -246,71 +302,18 @@ __global__ void __launch_bounds__(BLOCK) softmax_cross_entropy_backward_kernel_i
     const typename AccOf<T>::type* __restrict__ wstats, int64_t ignore, typename AccOf<T>::type eps,
     int red, T* __restrict__ out) {
   using acc_t = typename AccOf<T>::type;
-  constexpr int V = Pack<T>::V;
   const int64_t row = int64_t(blockIdx.x) * (BLOCK / G) + threadIdx.x / G;
   const int lane = threadIdx.x % G;
   if (row >= N) return;
-  const T* xr = x + row * sN;
   T* o = out + row * C;
   const int64_t t = static_cast<int64_t>(tgt[row * sT]);
-  const bool ign = is_ignored(t, ignore);
-  if (!ign && !in_range(t, C)) report_bad_target(t, row, C, ignore);
-  GradCoeffs<acc_t> k{0, 0, 0};
-  acc_t m = 0, l = 0;
-  if (!ign) {
-    const acc_t g = row_grad_scale<acc_t>(go[red == kNone ? row * sG : 0], red, wstats[0]);
-    k = grad_coeffs<acc_t>(g, w ? w[t] : acc_t(1), wstats[1], eps, C);
-    m = lse[2 * row];
-    l = lse[2 * row + 1];
-  }
-  // Ignored rows are written as exact zeros without reading their logits (which may be inf/NaN).
-  int64_t j0 = 0;
-  if constexpr (kVec) {
-    const int64_t Cv = C / V * V, step = int64_t(G) * V;
-    auto grad = [&](Pack<T>& p, int64_t j) {  // logits in, gradients out
-#pragma unroll
-      for (int q = 0; q < V; ++q) {
-        acc_t d = k.A * exp_((to_acc(p.e[q]) - m) - l) - k.E * (w ? __ldg(w + j + q) : acc_t(1));
-        if (j + q == t) d -= k.B;
-        p.e[q] = ign ? from_acc<T>(acc_t(0)) : from_acc<T>(d);
-      }
-    };
-    auto load = [&](int64_t j) {
-      Pack<T> p;
-      if (ign) {
-#pragma unroll
-        for (int q = 0; q < V; ++q) p.e[q] = from_acc<T>(acc_t(0));
-      } else {
-        p = *reinterpret_cast<const Pack<T>*>(xr + j);
-      }
-      return p;
-    };
-    int64_t j = int64_t(lane) * V;
-    for (; j + (kUnroll<T> - 1) * step < Cv; j += kUnroll<T> * step) {  // kUnroll<T> loads issued, then written
-      Pack<T> p[kUnroll<T>];
-#pragma unroll
-      for (int u = 0; u < kUnroll<T>; ++u) p[u] = load(j + u * step);
-#pragma unroll
-      for (int u = 0; u < kUnroll<T>; ++u) {
-        grad(p[u], j + u * step);
-        *reinterpret_cast<Pack<T>*>(o + j + u * step) = p[u];
-      }
-    }
-    for (; j < Cv; j += step) {
-      Pack<T> p = load(j);
-      grad(p, j);
-      *reinterpret_cast<Pack<T>*>(o + j) = p;
-    }
-    j0 = Cv;
-  }
-  for (int64_t j = j0 + lane; j < C; j += G) {
-    acc_t d = 0;
-    if (!ign) {
-      d = k.A * exp_((to_acc(xr[j]) - m) - l) - k.E * (w ? __ldg(w + j) : acc_t(1));
-      if (j == t) d -= k.B;
-    }
-    o[j] = from_acc<T>(d);
-  }
+  if (is_ignored(t, ignore)) return zero_row<T, G, kVec>(o, C, lane);
+  if (!in_range(t, C)) report_bad_target(t, row, C, ignore);
+  const acc_t g = row_grad_scale<acc_t>(go[red == kNone ? row * sG : 0], red, wstats[0]);
+  const GradCoeffs<acc_t> k = grad_coeffs<acc_t>(g, w ? w[t] : acc_t(1), wstats[1], eps, C);
+  const acc_t m = lse[2 * row], l = lse[2 * row + 1];
+  if (w) grad_row<T, G, kVec, true>(x + row * sN, o, C, lane, k, m, l, w, t);
+  else grad_row<T, G, kVec, false>(x + row * sN, o, C, lane, k, m, l, w, t);
 }
 
 constexpr int kSmallC = 2048;  // up to here a warp per row, above a 512-thread block per row
