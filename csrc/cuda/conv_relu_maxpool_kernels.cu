@@ -131,6 +131,10 @@ struct Lay {
   static constexpr int kBytes = kAB > kC ? kAB : kC;
 };
 
+// The layout the forward and dgrad kernels use, named once for the kernel and for its launch
+// (launch_gemm's bytes): 3 stages with cp.async, else 2. wgrad's: WgradLay.
+template <class C, bool kAsync> using GemmLay = Lay<C, kAsync ? 3 : 2>;
+
 using cuda_convert::from_acc;
 using cuda_convert::to_acc;
 
@@ -434,7 +438,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   using C = Cfg<T, kTF32>;
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
-  using L = Lay<C, kAsync ? 3 : 2>;
+  using L = GemmLay<C, kAsync>;
   PYA_DYNAMIC_SHARED(unsigned char, smem);  // L::kBytes, set by launch_gemm
   __shared__ int64_t rbase[kBM];  // per tile row: offset of its image in x, -1 outside the output
   __shared__ int rih[kBM], riw[kBM];  // first input row/column its conv output reads
@@ -685,6 +689,12 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_unpool_vec_kernel_
 // thread's rows in registers and (ky, kx, co) walked a step at a time.
 enum Src : int { kFused, kDconv, kDconvVec, kDconvVecUnit };
 
+// wgrad's layout, for the kernel and its launch: k-major tiles through 3 stages when both operands
+// come by 16-byte vectors along the channels (the un-pooled gradient as kDconvVec, the patches as
+// kVecX), else 2 stages.
+template <class C, int kSrc, bool kVecX>
+using WgradLay = Lay<C, kSrc == kDconvVec && kVecX ? 3 : 2, kSrc == kDconvVec && kVecX>;
+
 // dx (N x H x W x Ci) = unpooled gradient (rows: input pixels; K = (ky, kx, co)) . wt^T.
 // gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co (kFused), or dconv: N x Hc x Wc x Co (compute type);
 // wt: Ci x Kdp (Tc). Block: 128 consecutive input pixels x BN input channels. kAsync: the weight rows
@@ -696,7 +706,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   using C = Cfg<T, kTF32>;
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
-  using L = Lay<C, kAsync ? 3 : 2>;
+  using L = GemmLay<C, kAsync>;
   PYA_DYNAMIC_SHARED(unsigned char, smem);  // L::kBytes, set by launch_gemm
   __shared__ int64_t rn[kBM];         // per tile row: image, -1 past the batch
   __shared__ int rih[kBM], riw[kBM];  // input row/column + padding: conv row = (rih - ky) / sh
@@ -855,8 +865,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   using C = Cfg<T, kTF32>;
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
-  constexpr bool kKM = kSrc == kDconvVec && kVecX;
-  using L = Lay<C, kKM ? 3 : 2, kKM>;
+  using L = WgradLay<C, kSrc, kVecX>;
+  constexpr bool kKM = L::kKMajor;
   PYA_DYNAMIC_SHARED(unsigned char, smem);  // L::kBytes, set by launch_gemm
   __shared__ int cky[C::BN], ckx[C::BN], cci[C::BN];  // per tile column k: (ky, kx, ci), ci -1 past K
   Tc* stages = reinterpret_cast<Tc*>(smem);
@@ -1101,13 +1111,13 @@ cudaError_t forward(const ForwardArgs& a, cudaStream_t stream) {
   const bool vec = g.Ci % C::BK == 0;
   const bool async_copy = a.version >= 2;
   if (async_copy && vec)
-    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, true>>(grid, Lay<C, 3>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
+    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, true>>(grid, GemmLay<C, true>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
   else if (async_copy)
-    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, true>>(grid, Lay<C, 3>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
+    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, true>>(grid, GemmLay<C, true>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
   else if (vec)
-    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, false>>(grid, Lay<C, 2>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
+    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, false>>(grid, GemmLay<C, false>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
   else
-    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, false>>(grid, Lay<C, 2>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
+    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, false>>(grid, GemmLay<C, false>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
   return cudaGetLastError();
 }
 
@@ -1152,28 +1162,28 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
     const dim3 grid = grid_of(ceil_div(K, C::BN), ceil_div(g.Co, kBM), s.w_splits);
     const bool vec_a = g.Co % (16 / int64_t(sizeof(Tc))) == 0, vec_x = g.Ci % (16 / int64_t(sizeof(T))) == 0;
     if (!v2)
-      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kFused, false>>(grid, Lay<C, 2, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kFused, false>>(grid, WgradLay<C, kFused, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     else if (vec_a && vec_x)
-      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, true>>(grid, Lay<C, 3, true>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, true>>(grid, WgradLay<C, kDconvVec, true>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     else if (vec_a)
-      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, false>>(grid, Lay<C, 2, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, false>>(grid, WgradLay<C, kDconvVec, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     else if (vec_x)
-      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, true>>(grid, Lay<C, 2, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, true>>(grid, WgradLay<C, kDconv, true>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     else
-      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, false>>(grid, Lay<C, 2, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, false>>(grid, WgradLay<C, kDconv, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     PYA_LAUNCH(grid_of(ceil_div(g.Co * K, kThreads), 1), kThreads, 0, stream, conv_relu_maxpool_reduce_kernel_impl<T, acc_t>)(
         wpart, s.w_splits, g.Co * K, static_cast<T*>(a.dw), g, true);
   }
   if (a.dx) {
     const dim3 grid = grid_of(ceil_div(g.N * g.H * g.W, kBM), ceil_div(g.Ci, C::BN));
     if (!v2)
-      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, false, kFused>>(grid, Lay<C, 2>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
+      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, false, kFused>>(grid, GemmLay<C, false>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
     else if (g.Co % C::BK == 0 && g.sh == 1 && g.sw == 1)
-      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVecUnit>>(grid, Lay<C, 3>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
+      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVecUnit>>(grid, GemmLay<C, true>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
     else if (g.Co % C::BK == 0)
-      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVec>>(grid, Lay<C, 3>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
+      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVec>>(grid, GemmLay<C, true>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
     else
-      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconv>>(grid, Lay<C, 3>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
+      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconv>>(grid, GemmLay<C, true>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
   }
   return cudaGetLastError();
 }
