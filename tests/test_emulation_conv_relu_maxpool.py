@@ -30,7 +30,8 @@ from pyalexnet.ops import conv_relu_maxpool
 
 FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
 CODE = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
-# Elements of the compute type per K step (64 bytes): the packed weights' rows are padded to it.
+# Elements of the compute type per K step (64 bytes): the data gradient's packed weights' rows are
+# padded to it.
 K_MULTIPLE = {torch.float32: 16, torch.float16: 32, torch.bfloat16: 32, torch.float64: 8}
 # (dtype, tf32): every arithmetic of the kernels
 MODES = [(torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, False),
@@ -38,7 +39,7 @@ MODES = [(torch.float32, False), (torch.float32, True), (torch.float16, False), 
 MODE_IDS = ["f32", "tf32", "f16", "bf16", "f64"]
 
 CASES = {
-    # conv1: 3 channels (element gathers), stride 4, halo patches
+    # conv1: 3 channels (the tensor cores' 4-channel gathers, FMA's element gathers), stride 4, halo patches
     "conv1_like": Cfg(2, 3, 35, 35, 16, (11, 11), (4, 4), (2, 2)),
     # 32 channels: 16-byte gathers in every dtype; a conv patch larger than one tile (3x3 pooled)
     "conv2_like": Cfg(2, 32, 13, 13, 24, (5, 5), padding=(2, 2)),
@@ -59,6 +60,10 @@ CASES = {
     # 136 channels in and out: two channel tiles, the second partial, in every pass of the 128-column
     # tensor-core tiles (forward's output channels, dgrad's input channels)
     "channel_tiles": Cfg(1, 136, 5, 6, 136, (3, 3), padding=(1, 1), pool_kernel=(2, 2), pool_stride=(2, 2)),
+    # 10 channels (4-channel gathers, 12 a tap, the forward's and the weight gradient's) and 2-wide
+    # kernels: a K step spans several kernel columns and rows, the last one passes K; the weight
+    # gradient's 144 columns make two column tiles, its 192 positions splits of two K steps
+    "quads_across_taps": Cfg(4, 10, 7, 9, 24, (6, 2), padding=(2, 0)),
     "rect_everything": SPECIAL["rect_everything"],
     "padding_beyond_row": SPECIAL["padding_beyond_row"],
 }
@@ -88,7 +93,7 @@ def emulate(c: Cfg, x, w, b, gy, tmp: Path, tf32: bool = False, need: str = "111
     dtype = x.dtype
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     (tmp / "x.bin").write_bytes(harness.to_bytes(x.permute(0, 2, 3, 1)))
-    (tmp / "w.bin").write_bytes(harness.to_bytes(_pack(w.permute(0, 2, 3, 1), c.Co, dtype)))
+    (tmp / "w.bin").write_bytes(harness.to_bytes(w.permute(0, 2, 3, 1).to(dtype)))  # the driver packs it
     (tmp / "wt.bin").write_bytes(harness.to_bytes(_pack(w.permute(1, 2, 3, 0), c.Ci, dtype)))
     (tmp / "gy.bin").write_bytes(harness.to_bytes(gy.permute(0, 2, 3, 1)))
     if b is not None:

@@ -82,6 +82,15 @@ at::Tensor pack(const at::Tensor& m, int64_t rows, int64_t cols, int64_t multipl
   return t;
 }
 
+// The packed float32 weights rounded to TF32 on the device, as the kernels expect them with `tf32`;
+// a copy where pack gave back the weight itself (rows already padded, nothing converted).
+at::Tensor rounded_tf32(at::Tensor w, const at::Tensor& weight) {
+  if (w.is_alias_of(weight)) w = w.clone();
+  C10_CUDA_CHECK(launch_conv_relu_maxpool_round_tf32(w.mutable_data_ptr<float>(), w.numel(),
+                                                     c10::cuda::getCurrentCUDAStream()));
+  return w;
+}
+
 Shape shape_of(const Geometry& g) {
   return Shape{g.N, g.Ci, g.H, g.W, g.Co, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.pkh, g.pkw, g.psh, g.psw,
                g.Hc, g.Wc, g.Hp, g.Wp};
@@ -111,8 +120,13 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cuda(
     const at::Tensor xc = nhwc(x, dt);
     const int64_t km = conv_relu_maxpool_k_multiple(kernel_dtype(dt), tf32);
     const auto ct = dt == at::kFloat ? at::kFloat : dt;  // the packed weights' type
-    // Co x (ky, kx, ci): the forward GEMM's B operand, one row per output channel.
-    const at::Tensor w = pack(weight.permute({0, 2, 3, 1}), g.Co, g.K(), km, ct);
+    // Co x (ky, kx, ci): the forward GEMM's B operand, one row per output channel, its channels
+    // zero-padded to the kernels' Cp.
+    const int64_t cp = conv_relu_maxpool_packed_channels(kernel_dtype(dt), tf32, g.Ci);
+    at::Tensor wp = weight.permute({0, 2, 3, 1});
+    if (cp != g.Ci) wp = at::constant_pad_nd(wp, {0, cp - g.Ci}, 0);
+    at::Tensor w = pack(wp, g.Co, g.kh * g.kw * cp, km, ct);
+    if (tf32) w = rounded_tf32(w, weight);
     const at::Tensor b = bias.has_value() ? bias->to(acc_type(dt)).contiguous() : at::Tensor();
     ForwardArgs a{};
     a.dtype = kernel_dtype(dt), a.tf32 = tf32, a.version = kernels_version(), a.g = shape_of(g);
@@ -149,7 +163,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cuda(
   const at::Tensor xc = need_w ? nhwc(x, dt) : at::Tensor();
   const int64_t km = conv_relu_maxpool_k_multiple(kernel_dtype(dt), tf32);
   // Ci x (ky, kx, co): the data gradient's B operand, one row per input channel.
-  const at::Tensor wt = need_x ? pack(weight.permute({1, 2, 3, 0}), g.Ci, g.kh * g.kw * g.Co, km, dt) : at::Tensor();
+  at::Tensor wt = need_x ? pack(weight.permute({1, 2, 3, 0}), g.Ci, g.kh * g.kw * g.Co, km, dt) : at::Tensor();
+  if (need_x && tf32) wt = rounded_tf32(wt, weight);
   BackwardArgs a{};
   a.dtype = kernel_dtype(dt), a.tf32 = tf32, a.version = kernels_version(), a.g = shape_of(g);
   a.sm_count = sm_count(x.device());

@@ -4,11 +4,11 @@
 // BN output channels (128 on the tensor cores, 64 or 32 with FMA): the conv outputs that a patch of pooled outputs needs (plus the halo of the
 // overlapping windows, recomputed by the neighbouring tile), or G whole small images, as a
 // 128-row x BN-column GEMM tile over K = kh kw Ci. The input patches are gathered straight from the
-// NHWC input into shared memory (16-byte loads when Ci is a multiple of the K step; element gathers
-// otherwise, e.g. conv1's 3 channels, which then waste no K padding); the weights stream in as
-// 16-byte rows. bias + ReLU + max-pool run in the epilogue from the tile in shared memory. Written:
-// only the pooled output and one code byte per pooled output (or one bit: 1x1 windows). Never
-// written: the conv or ReLU output.
+// NHWC input into shared memory (Gather: 16-byte cp.async copies when Ci is a multiple of 16 bytes;
+// on the tensor cores otherwise 4 channels at a time through registers, conv1's 3 channels padded
+// to 4 in the packed weights' K); the weights stream in as 16-byte rows. bias + ReLU + max-pool
+// run in the epilogue from the tile in shared memory. Written: only the pooled output and one code
+// byte per pooled output (or one bit: 1x1 windows). Never written: the conv or ReLU output.
 // Backward, from the pooled gradient and the codes alone (nothing full-resolution is saved for it).
 // The un-pooled gradient (unpooled_gradient: each conv output gathers the pooled gradients whose
 // saved maximum sits on it) is, in version 2 (the default), computed once into the workspace as
@@ -27,10 +27,13 @@
 // gathers, the weight rows, dgrad's dconv gathers and wgrad's tiles straight into a ring of 3
 // shared-memory stages, two K steps ahead of the tensor cores, one barrier per step. wgrad's
 // operands run along the channels (m and n), so its tiles are k-major (a row per conv position) and
-// read by ldmatrix.trans (TF32: 32-bit LDS). Element gathers (conv1's 3 channels; wgrad where Co
-// or Ci is not a multiple of 16 bytes, its 16-byte loads then stored transposed) still go through
-// registers. TF32 rounds on the fragments, after the copy. The forward's 16-byte loader keeps each
-// thread's two rows in registers and walks (ky, kx, c) by one K step at a time (no division a step).
+// read by ldmatrix.trans (TF32: 32-bit LDS). 4-channel gathers (the forward's and wgrad's patches
+// where Ci is not a multiple of 16 bytes) load through registers and store after the next step's
+// products (block_gemm's deposit); element gathers (FMA; the backward where Co is not a multiple of
+// 16 bytes) still load and store in place. TF32: the packed weights are rounded once a call, dconv
+// when written; raw input tiles round on the fragments. The forward's loaders keep each thread's
+// rows in registers and walk (ky, kx, c) by one K step at a time (no division a step). Values the
+// main loops reuse are computed once and held (mma::kept) where nvcc would recompute them each step.
 // Version 1 (loads and stores, 2 stages, un-pooling in the loaders) stays selectable,
 // PYALEXNET_CONV_VERSION=1, so that one GPU run times both (bench/compare.py's ours_v1); both give
 // the same bits (tests).
@@ -101,6 +104,22 @@ template <> struct Cfg<double, false> {
   static constexpr int BN = 32, BK = 8, PADK = 2, WK = 0;
 };
 
+// How the forward gathers its input patches (A). Tensor cores: kVectors, 16-byte cp.async copies
+// of channels (Ci a multiple of 16 bytes of T); kQuads for any other Ci (conv1's 3 channels): 4
+// channels at a time, loaded element by element through registers, zero past Ci, with the packed
+// weights' K over Cp = Ci rounded up to 4 channels (packed_channels: conv1's K 363 -> 484, where
+// 16-byte vectors would need 8 channels, 968). FMA: kVectors when Ci is a multiple of the K step
+// (one (ky, kx) a step), else kElements (a column k a thread, no channel padding).
+enum Gather : int { kElements, kVectors, kQuads };
+template <class C> constexpr Gather gather_of(int64_t Ci) {
+  if constexpr (C::kMma) return Ci % (16 / int64_t(sizeof(typename C::Tc))) == 0 ? kVectors : kQuads;
+  else return Ci % C::BK == 0 ? kVectors : kElements;
+}
+// Channels per kernel tap (ky, kx) in the packed forward weights: Ci, or with kQuads Ci rounded up to 4.
+template <class C> constexpr int64_t packed_channels(int64_t Ci) {
+  return gather_of<C>(Ci) == kQuads ? (Ci + 3) / 4 * 4 : Ci;
+}
+
 // Blocks per SM the GEMM kernels' registers must allow: 2 for FMA (128 registers a thread); 1 for
 // the tensor cores, whose 128 x 128 tile holds 64 float accumulators a thread (at a cap of 128
 // registers ptxas spilled in 11 of their variants); their 68 KB of shared memory allow 3.
@@ -163,9 +182,13 @@ template <class C> __device__ __forceinline__ void put16(typename C::Tc* dst, ui
 // whose rows all lie past the tile's valid rows skips its products. k-major tiles (kKMajor) are read
 // with ldmatrix.trans; TF32 ones, whose 32-bit elements ldmatrix cannot transpose, by 32-bit LDS.
 // FMA: thread t owns rows t / NT + MT i and columns t % NT + NT j.
-template <class C, class L, bool kMma = C::kMma> struct Accum;
+// kRound (TF32): the operands whose tiles hold raw floats (cp.async copies and register gathers of
+// the input), rounded on the fragments. The others arrive rounded: the packed weights
+// (launch_conv_relu_maxpool_round_tf32), dconv (written rounded), tiles stored through to_c / put16.
+enum Round : int { kRoundNone = 0, kRoundA = 1, kRoundB = 2 };
+template <class C, class L, int kRound = kRoundNone, bool kMma = C::kMma> struct Accum;
 
-template <class C, class L> struct Accum<C, L, true> {
+template <class C, class L, int kRound> struct Accum<C, L, kRound, true> {
   using Tc = typename C::Tc;
   static constexpr bool kKM = L::kKMajor, kTf32 = C::kTf32;
   static constexpr int E = int(sizeof(Tc));                 // bytes of an element
@@ -192,6 +215,7 @@ template <class C, class L> struct Accum<C, L, true> {
       a_off = (lane % 4) * SA + (m + lane / 4) * E;
       b_off = (lane % 4) * SB + (n + lane / 4) * E;
     }
+    a_off = mma::kept(a_off), b_off = mma::kept(b_off);
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -231,18 +255,22 @@ template <class C, class L> struct Accum<C, L, true> {
       b[2 * i][0] = r[0], b[2 * i][1] = r[1], b[2 * i + 1][0] = r[2], b[2 * i + 1][1] = r[3];
     }
   }
-  __device__ void step(const Tc* sA, const Tc* sB, int mvalid) {
-    if (wm * 32 >= mvalid) return;  // warp-uniform
-    const mma::saddr a0 = mma::shared_addr(sA), b0 = mma::shared_addr(sB);
+  // Whether this warp's rows hold any of the tile's mvalid valid rows (warp-uniform).
+  __device__ bool active(int mvalid) const { return wm * 32 < mvalid; }
+  // The products of one K step, from the tiles at shared addresses a0 and b0, if the warp is active.
+  __device__ void step(mma::saddr a0, mma::saddr b0, uint32_t active) {
+    if (!active) return;
 #pragma unroll
     for (int kk = 0; kk < C::BK; kk += C::WK) {
       uint32_t a[2][4], b[NJ][2];
       fragments(a0, b0, kk, a, b);
-      if constexpr (kTf32) {
+      if constexpr (kTf32 && (kRound & kRoundA)) {
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
           for (int r = 0; r < 4; ++r) a[i][r] = rounded(a[i][r]);
+      }
+      if constexpr (kTf32 && (kRound & kRoundB)) {
 #pragma unroll
         for (int j = 0; j < NJ; ++j)
 #pragma unroll
@@ -271,7 +299,7 @@ template <class C, class L> struct Accum<C, L, true> {
   }
 };
 
-template <class C, class L> struct Accum<C, L, false> {
+template <class C, class L, int kRound> struct Accum<C, L, kRound, false> {
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
   static constexpr bool kKM = L::kKMajor;
@@ -283,7 +311,7 @@ template <class C, class L> struct Accum<C, L, false> {
     for (int i = 0; i < TM; ++i)
       for (int j = 0; j < 4; ++j) v[i][j] = acc_t(0);
   }
-  __device__ void step(const Tc* sA, const Tc* sB, int) {
+  __device__ void step(const Tc* sA, const Tc* sB, int) {  // the tiles at sA and sB
 #pragma unroll 4
     for (int k = 0; k < C::BK; ++k) {
       acc_t a[TM], b[4];
@@ -310,34 +338,55 @@ template <class C, class L> struct Accum<C, L, false> {
 // empty one, so that wait<S - 2> always means "step i has landed".
 // S = 2 with storing loaders: the first version (the loads of step i + 1 stall each thread before its
 // products of step i). S = 3 with cp.async: two steps in flight, nothing in registers.
-template <class C, class L, class LoadA, class LoadB>
-__device__ void block_gemm(Accum<C, L>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
-                           const LoadA& load_a, const LoadB& load_b) {
+// deposit() runs after each load that loaded a step, after the products of the step before it: a
+// loader that gathers through registers (the forward's kQuads) stores there what it loaded, so that
+// the products of step i hide its loads' latency; the stage it writes was last read in step i - 1,
+// before this step's barrier.
+template <class C, class L, int R, class LoadA, class LoadB, class Deposit>
+__device__ void block_gemm(Accum<C, L, R>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
+                           const LoadA& load_a, const LoadB& load_b, const Deposit& deposit) {
   constexpr int S = L::kStages;
   auto a_of = [&](int st) { return stages + st * L::kStage; };
   auto b_of = [&](int st) { return stages + st * L::kStage + L::kASize; };
   if (kbeg >= kend) return;
-  const int64_t steps = (kend - kbeg + C::BK - 1) / C::BK;  // wgrad's positions may pass 2^31
+  // Fewer than 2^31 steps: K < 2^31 (the wrapper checks), a wgrad split < 2^30 positions
+  // (backward_splits); kbeg and kend may pass 2^31 (wgrad's positions).
+  const int steps = int((kend - kbeg + C::BK - 1) / C::BK);
   int wr = 0, rd = 0;  // the stages of the next load (step i % S) and of the next product
+  // Tensor cores: the stages' shared addresses, converted once (not in every step).
+  const auto s0 = C::kMma ? mma::kept(mma::shared_addr(stages)) : mma::saddr{};
+  constexpr uint32_t kStageB = L::kStage * sizeof(typename C::Tc), kAB = L::kASize * sizeof(typename C::Tc);
+  uint32_t active = 1;
+  if constexpr (C::kMma) active = mma::kept(uint32_t(acc.active(mvalid)));
   auto next = [](int st) { return st + 1 == S ? 0 : st + 1; };
-  auto load = [&](int64_t i) {  // step i into stage i % S, if there is a step i
+  auto load = [&](int i) {  // step i into stage i % S, if there is a step i
     if (i < steps) {
-      load_a(a_of(wr), kbeg + i * C::BK);
-      load_b(b_of(wr), kbeg + i * C::BK);
+      load_a(a_of(wr), kbeg + int64_t(i) * C::BK);
+      load_b(b_of(wr), kbeg + int64_t(i) * C::BK);
     }
     async::commit();
     wr = next(wr);
   };
-  for (int i = 0; i < S - 1; ++i) load(i);
-  for (int64_t i = 0; i < steps; ++i) {
+  for (int i = 0; i < S - 1; ++i) {
+    load(i);
+    if (i < steps) deposit();
+  }
+  for (int i = 0; i < steps; ++i) {
     async::wait<S - 2>();  // this thread's copies of step i have landed
     __syncthreads();       // everyone's have; and everyone is done with step i - 1's stage
     load(i + S - 1);
-    acc.step(a_of(rd), b_of(rd), mvalid);
+    if constexpr (C::kMma) acc.step(s0 + rd * kStageB, s0 + rd * kStageB + kAB, active);
+    else acc.step(a_of(rd), b_of(rd), mvalid);
+    if (i + S - 1 < steps) deposit();
     rd = next(rd);
   }
   async::wait<0>();
   __syncthreads();  // the caller reuses the stages
+}
+template <class C, class L, int R, class LoadA, class LoadB>
+__device__ void block_gemm(Accum<C, L, R>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
+                           const LoadA& load_a, const LoadB& load_b) {
+  block_gemm<C, L, R>(acc, stages, kbeg, kend, mvalid, load_a, load_b, [] {});
 }
 
 // B tiles from rows [row0, row0 + BN) of a packed row-major matrix (row pitch ld, a multiple of BK),
@@ -350,6 +399,7 @@ struct RowLoader {
   static constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V, kTrips = (C::BN * NV + kThreads - 1) / kThreads;
   const Tc* p[kTrips];
   bool ok[kTrips];
+  uint32_t d0;  // the first vector's offset in the tile (kept: not recomputed a step)
   __device__ RowLoader(const Tc* __restrict__ src, int64_t ld, int64_t row0, int64_t nrows) {
 #pragma unroll
     for (int j = 0; j < kTrips; ++j) {
@@ -357,13 +407,15 @@ struct RowLoader {
       ok[j] = e < C::BN * NV && row0 + n < nrows;
       p[j] = src + (ok[j] ? (row0 + n) * ld + v * V : 0);
     }
+    d0 = mma::kept(uint32_t((threadIdx.x / NV) * L::LDB + (threadIdx.x % NV) * V));
   }
   __device__ void operator()(Tc* s) {
+    static_assert(kThreads % NV == 0, "a thread's vectors sit kThreads / NV rows apart");
 #pragma unroll
     for (int j = 0; j < kTrips; ++j) {
       const int e = int(threadIdx.x) + j * kThreads;
       if (C::BN * NV % kThreads != 0 && e >= C::BN * NV) break;
-      Tc* d = s + (e / NV) * L::LDB + (e % NV) * V;
+      Tc* d = s + d0 + j * (kThreads / NV) * L::LDB;
       if constexpr (kAsync) {
         async::copy16<false>(d, p[j], ok[j]);
       } else {
@@ -428,9 +480,10 @@ __device__ __forceinline__ acc_t unpooled_at(const Shape& g, const T* gy, const 
 // ------------------------------------------------------------------------------------------------
 // x: N x H x W x Ci; w: Co x Kp (Tc); bias: Co (acc) or nullptr; out: N x Hp x Wp x Co;
 // code: N x Hp x Wcode x Co. Block (tile, channel tile): tile = (image group, pooled row tile,
-// pooled column tile) of plan_forward_tile; kVec: Ci is a multiple of BK (16-byte gathers); kAsync:
-// the 16-byte gathers and the weight rows by cp.async through 3 stages (else loads and stores, 2).
-template <typename T, bool kTF32, bool kVec, bool kAsync>
+// pooled column tile) of plan_forward_tile; kGather: how x is gathered (Gather: w's K runs over
+// packed_channels(Ci) a tap); kAsync: the 16-byte gathers and the weight rows by cp.async through 3
+// stages (else loads and stores, 2).
+template <typename T, bool kTF32, int kGather, bool kAsync>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxpool_forward_kernel_impl(
     const T* __restrict__ x, const typename Cfg<T, kTF32>::Tc* __restrict__ w, int64_t Kp,
     const typename Cfg<T, kTF32>::acc* __restrict__ bias, T* __restrict__ out, uint8_t* __restrict__ code,
@@ -476,53 +529,77 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
     }
     __syncthreads();
 
-    // kVec: one (ky, kx) and BK consecutive channels a step, NV 16-byte vectors a row. Thread tid
-    // copies vector v = tid % NV of the rows m = tid / NV + (kThreads / NV) j, whose input offsets at
-    // (ky, kx) = (0, 0) and first input row/column it keeps in registers; (ky, kx, ci0) advance by BK
-    // channels a step (block_gemm loads the steps in order), so that a step costs no division.
-    // (FMA arithmetic, whose accumulators leave no registers for this, reads them from the row table.)
-    constexpr bool kRegRows = kVec && C::kMma;
-    constexpr int V = 16 / int(sizeof(T)), NV = C::BK / V, RPT = kRegRows ? kBM * NV / kThreads : 1;
+    // Tensor cores (kVectors, kQuads): thread tid gathers vector tid % NV (VE channels) of the rows
+    // m = tid / NV + (kThreads / NV) j, whose offsets in x and first input row/column it keeps in
+    // registers, and walks its vector's (ky, kx, c) (c in Cp) BK columns of K a step (block_gemm
+    // loads the steps in order): no division a step. FMA (kVectors: one (ky, kx) and BK channels a
+    // step; kElements: one column k a thread) reads the row table: its accumulators leave no
+    // registers for the rows.
+    constexpr bool kRegRows = kGather != kElements && C::kMma;
+    constexpr int VE = kGather == kQuads ? 4 : 16 / int(sizeof(T));  // channels of a vector
+    constexpr int NV = C::BK / VE, RPT = kRegRows ? kBM * NV / kThreads : 1;
     static_assert(kBM * NV % kThreads == 0 && kThreads % NV == 0, "whole rows of vectors per thread");
-    int64_t roff[RPT];
+    int64_t rb[RPT];       // byte offset in x of the row's pixel at (ky, kx) = (0, 0); 0 past the output
     int rh[RPT], rw[RPT];  // first input row/column; far negative for rows past the output
+    const int Cp = int(packed_channels<C>(g.Ci)), kh32 = int(g.kh);
+    constexpr int64_t E = sizeof(T);
+    int wc = kRegRows ? (tid % NV) * VE : 0, wkx = 0, wky = 0;  // this thread's vector: (ky, kx, c)
+    for (; wc >= Cp; wc -= Cp)
+      if (++wkx == kw32) wkx = 0, ++wky;
+    int64_t koff = ((int64_t(wky) * g.W + wkx) * g.Ci + wc) * E;  // its byte offset from a row's first pixel
     if constexpr (kRegRows) {
 #pragma unroll
       for (int j = 0; j < RPT; ++j) {
         const int m = tid / NV + (kThreads / NV) * j;
         const bool live = rbase[m] >= 0;
         rh[j] = live ? rih[m] : -(1 << 30), rw[j] = live ? riw[m] : -(1 << 30);
-        roff[j] = live ? rbase[m] + (int64_t(rih[m]) * g.W + riw[m]) * g.Ci + (tid % NV) * V : 0;
+        rb[j] = live ? (rbase[m] + (int64_t(rih[m]) * g.W + riw[m]) * g.Ci) * E : 0;
       }
     }
-    int ky = 0, kx = 0, ci0 = 0;  // the next step's (ky, kx, first channel)
-    int64_t koff = 0;             // and its offset in x from a row's first input pixel: (ky W + kx) Ci + ci0
-    const int64_t row_wrap = (g.W - g.kw) * g.Ci;
+    // BK columns of K on: c by BK % Cp, (ky, kx) by BK / Cp pixels and one more where c wraps.
+    const int px_step = C::BK / Cp, c_step = C::BK % Cp;
+    const int64_t px_off = mma::kept((px_step * g.Ci + c_step) * E), row_wrap = mma::kept((g.W - g.kw) * g.Ci * E);
+    const int64_t c_wrap = mma::kept((g.Ci - Cp) * E);
+    auto walk = [&] {
+      wc += c_step, koff += px_off;
+      int px = px_step;
+      if (wc >= Cp) wc -= Cp, ++px, koff += c_wrap;
+      for (wkx += px; wkx >= kw32;) wkx -= kw32, ++wky, koff += row_wrap;
+    };
+    // kQuads: the vectors loaded by the last load_a, stored into pend_s's stage by deposit().
+    Tc quad[kGather == kQuads ? RPT : 1][VE];
+    const uint32_t a_d0 = mma::kept(uint32_t((tid / NV) * L::LDA + (tid % NV) * VE));  // row j: + j (kThreads / NV) LDA
+    Tc* pend_s = stages;
     auto load_a = [&](Tc* s, int64_t k0) {
-      if constexpr (kVec && !kRegRows) {
+      if constexpr (kGather == kVectors && !kRegRows) {
         const auto [ky, kx, ci0] = k_position(int(k0), Ci32, kw32);
 #pragma unroll 1
         for (int e = tid; e < kBM * NV; e += kThreads) {
           const int m = e / NV, v = e % NV;
           const int ih = rih[m] + ky, iw = riw[m] + kx;
           const bool ok = rbase[m] >= 0 && patch_inside<T>(g, ih, iw);
-          const T* p = x + (ok ? rbase[m] + (int64_t(ih) * g.W + iw) * g.Ci + ci0 + v * V : 0);
+          const T* p = x + (ok ? rbase[m] + (int64_t(ih) * g.W + iw) * g.Ci + ci0 + v * VE : 0);
           if constexpr (kAsync) {
-            async::copy16<true>(s + m * L::LDA + v * V, p, ok);
+            async::copy16<true>(s + m * L::LDA + v * VE, p, ok);
           } else {
             uint4 val = {0u, 0u, 0u, 0u};
             if (ok) val = __ldg(reinterpret_cast<const uint4*>(p));
-            put16<C>(s + m * L::LDA + v * V, val);
+            put16<C>(s + m * L::LDA + v * VE, val);
           }
         }
-      } else if constexpr (kVec) {
+      } else if constexpr (kRegRows) {
         const uint32_t H32 = uint32_t(g.H), W32 = uint32_t(g.W);
+        const bool kin = wky < kh32;  // false past K
+        const int nc = Ci32 - wc;     // channels of the vector inside x (kQuads: 4 or fewer)
 #pragma unroll
         for (int j = 0; j < RPT; ++j) {
-          const bool ok = uint32_t(rh[j] + ky) < H32 && uint32_t(rw[j] + kx) < W32;
-          const T* p = x + (roff[j] + koff);  // not read when !ok (a zero-fill copy)
-          Tc* d = s + (tid / NV + (kThreads / NV) * j) * L::LDA + (tid % NV) * V;
-          if constexpr (kAsync) {  // L1 too: the next (ky, kx) steps read most of these pixels again
+          const bool ok = kin & (uint32_t(rh[j] + wky) < H32) & (uint32_t(rw[j] + wkx) < W32);
+          const T* p = reinterpret_cast<const T*>(reinterpret_cast<const char*>(x) + (rb[j] + koff));  // read only if ok
+          Tc* d = s + a_d0 + j * (kThreads / NV) * L::LDA;
+          if constexpr (kGather == kQuads) {
+#pragma unroll
+            for (int e = 0; e < VE; ++e) quad[j][e] = ok && e < nc ? p[e] : to_c<C>(acc_t(0));
+          } else if constexpr (kAsync) {  // L1 too: the next (ky, kx) steps read most of these pixels again
             async::copy16<true>(d, p, ok);
           } else {
             uint4 val = {0u, 0u, 0u, 0u};
@@ -530,11 +607,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
             put16<C>(d, val);
           }
         }
-        koff += C::BK;
-        if ((ci0 += C::BK) == Ci32) {
-          ci0 = 0;
-          if (++kx == kw32) kx = 0, ++ky, koff += row_wrap;
-        }
+        if constexpr (kGather == kQuads) pend_s = s;
+        walk();
       } else {  // element gathers; each thread keeps one column k of the step (BK divides kThreads)
         const int kk = tid % C::BK;
         const int k = int(k0) + kk;
@@ -548,11 +622,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
         }
       }
     };
+    auto deposit = [&] {
+      if constexpr (kGather == kQuads) {
+        struct alignas(VE * sizeof(Tc)) Quad { Tc e[VE]; };
+#pragma unroll
+        for (int j = 0; j < RPT; ++j) {
+          Quad q;
+#pragma unroll
+          for (int e = 0; e < VE; ++e) q.e[e] = quad[j][e];
+          *reinterpret_cast<Quad*>(pend_s + a_d0 + j * (kThreads / NV) * L::LDA) = q;
+        }
+      }
+    };
     RowLoader<C, L, kAsync> rows_b(w, Kp, co0, g.Co);
     auto load_b = [&](Tc* s, int64_t) { rows_b(s); };
-    Accum<C, L> acc;
+    Accum<C, L, kGather == kQuads || (kRegRows && kAsync) ? kRoundA : kRoundNone> acc;  // raw x in A
     acc.init();
-    block_gemm<C, L>(acc, stages, 0, Kp, mvalid, load_a, load_b);
+    block_gemm<C, L>(acc, stages, 0, Kp, mvalid, load_a, load_b, deposit);
     acc.store(sC);
     __syncthreads();
 
@@ -607,6 +693,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
     out[o] = from_acc<T>(pooled_value(run_m));
     code[o] = pooled_code(run_m, run_at);
   }
+}
+
+// Packed float32 weights rounded to TF32 in place (nearest, ties away: as the fragments round), once
+// a call, so that the tensor cores' K steps need not round them.
+__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_round_tf32_kernel_impl(float* __restrict__ w, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += int64_t(gridDim.x) * kThreads)
+    w[i] = tf32_round(w[i]);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -691,9 +784,9 @@ enum Src : int { kFused, kDconv, kDconvVec, kDconvVecUnit };
 
 // wgrad's layout, for the kernel and its launch: k-major tiles through 3 stages when both operands
 // come by 16-byte vectors along the channels (the un-pooled gradient as kDconvVec, the patches as
-// kVecX), else 2 stages.
-template <class C, int kSrc, bool kVecX>
-using WgradLay = Lay<C, kSrc == kDconvVec && kVecX ? 3 : 2, kSrc == kDconvVec && kVecX>;
+// kVecX kVectors or kQuads), else 2 stages.
+template <class C, int kSrc, int kGatherX>
+using WgradLay = Lay<C, kSrc == kDconvVec && kGatherX != kElements ? 3 : 2, kSrc == kDconvVec && kGatherX != kElements>;
 
 // dx (N x H x W x Ci) = unpooled gradient (rows: input pixels; K = (ky, kx, co)) . wt^T.
 // gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co (kFused), or dconv: N x Hc x Wc x Co (compute type);
@@ -787,7 +880,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   };
   RowLoader<C, L, kAsync> rows_b(wt, Kdp, ci0, g.Ci);
   auto load_b = [&](Tc* s, int64_t) { rows_b(s); };
-  Accum<C, L> acc;
+  Accum<C, L> acc;  // both operands arrive rounded: dconv and the packed weights
   acc.init();
   const int64_t left = total - pix0;
   block_gemm<C, L>(acc, stages, 0, Kdp, int(left < kBM ? left : kBM), load_a, load_b);
@@ -848,6 +941,55 @@ struct WgradPatchRows {
     }
   }
 };
+// The same tiles where Ci is not a multiple of 16 bytes (kQuads, conv1's 3 channels): the columns
+// run over (ky, kx, c < Cp = Ci rounded up to 4), and each copy is 4 channels of one tap, loaded
+// element by element into registers (zero past Ci and outside the image) and stored by deposit()
+// after the next products. Thread tid takes position row tid / Q of each step and the quads
+// tid % Q + Q j of it (Q = kThreads / BK threads a row), so that one walk along the positions
+// serves all its copies.
+template <class T, class C, class L>
+struct WgradPatchQuads {
+  using Tc = typename C::Tc;
+  static constexpr int Q = kThreads / C::BK, R = C::BN / 4 / Q > 0 ? C::BN / 4 / Q : 1;
+  int64_t coff[R];         // offset in x of quad j's first element from the position's input pixel
+  int ih0[R], iw0[R], nc[R];  // its tap's row/column offsets (ky - ph, kx - pw); channels inside x
+  int64_t po;              // offset in x of this thread's position's input pixel (oh sh, ow sw)
+  int left, oh, ow;        // positions of the split from this one on; conv row/column
+  Tc quad[R][4];
+  Tc* pend_s;
+  uint32_t d0;             // offset of quad 0 in the tile
+  const T* x_;
+  int64_t step_o, row_o, img_o;  // as WgradPatchRows'
+  int H_, W_, Hc_, Wc_, sh_, sw_;
+  __device__ void operator()(Tc* s) {
+    static_assert(C::kMma && kThreads % C::BK == 0 && C::BN == 4 * Q * R, "whole rows of quads (tensor cores)");
+    const int ohs = oh * sh_, ows = ow * sw_;
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const int ih = ohs + ih0[j], iw = ows + iw0[j];
+      const bool ok = (left > 0) & (uint32_t(ih) < uint32_t(H_)) & (uint32_t(iw) < uint32_t(W_));
+      const T* p = x_ + (po + coff[j]);  // read only when ok
+#pragma unroll
+      for (int c = 0; c < 4; ++c) quad[j][c] = ok && c < nc[j] ? p[c] : Tc(to_c<C>(typename C::acc(0)));
+    }
+    pend_s = s;
+    left -= C::BK, po += step_o;
+    for (ow += C::BK; ow >= Wc_;) {  // BK positions on: the next conv row(s), image(s)
+      ow -= Wc_, po += row_o;
+      if (++oh == Hc_) oh = 0, po += img_o;
+    }
+  }
+  __device__ void deposit() const {
+    struct alignas(4 * sizeof(Tc)) Quad { Tc e[4]; };
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      Quad q;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) q.e[c] = quad[j][c];
+      *reinterpret_cast<Quad*>(pend_s + d0 + 4 * Q * j) = q;
+    }
+  }
+};
 
 // Partial weight gradients: part[s] (Co x K, k = (ky kw + kx) Ci + ci) = sum over conv positions
 // [s p_chunk, (s + 1) p_chunk) of unpooled gradient (Co) x input patch (K). Block: 128 output
@@ -858,7 +1000,7 @@ struct WgradPatchRows {
 // (Lay's kKMajor: a row per conv position) and filled by cp.async through 3 stages. With one, its
 // 16-byte loads go through registers and are stored down a column (k = position contiguous): lanes
 // take consecutive positions, so that their 2- or 4-byte stores fall in distinct banks.
-template <typename T, bool kTF32, int kSrc, bool kVecX>
+template <typename T, bool kTF32, int kSrc, int kVecX>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxpool_wgrad_kernel_impl(
     const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
     const T* __restrict__ x, typename Cfg<T, kTF32>::acc* __restrict__ part, Shape g, int64_t p_chunk) {
@@ -866,18 +1008,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   using Tc = typename C::Tc;
   using acc_t = typename C::acc;
   using L = WgradLay<C, kSrc, kVecX>;
-  constexpr bool kKM = L::kKMajor;
+  constexpr bool kKM = L::kKMajor, kQ = kVecX == kQuads;
   PYA_DYNAMIC_SHARED(unsigned char, smem);  // L::kBytes, set by launch_gemm
   __shared__ int cky[C::BN], ckx[C::BN], cci[C::BN];  // per tile column k: (ky, kx, ci), ci -1 past K
   Tc* stages = reinterpret_cast<Tc*>(smem);
   acc_t* sC = reinterpret_cast<acc_t*>(smem);
   const int tid = threadIdx.x;
-  const int64_t K = g.kh * g.kw * g.Ci, HWc = g.Hc * g.Wc, P = g.N * HWc;
+  const int64_t Cp = kQ ? (g.Ci + 3) / 4 * 4 : g.Ci;  // K's channels a tap (wgrad_channels)
+  const int64_t K = g.kh * g.kw * Cp, HWc = g.Hc * g.Wc, P = g.N * HWc;
   const int64_t k0c = int64_t(blockIdx.x) * C::BN, co0 = int64_t(blockIdx.y) * kBM;
   const int64_t pbeg = int64_t(blockIdx.z) * p_chunk, pend = pbeg + p_chunk < P ? pbeg + p_chunk : P;
   if (tid < C::BN) {
-    const int64_t k = k0c + tid, q = k / g.Ci;
-    cci[tid] = k < K ? int(k - q * g.Ci) : -1, cky[tid] = int(q / g.kw), ckx[tid] = int(q % g.kw);
+    const int64_t k = k0c + tid, q = k / Cp;
+    cci[tid] = k < K ? int(k - q * Cp) : -1, cky[tid] = int(q / g.kw), ckx[tid] = int(q % g.kw);
   }
   __syncthreads();
   // Both loaders give thread tid the same position column kk = tid % BK of each step: (image, conv
@@ -893,6 +1036,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   };
   WgradDconvRows<C, L> ka{};
   WgradPatchRows<T, C, L> kb{};
+  WgradPatchQuads<T, C, L> kq{};
   if constexpr (kKM) {
     using PA = WgradDconvRows<C, L>;
     ka.step_ = int64_t(C::BK) * g.Co;
@@ -903,20 +1047,39 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
       ka.left[j] = int(pend - pos), ka.co_ok[j] = co < g.Co && e < C::BK * PA::NV;
       ka.p[j] = dconv + (ka.co_ok[j] ? pos * g.Co + co : 0);
     }
-    using PB = WgradPatchRows<T, C, L>;
-    kb.x_ = x;
-    kb.H_ = int(g.H), kb.W_ = int(g.W), kb.Hc_ = int(g.Hc), kb.Wc_ = int(g.Wc), kb.sh_ = int(g.sh), kb.sw_ = int(g.sw);
-    kb.step_o = C::BK * g.sw * g.Ci;                        // ow + BK
-    kb.row_o = (g.sh * g.W - g.Wc * g.sw) * g.Ci;           // ow - Wc, oh + 1
-    kb.img_o = (g.H * g.W - g.Hc * g.sh * g.W) * g.Ci;      // oh - Hc, n + 1
+    const int64_t step_o = C::BK * g.sw * g.Ci;                 // ow + BK
+    const int64_t row_o = (g.sh * g.W - g.Wc * g.sw) * g.Ci;      // ow - Wc, oh + 1
+    const int64_t img_o = (g.H * g.W - g.Hc * g.sh * g.W) * g.Ci;  // oh - Hc, n + 1
+    if constexpr (kQ) {
+      using PB = WgradPatchQuads<T, C, L>;
+      kq.x_ = x;
+      kq.H_ = int(g.H), kq.W_ = int(g.W), kq.Hc_ = int(g.Hc), kq.Wc_ = int(g.Wc), kq.sh_ = int(g.sh), kq.sw_ = int(g.sw);
+      kq.step_o = step_o, kq.row_o = row_o, kq.img_o = img_o;
+      const int64_t pos = pbeg + tid / PB::Q, n = pos / HWc;
+      kq.oh = int((pos % HWc) / g.Wc), kq.ow = int(pos % g.Wc), kq.left = int(pend - pos);
+      kq.po = ((n * g.H + int64_t(kq.oh) * g.sh) * g.W + int64_t(kq.ow) * g.sw) * g.Ci;
+      kq.d0 = mma::kept(uint32_t((tid / PB::Q) * L::LDB + (tid % PB::Q) * 4));
 #pragma unroll
-    for (int j = 0; j < PB::R; ++j) {
-      const int e = tid + j * kThreads, c = e < C::BK * PB::NV ? (e % PB::NV) * PB::V : 0;
-      const int64_t pos = pbeg + e / PB::NV, n = pos / HWc;
-      const int oh = int((pos % HWc) / g.Wc), ow = int(pos % g.Wc);
-      kb.left[j] = cci[c] >= 0 ? int(pend - pos) : -(1 << 30), kb.oh[j] = oh, kb.ow[j] = ow;
-      kb.ih0[j] = cky[c] - int(g.ph), kb.iw0[j] = ckx[c] - int(g.pw);
-      kb.xo[j] = ((n * g.H + kb.ih0[j] + int64_t(oh) * g.sh) * g.W + kb.iw0[j] + int64_t(ow) * g.sw) * g.Ci + cci[c];
+      for (int j = 0; j < PB::R; ++j) {
+        const int c = 4 * (tid % PB::Q + PB::Q * j);  // the quad's first column
+        kq.ih0[j] = cky[c] - int(g.ph), kq.iw0[j] = ckx[c] - int(g.pw);
+        kq.nc[j] = cci[c] >= 0 ? int(g.Ci) - cci[c] : 0;  // none past K
+        kq.coff[j] = (int64_t(kq.ih0[j]) * g.W + kq.iw0[j]) * g.Ci + (cci[c] >= 0 ? cci[c] : 0);
+      }
+    } else {
+      using PB = WgradPatchRows<T, C, L>;
+      kb.x_ = x;
+      kb.H_ = int(g.H), kb.W_ = int(g.W), kb.Hc_ = int(g.Hc), kb.Wc_ = int(g.Wc), kb.sh_ = int(g.sh), kb.sw_ = int(g.sw);
+      kb.step_o = step_o, kb.row_o = row_o, kb.img_o = img_o;
+#pragma unroll
+      for (int j = 0; j < PB::R; ++j) {
+        const int e = tid + j * kThreads, c = e < C::BK * PB::NV ? (e % PB::NV) * PB::V : 0;
+        const int64_t pos = pbeg + e / PB::NV, n = pos / HWc;
+        const int oh = int((pos % HWc) / g.Wc), ow = int(pos % g.Wc);
+        kb.left[j] = cci[c] >= 0 ? int(pend - pos) : -(1 << 30), kb.oh[j] = oh, kb.ow[j] = ow;
+        kb.ih0[j] = cky[c] - int(g.ph), kb.iw0[j] = ckx[c] - int(g.pw);
+        kb.xo[j] = ((n * g.H + kb.ih0[j] + int64_t(oh) * g.sh) * g.W + kb.iw0[j] + int64_t(ow) * g.sw) * g.Ci + cci[c];
+      }
     }
   }
   auto load_a = [&](Tc* s, int64_t k0) {  // A[co][p]: the unpooled gradient
@@ -946,14 +1109,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
     }
   };
   auto load_b = [&](Tc* s, int64_t k0) {  // B[k][p]: the input patch of position p
-    if constexpr (kKM) {  // row r of the tile = BN columns k of position k0 + r: 16-byte copies
-      kb(s);
+    if constexpr (kKM) {  // row r of the tile = BN columns k of position k0 + r
+      if constexpr (kQ) kq(s);
+      else kb(s);
       return;
     }
     const Pos ps = position(k0);
     const int kk = tid % C::BK;
     const int ih0 = int(input_start(ps.r, g.sh, g.ph)), iw0 = int(input_start(ps.c, g.sw, g.pw));
-    if constexpr (kVecX) {  // V consecutive columns k share (ky, kx): one 16-byte load of x each
+    if constexpr (kVecX == kVectors) {  // V consecutive columns k share (ky, kx): one 16-byte load of x each
       constexpr int V = 16 / int(sizeof(T));
 #pragma unroll 1
       for (int v = tid / C::BK; v < C::BN / V; v += kThreads / C::BK) {
@@ -975,10 +1139,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
       }
     }
   };
-  Accum<C, L> acc;
+  Accum<C, L, kKM ? kRoundB : kRoundNone> acc;  // k-major: raw x in B
   acc.init();
   const int64_t left = g.Co - co0;
-  block_gemm<C, L>(acc, stages, pbeg, pend, int(left < kBM ? left : kBM), load_a, load_b);
+  block_gemm<C, L>(acc, stages, pbeg, pend, int(left < kBM ? left : kBM), load_a, load_b, [&] {
+    if constexpr (kQ) kq.deposit();
+  });
   acc.store(sC);
   __syncthreads();
   acc_t* dst = part + int64_t(blockIdx.z) * g.Co * K;
@@ -1012,20 +1178,22 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_bias_grad_kernel_i
   if (grp == 0 && co < g.Co) part[int64_t(blockIdx.y) * g.Co + co] = red[0][j] + red[1][j] + red[2][j] + red[3][j];
 }
 
-// out[i] = sum over s of part[s][src(i)], s ascending. weight_layout: i runs over Co x Ci x kh x kw
-// and src(i) is its column (ky kw + kx) Ci + ci of the Co x K partials; else src(i) = i.
+// out[i] = sum over s of part[s][src(i)] (part[s] at s stride), s ascending. cp > 0: i runs over
+// Co x Ci x kh x kw and src(i) is its column (ky kw + kx) cp + ci of the Co x kh kw cp partials
+// (cp: wgrad_channels); cp = 0: src(i) = i.
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_reduce_kernel_impl(
-    const acc_t* __restrict__ part, int64_t splits, int64_t count, T* __restrict__ out, Shape g, bool weight_layout) {
+    const acc_t* __restrict__ part, int64_t splits, int64_t stride, int64_t count, T* __restrict__ out, Shape g,
+    int64_t cp) {
   const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= count) return;
   int64_t src = i;
-  if (weight_layout) {
+  if (cp > 0) {  // the weight layout from part's Co x (ky, kx, ci < cp)
     const int64_t kx = i % g.kw, ky = (i / g.kw) % g.kh, ci = (i / (g.kw * g.kh)) % g.Ci, co = i / (g.kw * g.kh * g.Ci);
-    src = co * (g.kh * g.kw * g.Ci) + (ky * g.kw + kx) * g.Ci + ci;
+    src = co * (g.kh * g.kw * cp) + (ky * g.kw + kx) * cp + ci;
   }
   acc_t s = acc_t(0);
-  for (int64_t sp = 0; sp < splits; ++sp) s += part[sp * count + src];
+  for (int64_t sp = 0; sp < splits; ++sp) s += part[sp * stride + src];
   out[i] = from_acc<T>(s);
 }
 
@@ -1035,6 +1203,23 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_reduce_kernel_impl
 namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The weight gradient's patch gathers (as the forward's Gather): kVectors (16-byte copies, Ci a
+// multiple of 16 bytes), else on the tensor cores with the un-pooled gradient by 16-byte copies
+// (version 2, Co a multiple of 16 bytes) kQuads, else kElements.
+template <class C>
+Gather wgrad_gather(const BackwardArgs& a) {
+  const Shape& g = a.g;
+  if (g.Ci % (16 / int64_t(sizeof(typename C::Tc))) == 0) return kVectors;
+  const bool vec_a = a.version >= 2 && g.Co % (16 / int64_t(sizeof(typename C::Tc))) == 0;
+  return C::kMma && vec_a ? kQuads : kElements;
+}
+// Channels a tap along the weight gradient's GEMM columns (its partial sums' K): kQuads rounds Ci
+// up to 4 (the kernel's Cp), the others keep Ci.
+template <class C>
+int64_t wgrad_channels(const BackwardArgs& a) {
+  return wgrad_gather<C>(a) == kQuads ? (a.g.Ci + 3) / 4 * 4 : a.g.Ci;
+}
 
 // How the backward splits its reductions over blocks (a pure function of the arguments, so that
 // the workspace size and the launches agree).
@@ -1048,7 +1233,7 @@ Splits backward_splits(const BackwardArgs& a) {
   const Shape& g = a.g;
   const int64_t target = 2 * int64_t(a.sm_count > 0 ? a.sm_count : 1);
   Splits s{};
-  const int64_t K = g.kh * g.kw * g.Ci, P = g.N * g.Hc * g.Wc, steps = ceil_div(P, C::BK);
+  const int64_t K = g.kh * g.kw * wgrad_channels<C>(a), P = g.N * g.Hc * g.Wc, steps = ceil_div(P, C::BK);
   const int64_t tiles = ceil_div(K, C::BN) * ceil_div(g.Co, kBM);
   const int64_t cap = (int64_t(256) << 20) / (g.Co * K * int64_t(sizeof(typename C::acc)));  // <= 256 MiB
   int64_t n = ceil_div(target, tiles);
@@ -1077,7 +1262,7 @@ struct Workspace {
 template <class C>
 Workspace workspace_of(const BackwardArgs& a, const Splits& s) {
   const Shape& g = a.g;
-  const int64_t K = g.kh * g.kw * g.Ci, acc = sizeof(typename C::acc);
+  const int64_t K = g.kh * g.kw * wgrad_channels<C>(a), acc = sizeof(typename C::acc);
   const int64_t w = a.dw ? s.w_splits * g.Co * K * acc : 0, b = a.db ? s.b_splits * g.Co * acc : 0;
   const int64_t d = a.version >= 2 && (a.dx || a.dw) ? g.N * g.Hc * g.Wc * g.Co * int64_t(sizeof(typename C::Tc)) : 0;
   Workspace ws{0, ceil_div(w, 16) * 16, 0, 0};
@@ -1108,16 +1293,18 @@ cudaError_t forward(const ForwardArgs& a, cudaStream_t stream) {
   const auto* bias = static_cast<const typename C::acc*>(a.bias);
   auto* out = static_cast<T*>(a.out);
   auto* code = static_cast<uint8_t*>(a.code);
-  const bool vec = g.Ci % C::BK == 0;
-  const bool async_copy = a.version >= 2;
-  if (async_copy && vec)
-    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, true>>(grid, GemmLay<C, true>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
-  else if (async_copy)
-    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, true>>(grid, GemmLay<C, true>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
-  else if (vec)
-    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, true, false>>(grid, GemmLay<C, false>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
-  else
-    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, false, false>>(grid, GemmLay<C, false>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
+  auto launch = [&](auto gather, auto async_copy) {
+    constexpr int G = decltype(gather)::value;
+    constexpr bool A = decltype(async_copy)::value;
+    launch_gemm<conv_relu_maxpool_forward_kernel_impl<T, kTF32, G, A>>(grid, GemmLay<C, A>::kBytes, stream, x, w, a.Kp, bias, out, code, g, t);
+  };
+  using Async = std::true_type;
+  using Sync = std::false_type;
+  using Vec = std::integral_constant<int, kVectors>;
+  using Other = std::integral_constant<int, C::kMma ? kQuads : kElements>;
+  const bool v2 = a.version >= 2;
+  if (gather_of<C>(g.Ci) == kVectors) v2 ? launch(Vec{}, Async{}) : launch(Vec{}, Sync{});
+  else v2 ? launch(Other{}, Async{}) : launch(Other{}, Sync{});
   return cudaGetLastError();
 }
 
@@ -1156,23 +1343,30 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
     PYA_LAUNCH(grid_of(ceil_div(g.Co, 64), s.b_splits), kThreads, 0, stream,
                conv_relu_maxpool_bias_grad_kernel_impl<T, acc_t>)(gy, code, bpart, g, s.b_rows);
     PYA_LAUNCH(grid_of(ceil_div(g.Co, kThreads), 1), kThreads, 0, stream, conv_relu_maxpool_reduce_kernel_impl<T, acc_t>)(
-        bpart, s.b_splits, g.Co, static_cast<T*>(a.db), g, false);
+        bpart, s.b_splits, g.Co, g.Co, static_cast<T*>(a.db), g, int64_t(0));
   }
   if (a.dw) {
-    const dim3 grid = grid_of(ceil_div(K, C::BN), ceil_div(g.Co, kBM), s.w_splits);
-    const bool vec_a = g.Co % (16 / int64_t(sizeof(Tc))) == 0, vec_x = g.Ci % (16 / int64_t(sizeof(T))) == 0;
-    if (!v2)
-      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kFused, false>>(grid, WgradLay<C, kFused, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
-    else if (vec_a && vec_x)
-      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, true>>(grid, WgradLay<C, kDconvVec, true>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
-    else if (vec_a)
-      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconvVec, false>>(grid, WgradLay<C, kDconvVec, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
-    else if (vec_x)
-      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, true>>(grid, WgradLay<C, kDconv, true>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
-    else
-      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, kDconv, false>>(grid, WgradLay<C, kDconv, false>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
+    const int64_t cw = wgrad_channels<C>(a), Kw = g.kh * g.kw * cw;  // the partial sums' columns
+    const dim3 grid = grid_of(ceil_div(Kw, C::BN), ceil_div(g.Co, kBM), s.w_splits);
+    auto launch = [&](auto src, auto gather) {
+      constexpr int S = decltype(src)::value, G = decltype(gather)::value;
+      launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, S, G>>(grid, WgradLay<C, S, G>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
+    };
+    using Fused = std::integral_constant<int, kFused>;
+    using Elems = std::integral_constant<int, kDconv>;
+    using Vec = std::integral_constant<int, kDconvVec>;
+    using XElems = std::integral_constant<int, kElements>;
+    using XVec = std::integral_constant<int, kVectors>;
+    using XQuads = std::integral_constant<int, C::kMma ? kQuads : kElements>;
+    const bool vec_a = g.Co % (16 / int64_t(sizeof(Tc))) == 0;
+    const Gather gx = wgrad_gather<C>(a);
+    if (!v2) launch(Fused{}, XElems{});
+    else if (vec_a && gx == kVectors) launch(Vec{}, XVec{});
+    else if (vec_a) launch(Vec{}, XQuads{});  // gx: kQuads on the tensor cores, else kElements
+    else if (gx == kVectors) launch(Elems{}, XVec{});
+    else launch(Elems{}, XElems{});
     PYA_LAUNCH(grid_of(ceil_div(g.Co * K, kThreads), 1), kThreads, 0, stream, conv_relu_maxpool_reduce_kernel_impl<T, acc_t>)(
-        wpart, s.w_splits, g.Co * K, static_cast<T*>(a.dw), g, true);
+        wpart, s.w_splits, g.Co * Kw, g.Co * K, static_cast<T*>(a.dw), g, cw);
   }
   if (a.dx) {
     const dim3 grid = grid_of(ceil_div(g.N * g.H * g.W, kBM), ceil_div(g.Ci, C::BN));
@@ -1221,6 +1415,18 @@ int64_t conv_relu_maxpool_backward_workspace_bytes(const BackwardArgs& a) {
     using C = decltype(c);
     return workspace_of<C>(a, backward_splits<C>(a)).total;
   });
+}
+
+cudaError_t launch_conv_relu_maxpool_round_tf32(float* w, int64_t n, cudaStream_t stream) {
+  if (n > 0) {
+    const int64_t blocks = ceil_div(n, kThreads);
+    PYA_LAUNCH(grid_of(blocks < 4096 ? blocks : 4096, 1), kThreads, 0, stream, conv_relu_maxpool_round_tf32_kernel_impl)(w, n);
+  }
+  return cudaGetLastError();
+}
+
+int64_t conv_relu_maxpool_packed_channels(DType dtype, bool tf32, int64_t Ci) {
+  return dispatch(dtype, tf32, [&](auto c, auto*) { return packed_channels<decltype(c)>(Ci); });
 }
 
 int64_t conv_relu_maxpool_k_multiple(DType dtype, bool tf32) {

@@ -30,7 +30,9 @@ struct ForwardArgs {
   int version;        // 2: cp.async operand copies, 3 stages; 1: the first version (loads + stores, 2)
   Shape g;
   const void* x;      // N x H x W x Ci, dtype
-  const void* w;      // Co x Kp, compute type; column k = (ky kw + kx) Ci + ci, zero past K = kh kw Ci
+  const void* w;      // Co x Kp, compute type; column k = (ky kw + kx) Cp + ci, zero for ci >= Ci and
+                      // past K = kh kw Cp, Cp = conv_relu_maxpool_packed_channels(dtype, tf32, Ci);
+                      // tf32: rounded (launch_conv_relu_maxpool_round_tf32)
   int64_t Kp;         // K rounded up to a multiple of 64 bytes of the compute type
   const void* bias;   // Co (acc) or nullptr
   void* out;          // N x Hp x Wp x Co, dtype
@@ -47,7 +49,8 @@ struct BackwardArgs {
   const void* gy;      // N x Hp x Wp x Co, dtype
   const void* code;    // N x Hp x Wcode x Co, uint8
   const void* x;       // N x H x W x Ci, dtype
-  const void* wt;      // Ci x Kdp, compute type; column k = (ky kw + kx) Co + co, zero past kh kw Co
+  const void* wt;      // Ci x Kdp, compute type; column k = (ky kw + kx) Co + co, zero past kh kw Co;
+                       // tf32: rounded (launch_conv_relu_maxpool_round_tf32)
   int64_t Kdp;
   void* dx;            // N x H x W x Ci, dtype; nullptr: not asked
   void* dw;            // Co x Ci x kh x kw, dtype; nullptr: not asked
@@ -60,6 +63,12 @@ cudaError_t launch_conv_relu_maxpool_backward(const BackwardArgs& a, cudaStream_
 // Bytes of workspace the backward needs (the weight and bias gradients' partial sums; version 2:
 // also the un-pooled gradient, N Hc Wc Co elements of the compute type).
 int64_t conv_relu_maxpool_backward_workspace_bytes(const BackwardArgs& a);
+// float32 weights packed for TF32 (ForwardArgs::w, BackwardArgs::wt with tf32) rounded to TF32 in
+// place, as the kernels expect them: the tensor cores' loops do not round them.
+cudaError_t launch_conv_relu_maxpool_round_tf32(float* w, int64_t n, cudaStream_t stream);
+// Channels per kernel tap in the packed forward weights: Ci, or more (zero) where the tensor cores
+// gather x by 4 channels (Ci not a multiple of 16 bytes).
+int64_t conv_relu_maxpool_packed_channels(DType dtype, bool tf32, int64_t Ci);
 // Rounding of K for the packed weights: a multiple of this many elements of the compute type.
 int64_t conv_relu_maxpool_k_multiple(DType dtype, bool tf32);
 

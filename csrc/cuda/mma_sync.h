@@ -23,6 +23,17 @@ __device__ __forceinline__ saddr shared_addr(const void* p) {
   return static_cast<saddr>(__cvta_generic_to_shared(p));
 }
 
+// v, held in a register from here on: ptxas cannot recompute it from what it was computed of (it
+// rematerialises such addresses inside main loops, 20 instructions a K step, rather than keep them).
+__device__ __forceinline__ uint32_t kept(uint32_t v) {
+  asm volatile("mov.b32 %0, %0;\n" : "+r"(v));
+  return v;
+}
+__device__ __forceinline__ int64_t kept(int64_t v) {
+  asm volatile("mov.b64 %0, %0;\n" : "+l"(v));
+  return v;
+}
+
 template <int N, bool kTrans>
 __device__ __forceinline__ void ldmatrix(uint32_t (&r)[N], saddr a) {
   static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
@@ -73,6 +84,9 @@ __device__ __forceinline__ uint32_t lds32(saddr a) {
 using saddr = pya_emu::shared_addr;
 
 inline saddr shared_addr(const void* p) { return reinterpret_cast<saddr>(p); }
+
+template <class V>
+inline V kept(V v) { return v; }
 
 template <int N, bool kTrans>
 inline void ldmatrix(uint32_t (&r)[N], saddr a, PYA_EMU_HERE) { pya_emu::ldmatrix<N, kTrans>(r, a, loc); }

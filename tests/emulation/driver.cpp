@@ -16,7 +16,8 @@
 // crm keys: dtype=f32|f16|bf16|f64 tf32=0|1 N Ci H W Co kh kw sh sw ph pw pkh pkw psh psw bias=0|1
 // need=<3 chars of 0|1: dx, dw, db> sm_count schedule, version=1|2 (the kernels' first version or
 // the second; default 2). Inputs in DIR (NHWC, as the CUDA wrapper makes them): x.bin, w.bin
-// (Co x Kp, compute type), bias.bin (acc), wt.bin (Ci x Kdp, compute type), gy.bin. Outputs:
+// (Co x kh x kw x Ci, compute type: the driver packs it as the CUDA wrapper does), bias.bin (acc),
+// wt.bin (Ci x Kdp, compute type), gy.bin. Outputs:
 // DIR/<schedule>_{out,code,dx,dw,db}.bin.
 #include "cuda/emulation.h"
 #include "cuda/softmax_cross_entropy_kernels.h"
@@ -130,6 +131,23 @@ int run_xent(const std::string& dir, std::map<std::string, std::string>& kv) {
   return 0;
 }
 
+// w (Co x kh x kw x Ci, compute type, cs bytes an element) as the forward's packed weights: each
+// tap's channels zero-padded to the kernels' Cp, rows zero-padded to the K multiple.
+std::string pack_forward_weights(const std::string& w, const pyalexnet::crm::Shape& g, pyalexnet::crm::DType dtype,
+                            bool tf32, size_t cs) {
+  namespace crm = pyalexnet::crm;
+  const int64_t cp = crm::conv_relu_maxpool_packed_channels(dtype, tf32, g.Ci), km = crm::conv_relu_maxpool_k_multiple(dtype, tf32);
+  const int64_t taps = g.kh * g.kw, kp = (taps * cp + km - 1) / km * km;
+  if (w.size() != size_t(g.Co * taps * g.Ci) * cs)
+    throw std::runtime_error("w.bin: " + std::to_string(w.size()) + " bytes, expected Co x kh x kw x Ci elements");
+  std::string out(size_t(g.Co * kp) * cs, '\0');
+  for (int64_t co = 0; co < g.Co; ++co)
+    for (int64_t t = 0; t < taps; ++t)
+      std::memcpy(out.data() + size_t(co * kp + t * cp) * cs, w.data() + size_t((co * taps + t) * g.Ci) * cs,
+                  size_t(g.Ci) * cs);
+  return out;
+}
+
 int run_crm(const std::string& dir, std::map<std::string, std::string>& kv) {
   namespace crm = pyalexnet::crm;
   auto i64 = [&](const char* k) { return std::stoll(kv.at(k)); };
@@ -152,12 +170,19 @@ int run_crm(const std::string& dir, std::map<std::string, std::string>& kv) {
   const std::string need = kv.at("need");
   const std::string x_in = read_file(dir + "/x.bin"), w_in = read_file(dir + "/w.bin"), wt_in = read_file(dir + "/wt.bin");
   const std::string b_in = has_bias ? read_file(dir + "/bias.bin") : std::string(), gy_in = read_file(dir + "/gy.bin");
-  Buffer x(x_in.size(), 0, &x_in), w(w_in.size(), 0, &w_in), wt(wt_in.size(), 0, &wt_in), gy(gy_in.size(), 0, &gy_in);
+  Buffer x(x_in.size(), 0, &x_in), wt(wt_in.size(), 0, &wt_in), gy(gy_in.size(), 0, &gy_in);
   Buffer bias(b_in.size(), 0, has_bias ? &b_in : nullptr);
   const size_t nout = size_t(g.N * g.Hp * g.Wp * g.Co), ncode = size_t(g.N * g.Hp * wcode * g.Co);
   Buffer out(nout * es, 0), code(ncode, 0);
   crm::ForwardArgs f{};
-  f.dtype = dtype, f.tf32 = tf32, f.version = version, f.g = g, f.x = x.p, f.w = w.p, f.Kp = int64_t(w_in.size() / cs) / g.Co;
+  const std::string w_packed = pack_forward_weights(w_in, g, dtype, tf32, cs);
+  Buffer wp(w_packed.size(), 0, &w_packed);
+  if (tf32) {  // as the CUDA wrapper: packed float32 weights rounded to TF32 by the kernels' own launch
+    if (crm::launch_conv_relu_maxpool_round_tf32(static_cast<float*>(static_cast<void*>(wp.p)), int64_t(wp.bytes / 4), nullptr) != cudaSuccess ||
+        crm::launch_conv_relu_maxpool_round_tf32(static_cast<float*>(static_cast<void*>(wt.p)), int64_t(wt.bytes / 4), nullptr) != cudaSuccess)
+      return 4;
+  }
+  f.dtype = dtype, f.tf32 = tf32, f.version = version, f.g = g, f.x = x.p, f.w = wp.p, f.Kp = int64_t(wp.bytes / cs) / g.Co;
   f.bias = has_bias ? bias.p : nullptr, f.out = out.p, f.code = code.p;
   if (crm::launch_conv_relu_maxpool_forward(f, nullptr) != cudaSuccess) return 4;
   Buffer dx(need[0] == '1' ? x_in.size() : 0, 0), dw(need[1] == '1' ? size_t(g.Co * g.Ci * g.kh * g.kw) * es : 0, 0);
