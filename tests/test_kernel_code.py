@@ -20,9 +20,10 @@ if str(REPO_ROOT) not in sys.path:  # the bench package; appended, so pyalexnet 
 from bench import kernel_report  # noqa: E402
 
 GEMM = re.compile(r"conv_relu_maxpool_(forward|dgrad|wgrad)_kernel_impl<(bf16|f16|f32,1),")
-# variants per pass and arithmetic (bf16, f16, TF32): forward 4 (16-byte or element gathers, version
-# 1 or 2), dgrad 4 (version 1; dconv by elements, by 16-byte copies, by 16-byte copies at stride 1),
-# wgrad 5
+# variants per pass and arithmetic (bf16, f16, TF32): forward 4 (16-byte or 4-channel gathers,
+# version 1 or 2), dgrad 4 (version 1; dconv by elements, by 16-byte copies, by 16-byte copies at
+# stride 1), wgrad 5 (version 1; dconv by elements with element or 16-byte patches; k-major tiles
+# with 16-byte or 4-channel patches)
 VARIANTS = {"forward": 4, "dgrad": 4, "wgrad": 5}
 
 
