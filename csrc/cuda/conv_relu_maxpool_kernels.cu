@@ -255,8 +255,9 @@ template <class C, class L, int kRound> struct Accum<C, L, kRound, true> {
       b[2 * i][0] = r[0], b[2 * i][1] = r[1], b[2 * i + 1][0] = r[2], b[2 * i + 1][1] = r[3];
     }
   }
-  // Whether this warp's rows hold any of the tile's mvalid valid rows (warp-uniform).
-  __device__ bool active(int mvalid) const { return wm * 32 < mvalid; }
+  // Whether this warp's rows and columns hold any of the tile's mvalid valid rows and nvalid valid
+  // columns (warp-uniform): a warp wholly outside them issues no products (nor their ldmatrix).
+  __device__ bool active(int mvalid, int nvalid) const { return wm * 32 < mvalid && wn * WN < nvalid; }
   // The products of one K step, from the tiles at shared addresses a0 and b0, if the warp is active.
   __device__ void step(mma::saddr a0, mma::saddr b0, uint32_t active) {
     if (!active) return;
@@ -338,13 +339,14 @@ template <class C, class L, int kRound> struct Accum<C, L, kRound, false> {
 // empty one, so that wait<S - 2> always means "step i has landed".
 // S = 2 with storing loaders: the first version (the loads of step i + 1 stall each thread before its
 // products of step i). S = 3 with cp.async: two steps in flight, nothing in registers.
+// mvalid x nvalid: the tile's valid rows and columns (tensor cores: warps outside them idle).
 // deposit() runs after each load that loaded a step, after the products of the step before it: a
 // loader that gathers through registers (the forward's kQuads) stores there what it loaded, so that
 // the products of step i hide its loads' latency; the stage it writes was last read in step i - 1,
 // before this step's barrier.
 template <class C, class L, int R, class LoadA, class LoadB, class Deposit>
 __device__ void block_gemm(Accum<C, L, R>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
-                           const LoadA& load_a, const LoadB& load_b, const Deposit& deposit) {
+                           int nvalid, const LoadA& load_a, const LoadB& load_b, const Deposit& deposit) {
   constexpr int S = L::kStages;
   auto a_of = [&](int st) { return stages + st * L::kStage; };
   auto b_of = [&](int st) { return stages + st * L::kStage + L::kASize; };
@@ -357,7 +359,7 @@ __device__ void block_gemm(Accum<C, L, R>& acc, typename C::Tc* stages, int64_t 
   const auto s0 = C::kMma ? mma::kept(mma::shared_addr(stages)) : mma::saddr{};
   constexpr uint32_t kStageB = L::kStage * sizeof(typename C::Tc), kAB = L::kASize * sizeof(typename C::Tc);
   uint32_t active = 1;
-  if constexpr (C::kMma) active = mma::kept(uint32_t(acc.active(mvalid)));
+  if constexpr (C::kMma) active = mma::kept(uint32_t(acc.active(mvalid, nvalid)));
   auto next = [](int st) { return st + 1 == S ? 0 : st + 1; };
   auto load = [&](int i) {  // step i into stage i % S, if there is a step i
     if (i < steps) {
@@ -385,8 +387,8 @@ __device__ void block_gemm(Accum<C, L, R>& acc, typename C::Tc* stages, int64_t 
 }
 template <class C, class L, int R, class LoadA, class LoadB>
 __device__ void block_gemm(Accum<C, L, R>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
-                           const LoadA& load_a, const LoadB& load_b) {
-  block_gemm<C, L, R>(acc, stages, kbeg, kend, mvalid, load_a, load_b, [] {});
+                           int nvalid, const LoadA& load_a, const LoadB& load_b) {
+  block_gemm<C, L, R>(acc, stages, kbeg, kend, mvalid, nvalid, load_a, load_b, [] {});
 }
 
 // B tiles from rows [row0, row0 + BN) of a packed row-major matrix (row pitch ld, a multiple of BK),
@@ -398,13 +400,14 @@ struct RowLoader {
   using Tc = typename C::Tc;
   static constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V, kTrips = (C::BN * NV + kThreads - 1) / kThreads;
   const Tc* p[kTrips];
-  bool ok[kTrips];
+  uint32_t ok[kTrips];  // the row exists (loads and stores: held, not recomputed a step)
   uint32_t d0;  // the first vector's offset in the tile (kept: not recomputed a step)
   __device__ RowLoader(const Tc* __restrict__ src, int64_t ld, int64_t row0, int64_t nrows) {
 #pragma unroll
     for (int j = 0; j < kTrips; ++j) {
       const int e = int(threadIdx.x) + j * kThreads, n = e / NV, v = e % NV;
       ok[j] = e < C::BN * NV && row0 + n < nrows;
+      if constexpr (!kAsync) ok[j] = mma::kept(ok[j]);
       p[j] = src + (ok[j] ? (row0 + n) * ld + v * V : 0);
     }
     d0 = mma::kept(uint32_t((threadIdx.x / NV) * L::LDB + (threadIdx.x % NV) * V));
@@ -638,7 +641,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
     auto load_b = [&](Tc* s, int64_t) { rows_b(s); };
     Accum<C, L, kGather == kQuads || (kRegRows && kAsync) ? kRoundA : kRoundNone> acc;  // raw x in A
     acc.init();
-    block_gemm<C, L>(acc, stages, 0, Kp, mvalid, load_a, load_b, deposit);
+    const int nvalid = int(g.Co - co0 < C::BN ? g.Co - co0 : C::BN);
+    block_gemm<C, L>(acc, stages, 0, Kp, mvalid, nvalid, load_a, load_b, deposit);
     acc.store(sC);
     __syncthreads();
 
@@ -883,7 +887,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   Accum<C, L> acc;  // both operands arrive rounded: dconv and the packed weights
   acc.init();
   const int64_t left = total - pix0;
-  block_gemm<C, L>(acc, stages, 0, Kdp, int(left < kBM ? left : kBM), load_a, load_b);
+  const int64_t cols = g.Ci - ci0;
+  block_gemm<C, L>(acc, stages, 0, Kdp, int(left < kBM ? left : kBM), int(cols < C::BN ? cols : C::BN), load_a, load_b);
   acc.store(sC);
   __syncthreads();
   for (int e = tid; e < kBM * C::BN; e += kThreads) {
@@ -1142,7 +1147,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   Accum<C, L, kKM ? kRoundB : kRoundNone> acc;  // k-major: raw x in B
   acc.init();
   const int64_t left = g.Co - co0;
-  block_gemm<C, L>(acc, stages, pbeg, pend, int(left < kBM ? left : kBM), load_a, load_b, [&] {
+  const int64_t cols = K - k0c;
+  block_gemm<C, L>(acc, stages, pbeg, pend, int(left < kBM ? left : kBM), int(cols < C::BN ? cols : C::BN), load_a,
+                   load_b, [&] {
     if constexpr (kQ) kq.deposit();
   });
   acc.store(sC);
