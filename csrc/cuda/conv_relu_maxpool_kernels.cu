@@ -115,9 +115,11 @@ template <class C> constexpr Gather gather_of(int64_t Ci) {
   if constexpr (C::kMma) return Ci % (16 / int64_t(sizeof(typename C::Tc))) == 0 ? kVectors : kQuads;
   else return Ci % C::BK == 0 ? kVectors : kElements;
 }
-// Channels per kernel tap (ky, kx) in the packed forward weights: Ci, or with kQuads Ci rounded up to 4.
+// The channels a tap of the 4-channel gathers spans (kQuads: forward and wgrad): Ci rounded up to 4.
+constexpr int64_t quad_channels(int64_t Ci) { return (Ci + 3) / 4 * 4; }
+// Channels per kernel tap (ky, kx) in the packed forward weights: Ci, or with kQuads quad_channels.
 template <class C> constexpr int64_t packed_channels(int64_t Ci) {
-  return gather_of<C>(Ci) == kQuads ? (Ci + 3) / 4 * 4 : Ci;
+  return gather_of<C>(Ci) == kQuads ? quad_channels(Ci) : Ci;
 }
 
 // Blocks per SM the GEMM kernels' registers must allow: 2 for FMA (128 registers a thread); 1 for
@@ -174,6 +176,15 @@ template <class C> __device__ __forceinline__ void put16(typename C::Tc* dst, ui
   } else {
     *reinterpret_cast<uint4*>(dst) = v;
   }
+}
+
+// V elements held in registers, stored to shared memory as one V-element vector (the 4-channel
+// gathers' deposit).
+template <int V, class Tc> __device__ __forceinline__ void store_vec(Tc* dst, const Tc (&v)[V]) {
+  struct alignas(V * sizeof(Tc)) Vec { Tc e[V]; } q;
+#pragma unroll
+  for (int e = 0; e < V; ++e) q.e[e] = v[e];
+  *reinterpret_cast<Vec*>(dst) = q;
 }
 
 // The block's 128 x BN result. Tensor cores: warp w owns the 32 x BN/2 sub-tile at rows 32 (w % 4),
@@ -627,14 +638,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
     };
     auto deposit = [&] {
       if constexpr (kGather == kQuads) {
-        struct alignas(VE * sizeof(Tc)) Quad { Tc e[VE]; };
 #pragma unroll
-        for (int j = 0; j < RPT; ++j) {
-          Quad q;
-#pragma unroll
-          for (int e = 0; e < VE; ++e) q.e[e] = quad[j][e];
-          *reinterpret_cast<Quad*>(pend_s + a_d0 + j * (kThreads / NV) * L::LDA) = q;
-        }
+        for (int j = 0; j < RPT; ++j) store_vec(pend_s + a_d0 + j * (kThreads / NV) * L::LDA, quad[j]);
       }
     };
     RowLoader<C, L, kAsync> rows_b(w, Kp, co0, g.Co);
@@ -985,14 +990,8 @@ struct WgradPatchQuads {
     }
   }
   __device__ void deposit() const {
-    struct alignas(4 * sizeof(Tc)) Quad { Tc e[4]; };
 #pragma unroll
-    for (int j = 0; j < R; ++j) {
-      Quad q;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) q.e[c] = quad[j][c];
-      *reinterpret_cast<Quad*>(pend_s + d0 + 4 * Q * j) = q;
-    }
+    for (int j = 0; j < R; ++j) store_vec(pend_s + d0 + 4 * Q * j, quad[j]);
   }
 };
 
@@ -1019,7 +1018,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   Tc* stages = reinterpret_cast<Tc*>(smem);
   acc_t* sC = reinterpret_cast<acc_t*>(smem);
   const int tid = threadIdx.x;
-  const int64_t Cp = kQ ? (g.Ci + 3) / 4 * 4 : g.Ci;  // K's channels a tap (wgrad_channels)
+  const int64_t Cp = kQ ? quad_channels(g.Ci) : g.Ci;  // K's channels a tap (wgrad_channels)
   const int64_t K = g.kh * g.kw * Cp, HWc = g.Hc * g.Wc, P = g.N * HWc;
   const int64_t k0c = int64_t(blockIdx.x) * C::BN, co0 = int64_t(blockIdx.y) * kBM;
   const int64_t pbeg = int64_t(blockIdx.z) * p_chunk, pend = pbeg + p_chunk < P ? pbeg + p_chunk : P;
@@ -1225,7 +1224,7 @@ Gather wgrad_gather(const BackwardArgs& a) {
 // up to 4 (the kernel's Cp), the others keep Ci.
 template <class C>
 int64_t wgrad_channels(const BackwardArgs& a) {
-  return wgrad_gather<C>(a) == kQuads ? (a.g.Ci + 3) / 4 * 4 : a.g.Ci;
+  return wgrad_gather<C>(a) == kQuads ? quad_channels(a.g.Ci) : a.g.Ci;
 }
 
 // How the backward splits its reductions over blocks (a pure function of the arguments, so that
