@@ -43,7 +43,9 @@ COUNTS = {  # column -> SASS opcode pattern
 LOOP_COUNTS = {"HMMA": r"\bHMMA\.", "LDSM": r"\bLDSM\b", "LD": r"\bLD(?:\.|\s)", "LDS": r"\bLDS(?:\.\w+)*\s",
                "LDGSTS": r"\bLDGSTS\b", "BAR": r"\bBAR\."}
 _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
-_BACK_BRANCH = re.compile(r"\bBRA(?:\.\w+)*\s+0x([0-9a-f]+)")
+# a branch and its target; the target may follow a predicate operand ("@!P3 BRA P4, 0x2460": taken
+# when both hold), as ptxas writes the back edge of a loop whose exit test joins two conditions
+_BACK_BRANCH = re.compile(r"\bBRA(?:\.\w+)*\s+(?:!?P[0-7T],\s*)?0x([0-9a-f]+)")
 
 
 def main_loop(sass_function: str) -> dict | None:

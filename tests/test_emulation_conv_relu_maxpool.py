@@ -30,9 +30,6 @@ from pyalexnet.ops import conv_relu_maxpool
 
 FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
 CODE = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
-# Elements of the compute type per K step (64 bytes): the data gradient's packed weights' rows are
-# padded to it.
-K_MULTIPLE = {torch.float32: 16, torch.float16: 32, torch.bfloat16: 32, torch.float64: 8}
 # (dtype, tf32): every arithmetic of the kernels
 MODES = [(torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, False),
          (torch.float64, False)]
@@ -76,14 +73,6 @@ def case_modes(names, quick_modes=()):
                          else []) for n in names for m, i in zip(MODES, MODE_IDS)]
 
 
-def _pack(m: torch.Tensor, rows: int, dtype) -> torch.Tensor:
-    """rows x cols, columns zero-padded to a multiple of the K step (as the CUDA wrapper packs)."""
-    m = m.reshape(rows, -1)
-    km = K_MULTIPLE[dtype]
-    pad = (-m.shape[1]) % km
-    return torch.nn.functional.pad(m, (0, pad)).to(dtype)
-
-
 def emulate(c: Cfg, x, w, b, gy, tmp: Path, tf32: bool = False, need: str = "111", sm_count: int = 3,
             version: int = 2) -> dict:
     """The kernels' out, code, dx, dw, db (NCHW, as the op returns them) for both schedules, after
@@ -94,7 +83,6 @@ def emulate(c: Cfg, x, w, b, gy, tmp: Path, tf32: bool = False, need: str = "111
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     (tmp / "x.bin").write_bytes(harness.to_bytes(x.permute(0, 2, 3, 1)))
     (tmp / "w.bin").write_bytes(harness.to_bytes(w.permute(0, 2, 3, 1).to(dtype)))  # the driver packs it
-    (tmp / "wt.bin").write_bytes(harness.to_bytes(_pack(w.permute(1, 2, 3, 0), c.Ci, dtype)))
     (tmp / "gy.bin").write_bytes(harness.to_bytes(gy.permute(0, 2, 3, 1)))
     if b is not None:
         (tmp / "bias.bin").write_bytes(harness.to_bytes(b.to(acc)))

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -53,10 +54,12 @@ int kernels_version() {
 }
 
 // The kernels index image rows, columns and GEMM K (kh kw Ci forward, kh kw Co for the data
-// gradient) in 32-bit arithmetic; offsets into tensors stay 64-bit.
+// gradient) in 32-bit arithmetic; offsets into tensors stay 64-bit. The packed K's channels are
+// rounded up per tap (Ci to 4, Co to the K step of at most 32 elements), K to the K step.
 void check_32bit_sizes(const Geometry& g) {
-  const int64_t lim = (int64_t(1) << 31) - 1024;  // room for K's padding to the K step
-  TORCH_CHECK(g.K() < lim && g.kh * g.kw * g.Co < lim && g.H + 2 * g.ph < lim && g.W + 2 * g.pw < lim,
+  const int64_t lim = (int64_t(1) << 31) - 1024, taps = g.kh * g.kw;
+  const int64_t kf = taps * ((g.Ci + 3) / 4 * 4), kd = taps * ((g.Co + 31) / 32 * 32);
+  TORCH_CHECK(kf < lim && kd < lim && g.H + 2 * g.ph < lim && g.W + 2 * g.pw < lim,
               "conv_relu_maxpool (CUDA): kernel height x width x channels and the padded image size must be "
               "below 2^31, got kh kw Ci = ", g.K(), ", kh kw Co = ", g.kh * g.kw * g.Co, ", padded H x W = ",
               g.H + 2 * g.ph, " x ", g.W + 2 * g.pw);
@@ -82,13 +85,29 @@ at::Tensor pack(const at::Tensor& m, int64_t rows, int64_t cols, int64_t multipl
   return t;
 }
 
+// m (rows x kh x kw x c, a permuted weight) packed as rows x (ky, kx, channel < cp): each tap's c
+// channels zero-padded to cp, then as pack.
+at::Tensor pack_taps(at::Tensor m, int64_t cp, int64_t multiple, at::ScalarType dtype) {
+  const int64_t rows = m.size(0), taps = m.size(1) * m.size(2), c = m.size(3);
+  if (cp != c) m = at::constant_pad_nd(m, {0, cp - c}, 0);
+  return pack(m, rows, taps * cp, multiple, dtype);
+}
+
 // The packed float32 weights rounded to TF32 on the device, as the kernels expect them with `tf32`;
 // a copy where pack gave back the weight itself (rows already padded, nothing converted).
 at::Tensor rounded_tf32(at::Tensor w, const at::Tensor& weight) {
   if (w.is_alias_of(weight)) w = w.clone();
-  C10_CUDA_CHECK(launch_conv_relu_maxpool_round_tf32(w.mutable_data_ptr<float>(), w.numel(),
-                                                     c10::cuda::getCurrentCUDAStream()));
+  float* p = w.mutable_data_ptr<float>();
+  C10_CUDA_CHECK(launch_conv_relu_maxpool_round_tf32(p, p, w.numel(), c10::cuda::getCurrentCUDAStream()));
   return w;
+}
+
+// x rounded to TF32 into a new tensor (the weight gradient's operand with tf32).
+at::Tensor rounded_tf32_copy(const at::Tensor& x) {
+  at::Tensor r = at::empty_like(x, x.options().memory_format(kCL));
+  C10_CUDA_CHECK(launch_conv_relu_maxpool_round_tf32(x.const_data_ptr<float>(), r.mutable_data_ptr<float>(), x.numel(),
+                                                     c10::cuda::getCurrentCUDAStream()));
+  return r;
 }
 
 Shape shape_of(const Geometry& g) {
@@ -123,9 +142,7 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cuda(
     // Co x (ky, kx, ci): the forward GEMM's B operand, one row per output channel, its channels
     // zero-padded to the kernels' Cp.
     const int64_t cp = conv_relu_maxpool_packed_channels(kernel_dtype(dt), tf32, g.Ci);
-    at::Tensor wp = weight.permute({0, 2, 3, 1});
-    if (cp != g.Ci) wp = at::constant_pad_nd(wp, {0, cp - g.Ci}, 0);
-    at::Tensor w = pack(wp, g.Co, g.kh * g.kw * cp, km, ct);
+    at::Tensor w = pack_taps(weight.permute({0, 2, 3, 1}), cp, km, ct);
     if (tf32) w = rounded_tf32(w, weight);
     const at::Tensor b = bias.has_value() ? bias->to(acc_type(dt)).contiguous() : at::Tensor();
     ForwardArgs a{};
@@ -160,13 +177,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cuda(
   const bool tf32 = use_tf32(dt);
   const at::Tensor gy = nhwc(grad_out, dt);
   const at::Tensor cc = code.contiguous(kCL);
-  const at::Tensor xc = need_w ? nhwc(x, dt) : at::Tensor();
+  // x for the weight gradient; with TF32 a rounded copy, so that its K steps need not round it
+  const at::Tensor xc = need_w ? (tf32 ? rounded_tf32_copy(nhwc(x, dt)) : nhwc(x, dt)) : at::Tensor();
   const int64_t km = conv_relu_maxpool_k_multiple(kernel_dtype(dt), tf32);
-  // Ci x (ky, kx, co): the data gradient's B operand, one row per input channel.
-  at::Tensor wt = need_x ? pack(weight.permute({1, 2, 3, 0}), g.Ci, g.kh * g.kw * g.Co, km, dt) : at::Tensor();
-  if (need_x && tf32) wt = rounded_tf32(wt, weight);
+  const int version = kernels_version();
+  // Ci x (ky, kx, co): the data gradient's B operand, one row per input channel, its channels
+  // zero-padded to the kernels' Cd.
+  at::Tensor wt;
+  if (need_x) {
+    const int64_t cd = conv_relu_maxpool_dgrad_channels(kernel_dtype(dt), tf32, version, g.Co);
+    wt = pack_taps(weight.permute({1, 2, 3, 0}), cd, km, dt);
+    if (tf32) wt = rounded_tf32(wt, weight);
+  }
   BackwardArgs a{};
-  a.dtype = kernel_dtype(dt), a.tf32 = tf32, a.version = kernels_version(), a.g = shape_of(g);
+  a.dtype = kernel_dtype(dt), a.tf32 = tf32, a.version = version, a.g = shape_of(g);
   a.sm_count = sm_count(x.device());
   a.gy = gy.const_data_ptr(), a.code = cc.const_data_ptr();
   a.x = need_w ? xc.const_data_ptr() : nullptr;

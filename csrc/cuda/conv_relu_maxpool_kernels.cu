@@ -121,6 +121,14 @@ constexpr int64_t quad_channels(int64_t Ci) { return (Ci + 3) / 4 * 4; }
 template <class C> constexpr int64_t packed_channels(int64_t Ci) {
   return gather_of<C>(Ci) == kQuads ? quad_channels(Ci) : Ci;
 }
+// Channels of version 2's un-pooled gradient dconv (N x Hc x Wc x Cd): Co rounded up to the K step,
+// zero past Co, so that both backward GEMMs copy it by 16-byte vectors whatever Co, a dgrad K step
+// being one tap's BK channels (its packed weights wt carry the same zero channels). Version 1
+// un-pools inside its loaders, over Co.
+template <class C> constexpr int64_t dconv_channels(int64_t Co) { return (Co + C::BK - 1) / C::BK * C::BK; }
+template <class C> constexpr int64_t dgrad_channels(int version, int64_t Co) {
+  return version >= 2 ? dconv_channels<C>(Co) : Co;
+}
 
 // Blocks per SM the GEMM kernels' registers must allow: 2 for FMA (128 registers a thread); 1 for
 // the tensor cores, whose 128 x 128 tile holds 64 float accumulators a thread (at a cap of 128
@@ -193,10 +201,11 @@ template <int V, class Tc> __device__ __forceinline__ void store_vec(Tc* dst, co
 // whose rows all lie past the tile's valid rows skips its products. k-major tiles (kKMajor) are read
 // with ldmatrix.trans; TF32 ones, whose 32-bit elements ldmatrix cannot transpose, by 32-bit LDS.
 // FMA: thread t owns rows t / NT + MT i and columns t % NT + NT j.
-// kRound (TF32): the operands whose tiles hold raw floats (cp.async copies and register gathers of
-// the input), rounded on the fragments. The others arrive rounded: the packed weights
-// (launch_conv_relu_maxpool_round_tf32), dconv (written rounded), tiles stored through to_c / put16.
-enum Round : int { kRoundNone = 0, kRoundA = 1, kRoundB = 2 };
+// kRound (TF32): kRoundA where A's tiles hold raw floats (the forward's cp.async copies and register
+// gathers of x), rounded on the fragments. The others arrive rounded: the packed weights and the
+// weight gradient's x (launch_conv_relu_maxpool_round_tf32), dconv (written rounded), tiles stored
+// through to_c / put16.
+enum Round : int { kRoundNone = 0, kRoundA = 1 };
 template <class C, class L, int kRound = kRoundNone, bool kMma = C::kMma> struct Accum;
 
 template <class C, class L, int kRound> struct Accum<C, L, kRound, true> {
@@ -282,12 +291,6 @@ template <class C, class L, int kRound> struct Accum<C, L, kRound, true> {
 #pragma unroll
           for (int r = 0; r < 4; ++r) a[i][r] = rounded(a[i][r]);
       }
-      if constexpr (kTf32 && (kRound & kRoundB)) {
-#pragma unroll
-        for (int j = 0; j < NJ; ++j)
-#pragma unroll
-          for (int r = 0; r < 2; ++r) b[j][r] = rounded(b[j][r]);
-      }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -355,7 +358,7 @@ template <class C, class L, int kRound> struct Accum<C, L, kRound, false> {
 // loader that gathers through registers (the forward's kQuads) stores there what it loaded, so that
 // the products of step i hide its loads' latency; the stage it writes was last read in step i - 1,
 // before this step's barrier.
-template <class C, class L, int R, class LoadA, class LoadB, class Deposit>
+template <class C, class L, bool kUnroll = true, int R, class LoadA, class LoadB, class Deposit>
 __device__ void block_gemm(Accum<C, L, R>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
                            int nvalid, const LoadA& load_a, const LoadB& load_b, const Deposit& deposit) {
   constexpr int S = L::kStages;
@@ -365,41 +368,48 @@ __device__ void block_gemm(Accum<C, L, R>& acc, typename C::Tc* stages, int64_t 
   // Fewer than 2^31 steps: K < 2^31 (the wrapper checks), a wgrad split < 2^30 positions
   // (backward_splits); kbeg and kend may pass 2^31 (wgrad's positions).
   const int steps = int((kend - kbeg + C::BK - 1) / C::BK);
-  int wr = 0, rd = 0;  // the stages of the next load (step i % S) and of the next product
   // Tensor cores: the stages' shared addresses, converted once (not in every step).
   const auto s0 = C::kMma ? mma::kept(mma::shared_addr(stages)) : mma::saddr{};
   constexpr uint32_t kStageB = L::kStage * sizeof(typename C::Tc), kAB = L::kASize * sizeof(typename C::Tc);
   uint32_t active = 1;
   if constexpr (C::kMma) active = mma::kept(uint32_t(acc.active(mvalid, nvalid)));
-  auto next = [](int st) { return st + 1 == S ? 0 : st + 1; };
-  auto load = [&](int i) {  // step i into stage i % S, if there is a step i
+  auto load = [&](int i, int st) {  // step i into stage st = i % S, if there is a step i
     if (i < steps) {
-      load_a(a_of(wr), kbeg + int64_t(i) * C::BK);
-      load_b(b_of(wr), kbeg + int64_t(i) * C::BK);
+      load_a(a_of(st), kbeg + int64_t(i) * C::BK);
+      load_b(b_of(st), kbeg + int64_t(i) * C::BK);
     }
     async::commit();
-    wr = next(wr);
   };
   for (int i = 0; i < S - 1; ++i) {
-    load(i);
+    load(i, i);
     if (i < steps) deposit();
   }
-  for (int i = 0; i < steps; ++i) {
+  // Step i, its operands in stage rd = i % S; the loads of step i + S - 1 go into the stage step
+  // i - 1 used. Whether there is a step i + 1.
+  auto step = [&](int i, int rd) {
     async::wait<S - 2>();  // this thread's copies of step i have landed
     __syncthreads();       // everyone's have; and everyone is done with step i - 1's stage
-    load(i + S - 1);
+    load(i + S - 1, rd == 0 ? S - 1 : rd - 1);
     if constexpr (C::kMma) acc.step(s0 + rd * kStageB, s0 + rd * kStageB + kAB, active);
     else acc.step(a_of(rd), b_of(rd), mvalid);
     if (i + S - 1 < steps) deposit();
-    rd = next(rd);
+    return i + 1 < steps;
+  };
+  if constexpr (kUnroll) {  // the ring unrolled: every stage offset a constant
+    for (int i0 = 0;; i0 += S)
+      if (![&]<int... J>(std::integer_sequence<int, J...>) { return (... && step(i0 + J, J)); }(
+              std::make_integer_sequence<int, S>{}))
+        break;
+  } else {  // the ring rolled (smaller code where the unrolled loop ran short of predicate registers)
+    for (int i = 0, rd = 0; step(i, rd); ++i) rd = rd + 1 == S ? 0 : rd + 1;
   }
   async::wait<0>();
   __syncthreads();  // the caller reuses the stages
 }
-template <class C, class L, int R, class LoadA, class LoadB>
+template <class C, class L, bool kUnroll = true, int R, class LoadA, class LoadB>
 __device__ void block_gemm(Accum<C, L, R>& acc, typename C::Tc* stages, int64_t kbeg, int64_t kend, int mvalid,
                            int nvalid, const LoadA& load_a, const LoadB& load_b) {
-  block_gemm<C, L, R>(acc, stages, kbeg, kend, mvalid, nvalid, load_a, load_b, [] {});
+  block_gemm<C, L, kUnroll>(acc, stages, kbeg, kend, mvalid, nvalid, load_a, load_b, [] {});
 }
 
 // B tiles from rows [row0, row0 + BN) of a packed row-major matrix (row pitch ld, a multiple of BK),
@@ -647,7 +657,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
     Accum<C, L, kGather == kQuads || (kRegRows && kAsync) ? kRoundA : kRoundNone> acc;  // raw x in A
     acc.init();
     const int nvalid = int(g.Co - co0 < C::BN ? g.Co - co0 : C::BN);
-    block_gemm<C, L>(acc, stages, 0, Kp, mvalid, nvalid, load_a, load_b, deposit);
+    // The ring unrolled but for 16-bit 4-channel gathers, where ptxas then keeps the gathers'
+    // predicates in registers (P2R): 278 instructions a step against 209 rolled (sm_90).
+    constexpr bool kUnrollRing = kGather != kQuads || sizeof(Tc) == 4;
+    block_gemm<C, L, kUnrollRing>(acc, stages, 0, Kp, mvalid, nvalid, load_a, load_b, deposit);
     acc.store(sC);
     __syncthreads();
 
@@ -704,18 +717,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   }
 }
 
-// Packed float32 weights rounded to TF32 in place (nearest, ties away: as the fragments round), once
-// a call, so that the tensor cores' K steps need not round them.
-__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_round_tf32_kernel_impl(float* __restrict__ w, int64_t n) {
+// dst = src rounded to TF32 (nearest, ties away: as the fragments round; in place where dst is src):
+// the packed float32 weights and the weight gradient's copy of x, once a call, so that the tensor
+// cores' K steps need not round them.
+__global__ void __launch_bounds__(kThreads) conv_relu_maxpool_round_tf32_kernel_impl(const float* src, float* dst, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += int64_t(gridDim.x) * kThreads)
-    w[i] = tf32_round(w[i]);
+    dst[i] = tf32_round(src[i]);
 }
 
 // ------------------------------------------------------------------------------------------------
 // Backward
 // ------------------------------------------------------------------------------------------------
-// The un-pooled gradient, materialised (version 2): dconv (N x Hc x Wc x Co, compute type) at each
-// conv output = the sum of the pooled gradients whose window's saved maximum sits there, rounded to
+// The un-pooled gradient, materialised (version 2): dconv (N x Hc x Wc x Cd, compute type, zero
+// past Co: dconv_channels) at each conv output = the sum of the pooled gradients whose window's saved maximum sits there, rounded to
 // the compute type exactly as the version-1 GEMM loaders round it. gy: N x Hp x Wp x Co; code:
 // N x Hp x Wcode x Co. Computed once per conv output, where version 1 recomputes it in every
 // (ky, kx) of the data gradient and every column tile of the weight gradient.
@@ -724,10 +738,11 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_unpool_kernel_impl
     const T* __restrict__ gy, const uint8_t* __restrict__ code, typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
     Shape g) {
   using C = Cfg<T, kTF32>;
-  const int64_t total = g.N * g.Hc * g.Wc * g.Co;
+  using acc_t = typename C::acc;
+  const int64_t Cd = dconv_channels<C>(g.Co), total = g.N * g.Hc * g.Wc * Cd;
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
-    const int64_t co = i % g.Co, pos = i / g.Co, c = pos % g.Wc, nr = pos / g.Wc;
-    dconv[i] = to_c<C>(unpooled_at<typename C::acc>(g, gy, code, nr / g.Hc, nr % g.Hc, c, co));
+    const int64_t co = i % Cd, pos = i / Cd, c = pos % g.Wc, nr = pos / g.Wc;
+    dconv[i] = to_c<C>(co < g.Co ? unpooled_at<acc_t>(g, gy, code, nr / g.Hc, nr % g.Hc, c, co) : acc_t(0));
   }
 }
 
@@ -746,7 +761,7 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_unpool_vec_kernel_
   struct alignas(V) Codes { uint8_t b[V]; };
   struct alignas(16) Vals { T e[V]; };
   struct alignas(16) Outs { Tc e[V]; };
-  const int64_t CV = g.Co / V, total = g.N * g.Hc * g.Wc * CV;
+  const int64_t CV = dconv_channels<C>(g.Co) / V, total = g.N * g.Hc * g.Wc * CV;  // vectors past Co: zeros
   const bool bits = is_bitmask(g.pkh, g.pkw);
   const int64_t wcode = code_width(g.Wp, g.pkh, g.pkw);
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
@@ -754,7 +769,8 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_unpool_vec_kernel_
     acc_t sum[V];
 #pragma unroll
     for (int e = 0; e < V; ++e) sum[e] = acc_t(0);
-    if (bits) {
+    if (co >= g.Co) {  // a vector of dconv's zero channels
+    } else if (bits) {
       const int64_t p = r / g.psh, q = c / g.psw;
       if (r % g.psh == 0 && c % g.psw == 0 && p < g.Hp && q < g.Wp) {
         const Codes cb = *reinterpret_cast<const Codes*>(code + ((n * g.Hp + p) * wcode + (q >> 3)) * g.Co + co);
@@ -781,15 +797,15 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_unpool_vec_kernel_
     Outs o;
 #pragma unroll
     for (int e = 0; e < V; ++e) o.e[e] = to_c<C>(sum[e]);
-    *reinterpret_cast<Outs*>(dconv + pos * g.Co + co) = o;
+    *reinterpret_cast<Outs*>(dconv + pos * CV * V + co) = o;
   }
 }
 
 // Where the A operands of the backward GEMMs come from: kFused, un-pooled inside the loader (version
-// 1); kDconv, elements of the materialised dconv; kDconvVec, 16-byte cp.async copies of it (the
-// channel count a multiple of the K step); kDconvVecUnit, the same for dgrad at stride 1, each
-// thread's rows in registers and (ky, kx, co) walked a step at a time.
-enum Src : int { kFused, kDconv, kDconvVec, kDconvVecUnit };
+// 1); kDconvVec, 16-byte cp.async copies of the materialised dconv (version 2, its Cd channels a
+// multiple of the K step); kDconvVecUnit, the same for dgrad at stride 1, each thread's rows in
+// registers and (ky, kx, co) walked a step at a time.
+enum Src : int { kFused, kDconvVec, kDconvVecUnit };
 
 // wgrad's layout, for the kernel and its launch: k-major tiles through 3 stages when both operands
 // come by 16-byte vectors along the channels (the un-pooled gradient as kDconvVec, the patches as
@@ -797,9 +813,57 @@ enum Src : int { kFused, kDconv, kDconvVec, kDconvVecUnit };
 template <class C, int kSrc, int kGatherX>
 using WgradLay = Lay<C, kSrc == kDconvVec && kGatherX != kElements ? 3 : 2, kSrc == kDconvVec && kGatherX != kElements>;
 
-// dx (N x H x W x Ci) = unpooled gradient (rows: input pixels; K = (ky, kx, co)) . wt^T.
-// gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co (kFused), or dconv: N x Hc x Wc x Co (compute type);
-// wt: Ci x Kdp (Tc). Block: 128 consecutive input pixels x BN input channels. kAsync: the weight rows
+// dgrad's A tiles at stride > 1 (kDconvVec), one K step (BK channels of one tap) after another
+// (block_gemm loads the steps in order): thread tid copies vector tid % NV of the tile rows tid / NV
+// + (kThreads / NV) j. Each row holds the conv output its input pixel meets at the current tap as
+// quotient and remainder of (rih - ky, riw - kx) by the stride, stepped by one at a tap change (no
+// division), and from them whether that output exists and its offset in dconv.
+template <class C, class L>
+struct DgradStridedRows {
+  using Tc = typename C::Tc;
+  static constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V, R = kBM * NV / kThreads;
+  static_assert(kBM * NV % kThreads == 0 && kThreads % NV == 0, "whole rows of vectors per thread");
+  int64_t base[R], off[R];  // dconv offset of the row's image (and vector); of its conv output at this tap
+  int qh[R], rh[R], qw[R], rw[R], qw0[R], rw0[R];  // quotients and remainders; the columns' at kx = 0
+  bool ok[R];
+  int co = 0, kx = 0;  // the next step's first channel and kernel column
+  const Tc* d_;
+  int Cd_, kw_, sh_, sw_, Hc_, Wc_;
+  __device__ void retap() {
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      ok[j] = (rh[j] | rw[j]) == 0 && uint32_t(qh[j]) < uint32_t(Hc_) && uint32_t(qw[j]) < uint32_t(Wc_);
+      off[j] = base[j] + (int64_t(qh[j]) * Wc_ + qw[j]) * Cd_;
+    }
+  }
+  __device__ void operator()(Tc* s) {
+    const int tid = int(threadIdx.x);
+#pragma unroll
+    for (int j = 0; j < R; ++j)  // not read when !ok (a zero-fill copy)
+      async::copy16<true>(s + (tid / NV + (kThreads / NV) * j) * L::LDA + (tid % NV) * V, d_ + (off[j] + co), ok[j]);
+    if ((co += C::BK) < Cd_) return;
+    co = 0;
+    const bool next_ky = ++kx == kw_;  // rih - ky one down, riw - kx back to kx = 0
+    if (next_ky) kx = 0;
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      if (next_ky) {
+        qw[j] = qw0[j], rw[j] = rw0[j];
+        if (rh[j] == 0) rh[j] = sh_ - 1, --qh[j];
+        else --rh[j];
+      } else if (rw[j] == 0) {
+        rw[j] = sw_ - 1, --qw[j];
+      } else {
+        --rw[j];
+      }
+    }
+    retap();
+  }
+};
+
+// dx (N x H x W x Ci) = unpooled gradient (rows: input pixels; K = (ky, kx, co < Cd)) . wt^T.
+// gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co (kFused, Cd = Co), or dconv: N x Hc x Wc x Cd
+// (compute type, Cd = dgrad_channels); wt: Ci x Kdp (Tc), zero for co >= Co. Block: 128 consecutive input pixels x BN input channels. kAsync: the weight rows
 // (and with kDconvVec/kDconvVecUnit the gradient) by cp.async through 3 stages.
 template <typename T, bool kTF32, bool kAsync, int kSrc>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxpool_dgrad_kernel_impl(
@@ -816,7 +880,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   acc_t* sC = reinterpret_cast<acc_t*>(smem);
   const int tid = threadIdx.x;
   const int64_t pix0 = int64_t(blockIdx.x) * kBM, ci0 = int64_t(blockIdx.y) * C::BN, HW = g.H * g.W;
-  const int64_t total = g.N * HW, K = g.kh * g.kw * g.Co;
+  const int64_t Cd = kSrc == kFused ? g.Co : dconv_channels<C>(g.Co);
+  const int64_t total = g.N * HW, K = g.kh * g.kw * Cd;
   if (tid < kBM) {
     const int64_t pix = pix0 + tid;
     rn[tid] = pix < total ? pix / HW : -1;
@@ -826,14 +891,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   // Conv output (pr, pc) = (rr / sh, cc / sw) of image rn[m] feeds input pixel row m at (ky, kx) if
   // it exists. 32-bit arithmetic, and no division at all for stride 1 (every AlexNet layer whose
   // input needs a gradient).
-  const int sh = int(g.sh), sw = int(g.sw), Hc32 = int(g.Hc), Wc32 = int(g.Wc), Co32 = int(g.Co), kw32 = int(g.kw);
+  const int sh = int(g.sh), sw = int(g.sw), Hc32 = int(g.Hc), Wc32 = int(g.Wc), Cd32 = int(Cd), kw32 = int(g.kw);
   const bool unit = sh == 1 && sw == 1;
   auto feeds = [&](int m, int rr, int cc, int& pr, int& pc) {
     pr = unit ? rr : rr / sh, pc = unit ? cc : cc / sw;
     return rn[m] >= 0 && rr >= 0 && cc >= 0 && (unit || (pr * sh == rr && pc * sw == cc)) && pr < Hc32 && pc < Wc32;
   };
   // kDconvVecUnit: thread tid copies vector tid % NV of the rows tid / NV + (kThreads / NV) j: conv
-  // output (rih - ky, riw - kx) at offset roff - ((ky Wc + kx) Co - co0) of dconv.
+  // output (rih - ky, riw - kx) at offset roff - ((ky Wc + kx) Cd - co0) of dconv.
   constexpr int V = 16 / int(sizeof(Tc)), NV = C::BK / V, RPT = kSrc == kDconvVecUnit ? kBM * NV / kThreads : 1;
   int64_t roff[RPT];
   int rh[RPT], rw[RPT];  // far negative past the batch
@@ -844,11 +909,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
       const int m = tid / NV + (kThreads / NV) * j;
       const bool live = rn[m] >= 0;
       rh[j] = live ? rih[m] : -(1 << 30), rw[j] = live ? riw[m] : -(1 << 30);
-      roff[j] = live ? ((rn[m] * g.Hc + rih[m]) * g.Wc + riw[m]) * g.Co + (tid % NV) * V : 0;
+      roff[j] = live ? ((rn[m] * g.Hc + rih[m]) * g.Wc + riw[m]) * Cd + (tid % NV) * V : 0;
     }
   }
   int wky = 0, wkx = 0, wco = 0;  // kDconvVecUnit: the next step's (ky, kx, first channel)
-  int64_t koff = 0;               // and co0 - (ky Wc + kx) Co
+  int64_t koff = 0;               // and co0 - (ky Wc + kx) Cd
+  DgradStridedRows<C, L> strided;
+  if constexpr (kSrc == kDconvVec) {
+    using SR = DgradStridedRows<C, L>;
+    strided.d_ = dconv, strided.Cd_ = Cd32, strided.kw_ = kw32, strided.sh_ = sh, strided.sw_ = sw;
+    strided.Hc_ = Hc32, strided.Wc_ = Wc32;
+#pragma unroll
+    for (int j = 0; j < SR::R; ++j) {
+      const int m = tid / SR::NV + (kThreads / SR::NV) * j;
+      const bool live = rn[m] >= 0;
+      strided.qh[j] = live ? rih[m] / sh : -(1 << 30), strided.rh[j] = rih[m] % sh;
+      strided.qw0[j] = strided.qw[j] = riw[m] / sw, strided.rw0[j] = strided.rw[j] = riw[m] % sw;
+      strided.base[j] = live ? rn[m] * g.Hc * g.Wc * Cd + (tid % SR::NV) * SR::V : 0;
+    }
+    strided.retap();
+  }
   auto load_a = [&](Tc* s, int64_t k0) {
     if constexpr (kSrc == kDconvVecUnit) {
 #pragma unroll
@@ -858,32 +938,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
                             dconv + (roff[j] + koff), ok);  // not read when !ok (a zero-fill copy)
       }
       koff += C::BK;
-      if ((wco += C::BK) == Co32) {  // next kx: co0 back by Co, (ky Wc + kx) Co on by Co
-        wco = 0, koff -= 2 * g.Co;
-        if (++wkx == kw32) wkx = 0, ++wky, koff -= (g.Wc - g.kw) * g.Co;
+      if ((wco += C::BK) == Cd32) {  // next kx: co0 back by Cd, (ky Wc + kx) Cd on by Cd
+        wco = 0, koff -= 2 * Cd;
+        if (++wkx == kw32) wkx = 0, ++wky, koff -= (g.Wc - g.kw) * Cd;
       }
     } else if constexpr (kSrc == kDconvVec) {  // one (ky, kx) and BK consecutive channels: 16-byte copies
-      const auto [ky, kx, co0] = k_position(int(k0), Co32, kw32);
-#pragma unroll 1
-      for (int e = tid; e < kBM * NV; e += kThreads) {
-        const int m = e / NV, v = e % NV;
-        int pr, pc;
-        const bool ok = feeds(m, rih[m] - ky, riw[m] - kx, pr, pc);
-        const Tc* p = dconv + (ok ? ((rn[m] * g.Hc + pr) * g.Wc + pc) * g.Co + co0 + v * V : 0);
-        async::copy16<true>(s + m * L::LDA + v * V, p, ok);
-      }
-    } else {
+      strided(s);
+    } else {  // kFused
       const int kk = tid % C::BK;
       const int k = int(k0) + kk;
-      const auto [ky, kx, co] = k < K ? k_position(k, Co32, kw32) : KPos{0, 0, 0};
+      const auto [ky, kx, co] = k < K ? k_position(k, Cd32, kw32) : KPos{0, 0, 0};
       for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
         int pr, pc;
         const bool ok = feeds(m, rih[m] - ky, riw[m] - kx, pr, pc) && k < K;
-        if constexpr (kSrc == kFused) {
-          s[m * L::LDA + kk] = to_c<C>(ok ? unpooled_at<acc_t>(g, gy, code, rn[m], pr, pc, co) : acc_t(0));
-        } else {
-          s[m * L::LDA + kk] = ok ? dconv[((rn[m] * g.Hc + pr) * g.Wc + pc) * g.Co + co] : to_c<C>(acc_t(0));
-        }
+        s[m * L::LDA + kk] = to_c<C>(ok ? unpooled_at<acc_t>(g, gy, code, rn[m], pr, pc, co) : acc_t(0));
       }
     }
   };
@@ -910,17 +978,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
 template <class C, class L>
 struct WgradDconvRows {
   using Tc = typename C::Tc;
-  static constexpr int V = 16 / int(sizeof(Tc)), NV = kBM / V, R = (C::BK * NV + kThreads - 1) / kThreads;
+  static constexpr int V = 16 / int(sizeof(Tc)), NV = kBM / V, R = C::BK * NV / kThreads;
+  static_assert(C::BK * NV % kThreads == 0, "whole copies per thread");
   const Tc* p[R];
-  int left[R];  // positions of the split from this copy's on (a split holds < 2^30: backward_splits)
-  bool co_ok[R];
+  int left[R];    // positions of the split from this copy's on (a split holds < 2^30: backward_splits);
+                  // far negative for channels past Co (zero-fill copies)
+  uint32_t d[R];  // its offset in the tile
   int64_t step_;  // BK positions of dconv
   __device__ void operator()(Tc* s) {
 #pragma unroll
     for (int j = 0; j < R; ++j) {
-      const int e = int(threadIdx.x) + j * kThreads;
-      if (C::BK * NV % kThreads != 0 && e >= C::BK * NV) break;
-      async::copy16<false>(s + (e / NV) * L::LDA + (e % NV) * V, p[j], co_ok[j] && left[j] > 0);
+      async::copy16<false>(s + d[j], p[j], left[j] > 0);
       p[j] += step_, left[j] -= C::BK;
     }
   }
@@ -974,13 +1042,15 @@ struct WgradPatchQuads {
   __device__ void operator()(Tc* s) {
     static_assert(C::kMma && kThreads % C::BK == 0 && C::BN == 4 * Q * R, "whole rows of quads (tensor cores)");
     const int ohs = oh * sh_, ows = ow * sw_;
+    const T* xp = x_ + po;
 #pragma unroll
     for (int j = 0; j < R; ++j) {
       const int ih = ohs + ih0[j], iw = ows + iw0[j];
       const bool ok = (left > 0) & (uint32_t(ih) < uint32_t(H_)) & (uint32_t(iw) < uint32_t(W_));
-      const T* p = x_ + (po + coff[j]);  // read only when ok
+      const T* p = xp + coff[j];  // read only when ok
 #pragma unroll
-      for (int c = 0; c < 4; ++c) quad[j][c] = ok && c < nc[j] ? p[c] : Tc(to_c<C>(typename C::acc(0)));
+      for (int c = 0; c < 4; ++c)  // nc >= 1 inside K, 0 past it where ih0 keeps ok false
+        quad[j][c] = ok && (c == 0 || c < nc[j]) ? p[c] : Tc(to_c<C>(typename C::acc(0)));
     }
     pend_s = s;
     left -= C::BK, po += step_o;
@@ -998,8 +1068,8 @@ struct WgradPatchQuads {
 // Partial weight gradients: part[s] (Co x K, k = (ky kw + kx) Ci + ci) = sum over conv positions
 // [s p_chunk, (s + 1) p_chunk) of unpooled gradient (Co) x input patch (K). Block: 128 output
 // channels x BN columns of K x one split.
-// kSrc: kFused (un-pooled inside the loader, version 1), kDconv (elements of dconv) or kDconvVec
-// (16-byte loads of dconv along the channels, Co a multiple of 16 bytes of Tc); kVecX: the patches
+// kSrc: kFused (un-pooled inside the loader, version 1) or kDconvVec (16-byte loads of dconv along
+// its Cd channels); kVecX: the patches
 // by 16-byte loads along ci (Ci a multiple of 16 bytes of T). With both, the tiles are k-major
 // (Lay's kKMajor: a row per conv position) and filled by cp.async through 3 stages. With one, its
 // 16-byte loads go through registers and are stored down a column (k = position contiguous): lanes
@@ -1021,6 +1091,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   const int64_t Cp = kQ ? quad_channels(g.Ci) : g.Ci;  // K's channels a tap (wgrad_channels)
   const int64_t K = g.kh * g.kw * Cp, HWc = g.Hc * g.Wc, P = g.N * HWc;
   const int64_t k0c = int64_t(blockIdx.x) * C::BN, co0 = int64_t(blockIdx.y) * kBM;
+  const int64_t Cd = dconv_channels<C>(g.Co);  // dconv's channels (a multiple of 16 bytes)
   const int64_t pbeg = int64_t(blockIdx.z) * p_chunk, pend = pbeg + p_chunk < P ? pbeg + p_chunk : P;
   if (tid < C::BN) {
     const int64_t k = k0c + tid, q = k / Cp;
@@ -1043,13 +1114,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   WgradPatchQuads<T, C, L> kq{};
   if constexpr (kKM) {
     using PA = WgradDconvRows<C, L>;
-    ka.step_ = int64_t(C::BK) * g.Co;
+    ka.step_ = int64_t(C::BK) * Cd;
 #pragma unroll
     for (int j = 0; j < PA::R; ++j) {
       const int e = tid + j * kThreads;
       const int64_t co = co0 + (e % PA::NV) * PA::V, pos = pbeg + e / PA::NV;
-      ka.left[j] = int(pend - pos), ka.co_ok[j] = co < g.Co && e < C::BK * PA::NV;
-      ka.p[j] = dconv + (ka.co_ok[j] ? pos * g.Co + co : 0);
+      const bool in = co < g.Co;
+      ka.left[j] = in ? int(pend - pos) : -(1 << 30);
+      ka.p[j] = dconv + (in ? pos * Cd + co : 0);
+      ka.d[j] = mma::kept(uint32_t((e / PA::NV) * L::LDA + (e % PA::NV) * PA::V));
     }
     const int64_t step_o = C::BK * g.sw * g.Ci;                 // ow + BK
     const int64_t row_o = (g.sh * g.W - g.Wc * g.sw) * g.Ci;      // ow - Wc, oh + 1
@@ -1066,9 +1139,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
 #pragma unroll
       for (int j = 0; j < PB::R; ++j) {
         const int c = 4 * (tid % PB::Q + PB::Q * j);  // the quad's first column
-        kq.ih0[j] = cky[c] - int(g.ph), kq.iw0[j] = ckx[c] - int(g.pw);
-        kq.nc[j] = cci[c] >= 0 ? int(g.Ci) - cci[c] : 0;  // none past K
-        kq.coff[j] = (int64_t(kq.ih0[j]) * g.W + kq.iw0[j]) * g.Ci + (cci[c] >= 0 ? cci[c] : 0);
+        // past K no element: ok stays false (or, in an image of more than 2^30 rows, reads a valid
+        // element of x into a column that is not stored)
+        kq.ih0[j] = cci[c] >= 0 ? cky[c] - int(g.ph) : -(1 << 30), kq.iw0[j] = ckx[c] - int(g.pw);
+        kq.nc[j] = cci[c] >= 0 ? int(g.Ci) - cci[c] : 0;
+        kq.coff[j] = (int64_t(cky[c] - g.ph) * g.W + kq.iw0[j]) * g.Ci + (cci[c] >= 0 ? cci[c] : 0);
       }
     } else {
       using PB = WgradPatchRows<T, C, L>;
@@ -1088,7 +1163,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   }
   auto load_a = [&](Tc* s, int64_t k0) {  // A[co][p]: the unpooled gradient
     const int kk = tid % C::BK;
-    const int64_t p = k0 + kk;  // dconv's row of position p: p Co (positions are n, r, c in order)
+    const int64_t p = k0 + kk;  // dconv's row of position p: p Cd (positions are n, r, c in order)
     if constexpr (kKM) {  // row r of the tile = kBM channels of position k0 + r: 16-byte copies
       ka(s);
     } else if constexpr (kSrc == kDconvVec) {
@@ -1096,19 +1171,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
 #pragma unroll 1
       for (int v = tid / C::BK; v < kBM / V; v += kThreads / C::BK) {
         uint4 val = {0u, 0u, 0u, 0u};
-        if (p < pend && co0 + v * V < g.Co) val = __ldg(reinterpret_cast<const uint4*>(dconv + p * g.Co + co0 + v * V));
+        if (p < pend && co0 + v * V < g.Co) val = __ldg(reinterpret_cast<const uint4*>(dconv + p * Cd + co0 + v * V));
         const Tc* e = reinterpret_cast<const Tc*>(&val);
 #pragma unroll
         for (int i = 0; i < V; ++i) s[(v * V + i) * L::LDA + kk] = e[i];
       }
-    } else {
+    } else {  // kFused
       const Pos ps = position(k0);
       for (int m = tid / C::BK; m < kBM; m += kThreads / C::BK) {
         const bool ok = ps.n >= 0 && co0 + m < g.Co;
-        if constexpr (kSrc == kFused)
-          s[m * L::LDA + kk] = to_c<C>(ok ? unpooled_at<acc_t>(g, gy, code, ps.n, ps.r, ps.c, co0 + m) : acc_t(0));
-        else
-          s[m * L::LDA + kk] = ok ? dconv[p * g.Co + co0 + m] : to_c<C>(acc_t(0));
+        s[m * L::LDA + kk] = to_c<C>(ok ? unpooled_at<acc_t>(g, gy, code, ps.n, ps.r, ps.c, co0 + m) : acc_t(0));
       }
     }
   };
@@ -1143,7 +1215,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
       }
     }
   };
-  Accum<C, L, kKM ? kRoundB : kRoundNone> acc;  // k-major: raw x in B
+  Accum<C, L> acc;  // both operands arrive rounded: dconv, and x (BackwardArgs::x)
   acc.init();
   const int64_t left = g.Co - co0;
   const int64_t cols = K - k0c;
@@ -1212,13 +1284,11 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The weight gradient's patch gathers (as the forward's Gather): kVectors (16-byte copies, Ci a
 // multiple of 16 bytes), else on the tensor cores with the un-pooled gradient by 16-byte copies
-// (version 2, Co a multiple of 16 bytes) kQuads, else kElements.
+// (version 2) kQuads, else kElements.
 template <class C>
 Gather wgrad_gather(const BackwardArgs& a) {
-  const Shape& g = a.g;
-  if (g.Ci % (16 / int64_t(sizeof(typename C::Tc))) == 0) return kVectors;
-  const bool vec_a = a.version >= 2 && g.Co % (16 / int64_t(sizeof(typename C::Tc))) == 0;
-  return C::kMma && vec_a ? kQuads : kElements;
+  if (a.g.Ci % (16 / int64_t(sizeof(typename C::Tc))) == 0) return kVectors;
+  return C::kMma && a.version >= 2 ? kQuads : kElements;
 }
 // Channels a tap along the weight gradient's GEMM columns (its partial sums' K): kQuads rounds Ci
 // up to 4 (the kernel's Cp), the others keep Ci.
@@ -1270,7 +1340,7 @@ Workspace workspace_of(const BackwardArgs& a, const Splits& s) {
   const Shape& g = a.g;
   const int64_t K = g.kh * g.kw * wgrad_channels<C>(a), acc = sizeof(typename C::acc);
   const int64_t w = a.dw ? s.w_splits * g.Co * K * acc : 0, b = a.db ? s.b_splits * g.Co * acc : 0;
-  const int64_t d = a.version >= 2 && (a.dx || a.dw) ? g.N * g.Hc * g.Wc * g.Co * int64_t(sizeof(typename C::Tc)) : 0;
+  const int64_t d = a.version >= 2 && (a.dx || a.dw) ? g.N * g.Hc * g.Wc * dconv_channels<C>(g.Co) * int64_t(sizeof(typename C::Tc)) : 0;
   Workspace ws{0, ceil_div(w, 16) * 16, 0, 0};
   ws.dconv = ws.b + ceil_div(b, 16) * 16;
   ws.total = ws.dconv + d;
@@ -1333,9 +1403,9 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
   const auto* x = static_cast<const T*>(a.x);
   const auto* wt = static_cast<const Tc*>(a.wt);
   auto* dx = static_cast<T*>(a.dx);
-  if (const int64_t total = g.N * g.Hc * g.Wc * g.Co; v2 && total > 0) {
+  if (const int64_t total = g.N * g.Hc * g.Wc * dconv_channels<C>(g.Co); v2 && total > 0) {
     constexpr int64_t V = 16 / int64_t(sizeof(T));
-    if (g.Co % V == 0) {
+    if (g.Co % V == 0) {  // 16-byte loads of gy and the codes
       const int64_t blocks = ceil_div(total / V, kThreads);
       PYA_LAUNCH(grid_of(blocks < 65536 ? blocks : 65536, 1), kThreads, 0, stream,
                  conv_relu_maxpool_unpool_vec_kernel_impl<T, kTF32>)(gy, code, dconv, g);
@@ -1359,18 +1429,14 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
       launch_gemm<conv_relu_maxpool_wgrad_kernel_impl<T, kTF32, S, G>>(grid, WgradLay<C, S, G>::kBytes, stream, gy, code, dconv, x, wpart, g, s.w_chunk);
     };
     using Fused = std::integral_constant<int, kFused>;
-    using Elems = std::integral_constant<int, kDconv>;
     using Vec = std::integral_constant<int, kDconvVec>;
     using XElems = std::integral_constant<int, kElements>;
     using XVec = std::integral_constant<int, kVectors>;
     using XQuads = std::integral_constant<int, C::kMma ? kQuads : kElements>;
-    const bool vec_a = g.Co % (16 / int64_t(sizeof(Tc))) == 0;
     const Gather gx = wgrad_gather<C>(a);
     if (!v2) launch(Fused{}, XElems{});
-    else if (vec_a && gx == kVectors) launch(Vec{}, XVec{});
-    else if (vec_a) launch(Vec{}, XQuads{});  // gx: kQuads on the tensor cores, else kElements
-    else if (gx == kVectors) launch(Elems{}, XVec{});
-    else launch(Elems{}, XElems{});
+    else if (gx == kVectors) launch(Vec{}, XVec{});
+    else launch(Vec{}, XQuads{});  // gx: kQuads on the tensor cores, else kElements
     PYA_LAUNCH(grid_of(ceil_div(g.Co * K, kThreads), 1), kThreads, 0, stream, conv_relu_maxpool_reduce_kernel_impl<T, acc_t>)(
         wpart, s.w_splits, g.Co * Kw, g.Co * K, static_cast<T*>(a.dw), g, cw);
   }
@@ -1378,12 +1444,10 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
     const dim3 grid = grid_of(ceil_div(g.N * g.H * g.W, kBM), ceil_div(g.Ci, C::BN));
     if (!v2)
       launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, false, kFused>>(grid, GemmLay<C, false>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
-    else if (g.Co % C::BK == 0 && g.sh == 1 && g.sw == 1)
+    else if (g.sh == 1 && g.sw == 1)
       launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVecUnit>>(grid, GemmLay<C, true>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
-    else if (g.Co % C::BK == 0)
-      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVec>>(grid, GemmLay<C, true>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
     else
-      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconv>>(grid, GemmLay<C, true>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
+      launch_gemm<conv_relu_maxpool_dgrad_kernel_impl<T, kTF32, true, kDconvVec>>(grid, GemmLay<C, true>::kBytes, stream, gy, code, dconv, wt, a.Kdp, dx, g);
   }
   return cudaGetLastError();
 }
@@ -1423,16 +1487,20 @@ int64_t conv_relu_maxpool_backward_workspace_bytes(const BackwardArgs& a) {
   });
 }
 
-cudaError_t launch_conv_relu_maxpool_round_tf32(float* w, int64_t n, cudaStream_t stream) {
+cudaError_t launch_conv_relu_maxpool_round_tf32(const float* src, float* dst, int64_t n, cudaStream_t stream) {
   if (n > 0) {
     const int64_t blocks = ceil_div(n, kThreads);
-    PYA_LAUNCH(grid_of(blocks < 4096 ? blocks : 4096, 1), kThreads, 0, stream, conv_relu_maxpool_round_tf32_kernel_impl)(w, n);
+    PYA_LAUNCH(grid_of(blocks < 4096 ? blocks : 4096, 1), kThreads, 0, stream, conv_relu_maxpool_round_tf32_kernel_impl)(src, dst, n);
   }
   return cudaGetLastError();
 }
 
 int64_t conv_relu_maxpool_packed_channels(DType dtype, bool tf32, int64_t Ci) {
   return dispatch(dtype, tf32, [&](auto c, auto*) { return packed_channels<decltype(c)>(Ci); });
+}
+
+int64_t conv_relu_maxpool_dgrad_channels(DType dtype, bool tf32, int version, int64_t Co) {
+  return dispatch(dtype, tf32, [&](auto c, auto*) { return dgrad_channels<decltype(c)>(version, Co); });
 }
 
 int64_t conv_relu_maxpool_k_multiple(DType dtype, bool tf32) {

@@ -48,9 +48,10 @@ struct BackwardArgs {
   int sm_count;        // multiprocessors: sizes the weight gradient's split over positions
   const void* gy;      // N x Hp x Wp x Co, dtype
   const void* code;    // N x Hp x Wcode x Co, uint8
-  const void* x;       // N x H x W x Ci, dtype
-  const void* wt;      // Ci x Kdp, compute type; column k = (ky kw + kx) Co + co, zero past kh kw Co;
-                       // tf32: rounded (launch_conv_relu_maxpool_round_tf32)
+  const void* x;       // N x H x W x Ci, dtype; tf32: rounded (launch_conv_relu_maxpool_round_tf32)
+  const void* wt;      // Ci x Kdp, compute type; column k = (ky kw + kx) Cd + co, zero for co >= Co
+                       // and past kh kw Cd, Cd = conv_relu_maxpool_dgrad_channels(dtype, tf32,
+                       // version, Co); tf32: rounded (launch_conv_relu_maxpool_round_tf32)
   int64_t Kdp;
   void* dx;            // N x H x W x Ci, dtype; nullptr: not asked
   void* dw;            // Co x Ci x kh x kw, dtype; nullptr: not asked
@@ -61,14 +62,19 @@ struct BackwardArgs {
 cudaError_t launch_conv_relu_maxpool_forward(const ForwardArgs& a, cudaStream_t stream);
 cudaError_t launch_conv_relu_maxpool_backward(const BackwardArgs& a, cudaStream_t stream);
 // Bytes of workspace the backward needs (the weight and bias gradients' partial sums; version 2:
-// also the un-pooled gradient, N Hc Wc Co elements of the compute type).
+// also the un-pooled gradient, N Hc Wc Cd elements of the compute type, Cd = Co rounded up to the
+// K step: conv_relu_maxpool_dgrad_channels).
 int64_t conv_relu_maxpool_backward_workspace_bytes(const BackwardArgs& a);
-// float32 weights packed for TF32 (ForwardArgs::w, BackwardArgs::wt with tf32) rounded to TF32 in
-// place, as the kernels expect them: the tensor cores' loops do not round them.
-cudaError_t launch_conv_relu_maxpool_round_tf32(float* w, int64_t n, cudaStream_t stream);
+// dst (n floats) = src rounded to TF32, in place where dst is src: with tf32, the packed weights
+// (ForwardArgs::w, BackwardArgs::wt) and the backward's x (BackwardArgs::x, where dw is asked) as the
+// kernels expect them: the tensor cores' loops do not round them.
+cudaError_t launch_conv_relu_maxpool_round_tf32(const float* src, float* dst, int64_t n, cudaStream_t stream);
 // Channels per kernel tap in the packed forward weights: Ci, or more (zero) where the tensor cores
 // gather x by 4 channels (Ci not a multiple of 16 bytes).
 int64_t conv_relu_maxpool_packed_channels(DType dtype, bool tf32, int64_t Ci);
+// Channels per kernel tap in the data gradient's packed weights (BackwardArgs::wt): version 2 rounds
+// Co up to the K step (zeros), so that its GEMMs copy the un-pooled gradient by 16-byte vectors.
+int64_t conv_relu_maxpool_dgrad_channels(DType dtype, bool tf32, int version, int64_t Co);
 // Rounding of K for the packed weights: a multiple of this many elements of the compute type.
 int64_t conv_relu_maxpool_k_multiple(DType dtype, bool tf32);
 

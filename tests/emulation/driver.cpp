@@ -16,8 +16,8 @@
 // crm keys: dtype=f32|f16|bf16|f64 tf32=0|1 N Ci H W Co kh kw sh sw ph pw pkh pkw psh psw bias=0|1
 // need=<3 chars of 0|1: dx, dw, db> sm_count schedule, version=1|2 (the kernels' first version or
 // the second; default 2). Inputs in DIR (NHWC, as the CUDA wrapper makes them): x.bin, w.bin
-// (Co x kh x kw x Ci, compute type: the driver packs it as the CUDA wrapper does), bias.bin (acc),
-// wt.bin (Ci x Kdp, compute type), gy.bin. Outputs:
+// (Co x kh x kw x Ci, compute type: the driver packs it for the forward and, transposed, for the
+// data gradient, as the CUDA wrapper does), bias.bin (acc), gy.bin. Outputs:
 // DIR/<schedule>_{out,code,dx,dw,db}.bin.
 #include "cuda/emulation.h"
 #include "cuda/softmax_cross_entropy_kernels.h"
@@ -131,20 +131,23 @@ int run_xent(const std::string& dir, std::map<std::string, std::string>& kv) {
   return 0;
 }
 
-// w (Co x kh x kw x Ci, compute type, cs bytes an element) as the forward's packed weights: each
-// tap's channels zero-padded to the kernels' Cp, rows zero-padded to the K multiple.
-std::string pack_forward_weights(const std::string& w, const pyalexnet::crm::Shape& g, pyalexnet::crm::DType dtype,
-                            bool tf32, size_t cs) {
-  namespace crm = pyalexnet::crm;
-  const int64_t cp = crm::conv_relu_maxpool_packed_channels(dtype, tf32, g.Ci), km = crm::conv_relu_maxpool_k_multiple(dtype, tf32);
-  const int64_t taps = g.kh * g.kw, kp = (taps * cp + km - 1) / km * km;
+// w (Co x kh x kw x Ci, compute type, cs bytes an element) packed as the CUDA wrapper packs it:
+// rows x (tap, channel < cp), each tap's channels zero-padded to cp, rows zero-padded to the K
+// multiple km. transposed: rows Ci, channels Co (the data gradient's wt); else rows Co, channels Ci
+// (the forward's w).
+std::string pack_weights(const std::string& w, const pyalexnet::crm::Shape& g, bool transposed, int64_t cp,
+                         int64_t km, size_t cs) {
+  const int64_t taps = g.kh * g.kw, rows = transposed ? g.Ci : g.Co, chans = transposed ? g.Co : g.Ci;
+  const int64_t kp = (taps * cp + km - 1) / km * km;
   if (w.size() != size_t(g.Co * taps * g.Ci) * cs)
     throw std::runtime_error("w.bin: " + std::to_string(w.size()) + " bytes, expected Co x kh x kw x Ci elements");
-  std::string out(size_t(g.Co * kp) * cs, '\0');
-  for (int64_t co = 0; co < g.Co; ++co)
+  std::string out(size_t(rows * kp) * cs, '\0');
+  for (int64_t r = 0; r < rows; ++r)
     for (int64_t t = 0; t < taps; ++t)
-      std::memcpy(out.data() + size_t(co * kp + t * cp) * cs, w.data() + size_t((co * taps + t) * g.Ci) * cs,
-                  size_t(g.Ci) * cs);
+      for (int64_t c = 0; c < chans; ++c) {
+        const int64_t co = transposed ? c : r, ci = transposed ? r : c;
+        std::memcpy(out.data() + size_t(r * kp + t * cp + c) * cs, w.data() + size_t((co * taps + t) * g.Ci + ci) * cs, cs);
+      }
   return out;
 }
 
@@ -168,19 +171,24 @@ int run_crm(const std::string& dir, std::map<std::string, std::string>& kv) {
   const bool tf32 = i64("tf32") != 0, has_bias = i64("bias") != 0;
   const int version = kv.count("version") ? int(i64("version")) : 2;
   const std::string need = kv.at("need");
-  const std::string x_in = read_file(dir + "/x.bin"), w_in = read_file(dir + "/w.bin"), wt_in = read_file(dir + "/wt.bin");
+  const std::string x_in = read_file(dir + "/x.bin"), w_in = read_file(dir + "/w.bin");
   const std::string b_in = has_bias ? read_file(dir + "/bias.bin") : std::string(), gy_in = read_file(dir + "/gy.bin");
+  const int64_t km = crm::conv_relu_maxpool_k_multiple(dtype, tf32);
+  const std::string wt_in = pack_weights(w_in, g, true, crm::conv_relu_maxpool_dgrad_channels(dtype, tf32, version, g.Co), km, cs);
   Buffer x(x_in.size(), 0, &x_in), wt(wt_in.size(), 0, &wt_in), gy(gy_in.size(), 0, &gy_in);
+  Buffer xr(tf32 ? x_in.size() : 0, 0);  // tf32: the backward's x, rounded (as the CUDA wrapper)
   Buffer bias(b_in.size(), 0, has_bias ? &b_in : nullptr);
   const size_t nout = size_t(g.N * g.Hp * g.Wp * g.Co), ncode = size_t(g.N * g.Hp * wcode * g.Co);
   Buffer out(nout * es, 0), code(ncode, 0);
   crm::ForwardArgs f{};
-  const std::string w_packed = pack_forward_weights(w_in, g, dtype, tf32, cs);
+  const std::string w_packed = pack_weights(w_in, g, false, crm::conv_relu_maxpool_packed_channels(dtype, tf32, g.Ci), km, cs);
   Buffer wp(w_packed.size(), 0, &w_packed);
   if (tf32) {  // as the CUDA wrapper: packed float32 weights rounded to TF32 by the kernels' own launch
-    if (crm::launch_conv_relu_maxpool_round_tf32(static_cast<float*>(static_cast<void*>(wp.p)), int64_t(wp.bytes / 4), nullptr) != cudaSuccess ||
-        crm::launch_conv_relu_maxpool_round_tf32(static_cast<float*>(static_cast<void*>(wt.p)), int64_t(wt.bytes / 4), nullptr) != cudaSuccess)
-      return 4;
+    auto round = [](const Buffer& src, Buffer& dst) {
+      return crm::launch_conv_relu_maxpool_round_tf32(static_cast<const float*>(static_cast<const void*>(src.p)),
+                                                      static_cast<float*>(static_cast<void*>(dst.p)), int64_t(src.bytes / 4), nullptr);
+    };
+    if (round(wp, wp) != cudaSuccess || round(wt, wt) != cudaSuccess || round(x, xr) != cudaSuccess) return 4;
   }
   f.dtype = dtype, f.tf32 = tf32, f.version = version, f.g = g, f.x = x.p, f.w = wp.p, f.Kp = int64_t(wp.bytes / cs) / g.Co;
   f.bias = has_bias ? bias.p : nullptr, f.out = out.p, f.code = code.p;
@@ -189,7 +197,7 @@ int run_crm(const std::string& dir, std::map<std::string, std::string>& kv) {
   Buffer db(need[2] == '1' ? size_t(g.Co) * es : 0, 0);
   crm::BackwardArgs b{};
   b.dtype = dtype, b.tf32 = tf32, b.version = version, b.g = g, b.sm_count = int(i64("sm_count"));
-  b.gy = gy.p, b.code = code.p, b.x = x.p, b.wt = wt.p, b.Kdp = int64_t(wt_in.size() / cs) / g.Ci;
+  b.gy = gy.p, b.code = code.p, b.x = tf32 ? xr.p : x.p, b.wt = wt.p, b.Kdp = int64_t(wt_in.size() / cs) / g.Ci;
   b.dx = need[0] == '1' ? dx.p : nullptr, b.dw = need[1] == '1' ? dw.p : nullptr, b.db = need[2] == '1' ? db.p : nullptr;
   Buffer ws(size_t(crm::conv_relu_maxpool_backward_workspace_bytes(b)), 0);
   b.workspace = ws.p;
