@@ -729,8 +729,8 @@ __global__ void __launch_bounds__(kThreads) conv_relu_maxpool_round_tf32_kernel_
 // Backward
 // ------------------------------------------------------------------------------------------------
 // The un-pooled gradient, materialised (version 2): dconv (N x Hc x Wc x Cd, compute type, zero
-// past Co: dconv_channels) at each conv output = the sum of the pooled gradients whose window's saved maximum sits there, rounded to
-// the compute type exactly as the version-1 GEMM loaders round it. gy: N x Hp x Wp x Co; code:
+// past Co: dconv_channels) at each conv output = the sum of the pooled gradients whose window's
+// saved maximum sits there, rounded to the compute type exactly as the version-1 GEMM loaders round it. gy: N x Hp x Wp x Co; code:
 // N x Hp x Wcode x Co. Computed once per conv output, where version 1 recomputes it in every
 // (ky, kx) of the data gradient and every column tile of the weight gradient.
 template <typename T, bool kTF32>
@@ -863,8 +863,9 @@ struct DgradStridedRows {
 
 // dx (N x H x W x Ci) = unpooled gradient (rows: input pixels; K = (ky, kx, co < Cd)) . wt^T.
 // gy: N x Hp x Wp x Co; code: N x Hp x Wcode x Co (kFused, Cd = Co), or dconv: N x Hc x Wc x Cd
-// (compute type, Cd = dgrad_channels); wt: Ci x Kdp (Tc), zero for co >= Co. Block: 128 consecutive input pixels x BN input channels. kAsync: the weight rows
-// (and with kDconvVec/kDconvVecUnit the gradient) by cp.async through 3 stages.
+// (compute type, Cd = dgrad_channels); wt: Ci x Kdp (Tc), zero for co >= Co. Block: 128
+// consecutive input pixels x BN input channels. kAsync: the weight rows (and with
+// kDconvVec/kDconvVecUnit the gradient) by cp.async through 3 stages.
 template <typename T, bool kTF32, bool kAsync, int kSrc>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxpool_dgrad_kernel_impl(
     const T* __restrict__ gy, const uint8_t* __restrict__ code, const typename Cfg<T, kTF32>::Tc* __restrict__ dconv,
