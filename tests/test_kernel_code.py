@@ -103,3 +103,19 @@ def test_main_loop_finder_takes_the_innermost_loop_holding_the_mma():
     assert loop is not None
     assert (loop["instructions"], loop["HMMA"], loop["LDSM"], loop["LD"]) == (3, 1, 1, 0)
     assert kernel_report.main_loop(sass.replace("HMMA", "FFMA")) is None
+
+
+def test_main_loop_finder_reads_a_back_edge_with_a_predicate_operand():
+    """ptxas writes the back edge of a loop whose exit test joins two conditions with the branch's own
+    predicate operand ("@!P3 BRA P4, 0x..", the unrolled stage ring's loops): it is still a back edge."""
+    sass = "\n".join(f"        /*{a:04x}*/                   {t} ;" for a, t in [
+        (0x00, "MOV R1, c[0x0][0x28]"),
+        (0x10, "LDSM.16.M88.4 R4, [R3]"),
+        (0x20, "HMMA.16816.F32.BF16 R8, R4, R6, R8"),
+        (0x30, "ISETP.GE.AND P3, PT, R2, R5, PT"),
+        (0x40, "@!P3 BRA P4, 0x10"),
+        (0x50, "EXIT"),
+    ])
+    loop = kernel_report.main_loop(sass)
+    assert loop is not None and (loop["instructions"], loop["HMMA"]) == (4, 1)
+    assert kernel_report.main_loop(sass.replace("@!P3 BRA P4, 0x10", "@!P3 BRA !P4, 0x10"))["instructions"] == 4
