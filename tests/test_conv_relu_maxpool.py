@@ -310,9 +310,9 @@ GRADCHECK_CFGS = {
 }
 
 
-def draw_separated(c: Cfg, delta=1e-3, tries=500):
+def draw_separated(c: Cfg, delta=1e-3, tries=500, dtype=torch.float64):
     for _ in range(tries):
-        x, w, b = gaussian_inputs(c)
+        x, w, b = gaussian_inputs(c, dtype)
         if well_separated(c, x, w, b, delta):
             return x, w, b
     pytest.fail(f"no input with windows separated by {delta} in {tries} draws for {c}")

@@ -24,8 +24,8 @@ import torch
 
 from conftest import REDUCED, assert_matches, thorough_unless
 from emulation import harness
-from test_conv_relu_maxpool import (CONV_TOL, SPECIAL, Cfg, assert_close_scaled, draw_cfg, exact_inputs, eager,
-                                    gaussian_inputs, nonzero_ints, reference, run)
+from test_conv_relu_maxpool import (CONV_TOL, SPECIAL, Cfg, assert_close_scaled, draw_cfg, draw_separated, exact_inputs,
+                                    eager, gaussian_inputs, nonzero_ints, reference, run)
 from pyalexnet.ops import conv_relu_maxpool
 
 FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
@@ -158,7 +158,10 @@ def test_both_versions_give_the_same_bits(tmp_path, name, mode):
 
 
 def _check_gaussian(c: Cfg, dtype, tmp: Path, what: str):
-    x, w, b = gaussian_inputs(c, dtype)
+    # float32 against float64: a window whose top two conv values (or whose maximum and 0) lie closer
+    # than float32's rounding may route its gradient elsewhere, legitimately (test_conv_relu_maxpool's
+    # note on ties; seed 1891627494 drew a gap of 3e-8 in conv2_like). Such draws are redrawn.
+    x, w, b = draw_separated(c, 1e-4, dtype=dtype) if dtype == torch.float32 else gaussian_inputs(c, dtype)
     gy = torch.randn(c.N, c.Co, *c.out_size(), dtype=torch.float64).to(dtype)
     got = emulate(c, x, w, b, gy, tmp)
     ref = reference(x, w, b, gy, *c.args())
