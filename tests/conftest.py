@@ -285,6 +285,10 @@ def assert_matches(actual: Tensor, ref: Tensor, baseline: Optional[Tensor] = Non
         return
     a, r, b = a[~nan], r[~nan], baseline.detach().double()[~nan]
     ours, theirs = (a - r).abs().max().item(), (b - r).abs().max().item()
+    # PyTorch's own result with NaNs the reference lacks (torch 2.13's CPU bf16 conv weight gradient,
+    # seed 956395684): the floor alone, stricter than any finite baseline
+    if theirs != theirs:
+        theirs = 0.0
     floor = torch.finfo(actual.dtype).eps * r.abs().max().item()
     assert ours <= 2 * theirs + floor, (
         f"{what}: {actual.dtype} error {ours:.3e} > 2 x PyTorch's {theirs:.3e} + floor {floor:.3e}")
