@@ -8,10 +8,10 @@ built from). Variants, each verified against eager NCHW before it is timed:
     nchw      F.conv2d -> F.relu -> F.max_pool2d, NCHW (cuDNN in benchmark mode / oneDNN)
     nhwc      the same with channels_last input and weights
     compile   torch.compile of the same sequence, in ours' layout (Inductor fuses ReLU and pooling)
-    ours_v1   on a GPU, ours with the CUDA kernels' first version (PYALEXNET_CONV_VERSION=1: loads
-              and stores through 2 stages, un-pooling inside the backward's GEMM loaders) instead of
-              version 2 (cp.async through 3 stages, the un-pooled gradient materialised): the A/B of
-              that change, timed side by side; not a baseline
+    ours_v1   on a GPU, ours with the CUDA forward kernels' first version (PYALEXNET_CONV_VERSION=1:
+              loads and stores through 2 stages) instead of version 2 (cp.async through 3 stages):
+              the A/B of that change, timed side by side (the backward has one version); not a
+              baseline
 
 Passes: fwd (under no_grad), bwd (on a retained graph), fwd+bwd. The first layer's input needs no
 gradient, as in training. Verified (checks.py): output and gradients as accurate as eager NCHW's

@@ -42,7 +42,7 @@ def test_layer_geometry_flops_and_bytes():
     assert (c1.conv_hw, c1.out_hw) == (55, 27)
     assert (LAYERS["cifar"][0].conv_hw, LAYERS["cifar"][0].out_hw) == (32, 15)
     assert LAYERS["cifar"][2].out_hw == LAYERS["cifar"][2].conv_hw == 7  # pool 1/1: no pooling
-    c2 = LAYERS["imagenet"][1]  # 57 GFLOP forward at batch 128 (csrc/cuda/conv_relu_maxpool_kernels.cu)
+    c2 = LAYERS["imagenet"][1]  # 57 GFLOP forward at batch 128 (csrc/cuda/conv_relu_maxpool_forward.cu)
     flops, min_bytes = conv_bench.flops, conv_bench.min_bytes
     assert flops(c2, 128, "fwd", True) == 2 * 128 * 27 * 27 * 192 * 64 * 25
     assert flops(c2, 128, "bwd", True) == 2 * flops(c2, 128, "fwd", True)

@@ -106,7 +106,8 @@ def test_source_hash_covers_the_build_inputs_only(tmp_path):
     (tree / "pyalexnet" / "ops.py").write_text("# the Python modules are not compiled\n")
     (tree / "README.md").write_text("not a build input\n")
     assert _source_hash.source_hash(tree) == h
-    for name in ("csrc/cuda/conv_relu_maxpool_kernels.cu", "cmake/_build_config.py.in", "CMakeLists.txt"):
+    for name in ("csrc/cuda/conv_relu_maxpool_dgrad.cu", "csrc/cuda/conv_relu_maxpool_gemm.h",
+                 "cmake/_build_config.py.in", "CMakeLists.txt"):
         (tree / name).write_text((tree / name).read_text() + " ")
         assert _source_hash.source_hash(tree) != h, name
         h = _source_hash.source_hash(tree)

@@ -221,9 +221,9 @@ def test_offsets_past_2_31():
 
 @pytest.fixture(params=[2, 1], ids=["v2", "v1"])
 def version(request, monkeypatch):
-    """The kernels' version, which the op reads from PYALEXNET_CONV_VERSION at every call: 2 (the
-    default: cp.async through 3 stages, the un-pooled gradient materialised) or 1 (loads and stores
-    through 2 stages, un-pooling inside the backward's GEMM loaders)."""
+    """The forward kernels' version, which the op reads from PYALEXNET_CONV_VERSION at every call: 2
+    (the default: cp.async through 3 stages) or 1 (loads and stores through 2 stages). The backward
+    has one version."""
     monkeypatch.setenv("PYALEXNET_CONV_VERSION", str(request.param))
     return request.param
 
@@ -231,8 +231,8 @@ def version(request, monkeypatch):
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=str)
 @pytest.mark.parametrize("name", ("imagenet_conv1", "imagenet_conv2", "cifar_conv2", "cifar_conv5"))
 def test_both_versions_give_the_same_bits(name, dtype, tf32, monkeypatch):
-    """Versions 1 and 2 multiply the same operands in the same order: all outputs equal bit for bit
-    on Gaussian inputs (so TF32 rounding happens on both paths)."""
+    """The forward's versions 1 and 2 multiply the same operands in the same order: all outputs
+    equal bit for bit on Gaussian inputs (so TF32 rounding happens on both paths)."""
     c = ALEXNET_REAL[name]
     x, w, b = _cuda(*gaussian_inputs(c, dtype))
     g = torch.randn(c.N, c.Co, *c.out_size(), device=DEV).to(dtype)
@@ -265,10 +265,13 @@ def test_version_setting_is_checked(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_small_case_every_kernel(dtype, tf32, version):
     """One small case through every kernel (forward, bias, weight and data gradients, reductions),
-    both vector and element gathers, a 1x1 window and a multi-pass window, both kernel versions:
-    compute-sanitizer's target."""
+    both vector and element gathers, a 1x1 window and a multi-pass window, the flat tiles (whole
+    rows across images; flat conv tiles and the pooling kernel on the tensor cores: the emulated
+    tests' flat_rows and flat_conv), both kernel versions: compute-sanitizer's target."""
     for c in (Cfg(2, 3, 9, 9, 5, (3, 3), padding=(1, 1)), Cfg(2, 32, 6, 6, 70, (3, 3), padding=(1, 1),
-              pool_kernel=(1, 1), pool_stride=(1, 1)), Cfg(1, 2, 17, 19, 3, (1, 1), pool_kernel=(15, 17))):
+              pool_kernel=(1, 1), pool_stride=(1, 1)), Cfg(1, 2, 17, 19, 3, (1, 1), pool_kernel=(15, 17)),
+              Cfg(5, 16, 7, 7, 24, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+              Cfg(2, 16, 15, 15, 8, (5, 5), padding=(2, 2))):
         x, w, b = exact_inputs(c, dtype)
         g = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype)
         got = _cpu(run(conv_relu_maxpool, *_cuda(x, w, b, g), *c.args()))

@@ -107,18 +107,31 @@ PYA_HD acc_t unpooled_gradient(int64_t r, int64_t c, int64_t pkh, int64_t pkw, i
 // so that a tile writes whole bytes of the ReLU mask. A window larger than the tile
 // (pkh pkw > rows) is computed in `passes` GEMMs of `rows` window positions each, keeping a running
 // maximum (then G = PH = PW = 1).
+// kFlatRows (1x1 windows only): the tiles run over the batch's N Hp pooled rows as one sequence, PH
+// whole rows each, across image boundaries (G = 1, PW = Wp), so that small images waste no rows at
+// a tile's end (CIFAR's 7x7: 126 of 128 rows, not 98).
+// kFlatConv (pooled layers whose halo costs more than a round trip of the conv output, chosen by
+// the CUDA forward's host code): tile tp holds conv outputs [tp rows, (tp + 1) rows) of the batch's N
+// Hc Wc, written with the bias into a float workspace that a pooling kernel reads (G = PH = CH = 1,
+// PW = CW = rows).
+enum class TileKind : int32_t { kPatches, kFlatRows, kFlatConv };
 struct ForwardTile {
   int64_t G, PH, PW, CH, CW, passes;
   int64_t tiles_h, tiles_w, groups;  // tiles along pooled rows, columns; image groups
+  TileKind kind;
   int64_t count() const { return tiles_h * tiles_w * groups; }
 };
+
+// The 32-row slabs (a warp's rows of a GEMM tile) that `rows` tile rows occupy: the tile plans'
+// cost, since a warp past the valid rows issues no products.
+PYA_HD int64_t warp_slabs(int64_t rows) { return (rows + 31) / 32; }
 
 PYA_HD int64_t tile_conv_rows(int64_t P, int64_t pk, int64_t ps, bool bits) { return bits ? P : (P - 1) * ps + pk; }
 
 inline ForwardTile plan_forward_tile(int64_t N, int64_t Hp, int64_t Wp, int64_t pkh, int64_t pkw, int64_t psh,
                                      int64_t psw, int64_t rows) {
   if (pkh * pkw > rows)  // one window per tile, in several passes
-    return ForwardTile{1, 1, 1, pkh, pkw, (pkh * pkw + rows - 1) / rows, Hp, Wp, N};
+    return ForwardTile{1, 1, 1, pkh, pkw, (pkh * pkw + rows - 1) / rows, Hp, Wp, N, TileKind::kPatches};
   const bool bits = is_bitmask(pkh, pkw);
   ForwardTile best{};
   int64_t best_cost = -1;
@@ -130,12 +143,16 @@ inline ForwardTile plan_forward_tile(int64_t N, int64_t Hp, int64_t Wp, int64_t 
       const bool whole = PH == Hp && PW == Wp;
       const int64_t G = whole ? (rows / (CH * CW) < N ? rows / (CH * CW) : N) : 1;
       const int64_t th = (Hp + PH - 1) / PH, tw = (Wp + PW - 1) / PW, groups = (N + G - 1) / G;
-      const int64_t cost = th * tw * groups * ((G * CH * CW + 31) / 32);
+      const int64_t cost = th * tw * groups * warp_slabs(G * CH * CW);
       if (best_cost < 0 || cost < best_cost || (cost == best_cost && PW > best.PW)) {
         best_cost = cost;
-        best = ForwardTile{G, PH, PW, CH, CW, 1, th, tw, groups};
+        best = ForwardTile{G, PH, PW, CH, CW, 1, th, tw, groups, TileKind::kPatches};
       }
     }
+  if (bits && Wp <= rows && N * Hp > 0) {  // whole rows across images, where that needs fewer slabs
+    const int64_t PH = rows / Wp < N * Hp ? rows / Wp : N * Hp, tiles = (N * Hp + PH - 1) / PH;
+    if (tiles * warp_slabs(PH * Wp) < best_cost) best = ForwardTile{1, PH, Wp, PH, Wp, 1, tiles, 1, 1, TileKind::kFlatRows};
+  }
   return best;  // PH = 1 with PW = min(8, Wp) (1x1 window) or PW = 1 always fits: never empty
 }
 

@@ -1,7 +1,7 @@
 // Fused conv2d + ReLU + max-pool, CUDA Tensor wrappers: checks, device guard, the conversions at
 // the edge (input and incoming gradient to channels-last, weights packed as GEMM operands in the
 // compute type), outputs, launch on the current stream. The kernels live in
-// conv_relu_maxpool_kernels.cu, which includes no ATen header.
+// conv_relu_maxpool_{forward,unpool,dgrad,wgrad,backward}.cu, which include no ATen header.
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
@@ -42,10 +42,10 @@ at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDoubl
 // float32 runs as TF32 on the tensor cores where PyTorch lets cuDNN's convolutions do so.
 bool use_tf32(at::ScalarType t) { return t == at::kFloat && at::globalContext().allowTF32CuDNN(); }
 
-// The kernels' version: 2 (cp.async operand copies through 3 stages; the backward's un-pooled
-// gradient materialised once), unless PYALEXNET_CONV_VERSION=1 asks for the first version (loads
-// and stores through 2 stages; un-pooling inside the GEMM loaders). Read at every call, so that one
-// process can time both (bench/compare.py); both give the same bits.
+// The forward kernels' version: 2 (cp.async operand copies through 3 stages), unless
+// PYALEXNET_CONV_VERSION=1 asks for the first version (loads and stores through 2 stages). Read at
+// every call, so that one process can time both (bench/compare.py); both give the same bits. The
+// backward has one version.
 int kernels_version() {
   const char* v = std::getenv("PYALEXNET_CONV_VERSION");
   if (!v || !*v) return 2;
@@ -53,13 +53,17 @@ int kernels_version() {
   return v[0] - '0';
 }
 
-// The kernels index image rows, columns and GEMM K (kh kw Ci forward, kh kw Co for the data
-// gradient) in 32-bit arithmetic; offsets into tensors stay 64-bit. The packed K's channels are
-// rounded up per tap (Ci to 4, Co to the K step of at most 32 elements), K to the K step.
-void check_32bit_sizes(const Geometry& g) {
-  const int64_t lim = (int64_t(1) << 31) - 1024, taps = g.kh * g.kw;
-  const int64_t kf = taps * ((g.Ci + 3) / 4 * 4), kd = taps * ((g.Co + 31) / 32 * 32);
-  TORCH_CHECK(kf < lim && kd < lim && g.H + 2 * g.ph < lim && g.W + 2 * g.pw < lim,
+// The kernels index image rows, columns and GEMM K (the forward's kh kw Cp, the data gradient's kh
+// kw Cd: the packed operands' channels a tap, K rounded up to the K step) in 32-bit arithmetic;
+// offsets into tensors stay 64-bit.
+void check_32bit_sizes(const Geometry& g, at::ScalarType dt) {
+  const DType kd = kernel_dtype(dt);
+  const bool tf32 = use_tf32(dt);
+  const int64_t lim = (int64_t(1) << 31) - 1024, taps = g.kh * g.kw, km = conv_relu_maxpool_k_multiple(kd, tf32);
+  const auto padded = [&](int64_t c) { return (taps * c + km - 1) / km * km; };
+  const int64_t kf = padded(conv_relu_maxpool_packed_channels(kd, tf32, g.Ci));
+  const int64_t kb = padded(conv_relu_maxpool_dgrad_channels(kd, tf32, g.Co));
+  TORCH_CHECK(kf < lim && kb < lim && g.H + 2 * g.ph < lim && g.W + 2 * g.pw < lim,
               "conv_relu_maxpool (CUDA): kernel height x width x channels and the padded image size must be "
               "below 2^31, got kh kw Ci = ", g.K(), ", kh kw Co = ", g.kh * g.kw * g.Co, ", padded H x W = ",
               g.H + 2 * g.ph, " x ", g.W + 2 * g.pw);
@@ -128,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cuda(
     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef pool_kernel,
     c10::IntArrayRef pool_stride) {
   const Geometry g = check_inputs(x, weight, bias, stride, padding, pool_kernel, pool_stride);
-  check_32bit_sizes(g);
+  check_32bit_sizes(g, x.scalar_type());
   c10::cuda::CUDAGuard guard(x.device());
   const at::MemoryFormat mf = output_format(x);
   at::Tensor out = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options().memory_format(kCL));
@@ -150,6 +154,11 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cuda(
     a.x = xc.const_data_ptr(), a.w = w.const_data_ptr(), a.Kp = w.size(1);
     a.bias = b.defined() ? b.const_data_ptr() : nullptr;
     a.out = out.data_ptr(), a.code = code.data_ptr();
+    // the conv output where its tiles run flat (freed when the call returns; the caching allocator
+    // keeps it for the next call)
+    const int64_t wsb = conv_relu_maxpool_forward_workspace_bytes(a);
+    const at::Tensor ws = wsb > 0 ? at::empty({wsb}, x.options().dtype(at::kByte)) : at::Tensor();
+    a.workspace = wsb > 0 ? ws.data_ptr() : nullptr;
     C10_CUDA_CHECK(launch_conv_relu_maxpool_forward(a, c10::cuda::getCurrentCUDAStream()));
   }
   return {in_format(out, mf), in_format(code, mf)};
@@ -160,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cuda(
     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef pool_kernel,
     c10::IntArrayRef pool_stride, std::array<bool, 3> output_mask) {
   const Geometry g = check_backward_inputs(grad_out, x, weight, code, stride, padding, pool_kernel, pool_stride);
-  check_32bit_sizes(g);
+  check_32bit_sizes(g, x.scalar_type());
   c10::cuda::CUDAGuard guard(x.device());
   const bool need_x = output_mask[0], need_w = output_mask[1], need_b = output_mask[2];
   const at::MemoryFormat mf = output_format(x);
@@ -180,17 +189,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cuda(
   // x for the weight gradient; with TF32 a rounded copy, so that its K steps need not round it
   const at::Tensor xc = need_w ? (tf32 ? rounded_tf32_copy(nhwc(x, dt)) : nhwc(x, dt)) : at::Tensor();
   const int64_t km = conv_relu_maxpool_k_multiple(kernel_dtype(dt), tf32);
-  const int version = kernels_version();
   // Ci x (ky, kx, co): the data gradient's B operand, one row per input channel, its channels
   // zero-padded to the kernels' Cd.
   at::Tensor wt;
   if (need_x) {
-    const int64_t cd = conv_relu_maxpool_dgrad_channels(kernel_dtype(dt), tf32, version, g.Co);
+    const int64_t cd = conv_relu_maxpool_dgrad_channels(kernel_dtype(dt), tf32, g.Co);
     wt = pack_taps(weight.permute({1, 2, 3, 0}), cd, km, dt);
     if (tf32) wt = rounded_tf32(wt, weight);
   }
   BackwardArgs a{};
-  a.dtype = kernel_dtype(dt), a.tf32 = tf32, a.version = version, a.g = shape_of(g);
+  a.dtype = kernel_dtype(dt), a.tf32 = tf32, a.g = shape_of(g);
   a.sm_count = sm_count(x.device());
   a.gy = gy.const_data_ptr(), a.code = cc.const_data_ptr();
   a.x = need_w ? xc.const_data_ptr() : nullptr;

@@ -35,6 +35,9 @@ EMULATED_TESTS = {
                                                  f"{_EXACT}[conv3_like_groups-f64]", f"{_BOTH}[conv2_like-tf32]",
                                                  f"{_BOTH}[co_multiple_of_k_step-f16]"],
     "conv_relu_maxpool_reduce_kernel_impl": [_EXACT, _SPLITS],
+    # the pooling after flat conv tiles (kFlatConv: flat_conv on the tensor cores)
+    "conv_relu_maxpool_pool_kernel_impl": [f"{_EXACT}[flat_conv-tf32]", f"{_EXACT}[flat_conv-bf16]",
+                                           f"{_BOTH}[flat_conv-f16]"],
     # TF32: the packed weights rounded before the forward and the data gradient
     "conv_relu_maxpool_round_tf32_kernel_impl": [f"{_EXACT}[conv2_like-tf32]", f"{_EXACT}[quads_across_taps-tf32]",
                                                  f"{_BOTH}[conv2_like-tf32]"],

@@ -14,8 +14,8 @@
 // <schedule>_launches.txt. Exit status 3 with the message on stderr when a kernel fails.
 //
 // crm keys: dtype=f32|f16|bf16|f64 tf32=0|1 N Ci H W Co kh kw sh sw ph pw pkh pkw psh psw bias=0|1
-// need=<3 chars of 0|1: dx, dw, db> sm_count schedule, version=1|2 (the kernels' first version or
-// the second; default 2). Inputs in DIR (NHWC, as the CUDA wrapper makes them): x.bin, w.bin
+// need=<3 chars of 0|1: dx, dw, db> sm_count schedule, version=1|2 (the forward kernels' first
+// version or the second; default 2). Inputs in DIR (NHWC, as the CUDA wrapper makes them): x.bin, w.bin
 // (Co x kh x kw x Ci, compute type: the driver packs it for the forward and, transposed, for the
 // data gradient, as the CUDA wrapper does), bias.bin (acc), gy.bin. Outputs:
 // DIR/<schedule>_{out,code,dx,dw,db}.bin.
@@ -174,7 +174,7 @@ int run_crm(const std::string& dir, std::map<std::string, std::string>& kv) {
   const std::string x_in = read_file(dir + "/x.bin"), w_in = read_file(dir + "/w.bin");
   const std::string b_in = has_bias ? read_file(dir + "/bias.bin") : std::string(), gy_in = read_file(dir + "/gy.bin");
   const int64_t km = crm::conv_relu_maxpool_k_multiple(dtype, tf32);
-  const std::string wt_in = pack_weights(w_in, g, true, crm::conv_relu_maxpool_dgrad_channels(dtype, tf32, version, g.Co), km, cs);
+  const std::string wt_in = pack_weights(w_in, g, true, crm::conv_relu_maxpool_dgrad_channels(dtype, tf32, g.Co), km, cs);
   Buffer x(x_in.size(), 0, &x_in), wt(wt_in.size(), 0, &wt_in), gy(gy_in.size(), 0, &gy_in);
   Buffer xr(tf32 ? x_in.size() : 0, 0);  // tf32: the backward's x, rounded (as the CUDA wrapper)
   Buffer bias(b_in.size(), 0, has_bias ? &b_in : nullptr);
@@ -192,11 +192,13 @@ int run_crm(const std::string& dir, std::map<std::string, std::string>& kv) {
   }
   f.dtype = dtype, f.tf32 = tf32, f.version = version, f.g = g, f.x = x.p, f.w = wp.p, f.Kp = int64_t(wp.bytes / cs) / g.Co;
   f.bias = has_bias ? bias.p : nullptr, f.out = out.p, f.code = code.p;
+  Buffer fws(size_t(crm::conv_relu_maxpool_forward_workspace_bytes(f)), 0);  // 0xFF: NaN where unwritten
+  f.workspace = fws.bytes ? fws.p : nullptr;
   if (crm::launch_conv_relu_maxpool_forward(f, nullptr) != cudaSuccess) return 4;
   Buffer dx(need[0] == '1' ? x_in.size() : 0, 0), dw(need[1] == '1' ? size_t(g.Co * g.Ci * g.kh * g.kw) * es : 0, 0);
   Buffer db(need[2] == '1' ? size_t(g.Co) * es : 0, 0);
   crm::BackwardArgs b{};
-  b.dtype = dtype, b.tf32 = tf32, b.version = version, b.g = g, b.sm_count = int(i64("sm_count"));
+  b.dtype = dtype, b.tf32 = tf32, b.g = g, b.sm_count = int(i64("sm_count"));
   b.gy = gy.p, b.code = code.p, b.x = tf32 ? xr.p : x.p, b.wt = wt.p, b.Kdp = int64_t(wt_in.size() / cs) / g.Ci;
   b.dx = need[0] == '1' ? dx.p : nullptr, b.dw = need[1] == '1' ? dw.p : nullptr, b.db = need[2] == '1' ? db.p : nullptr;
   Buffer ws(size_t(crm::conv_relu_maxpool_backward_workspace_bytes(b)), 0);
