@@ -52,6 +52,29 @@ namespace crm {
 constexpr int kThreads = 256;  // 8 warps
 constexpr int kBM = 128;       // rows of a GEMM tile
 
+// The tensor-core warp tiles: warp w computes the 32-row slab warp_slab(w) of the 128 x BN tile, in
+// column half warp_half(w). Warps issue on the SM's four schedulers by w % 4, and the second half's
+// slabs are rotated by two so that the warps of a partial tile (valid rows and columns are prefixes:
+// k slabs, h halves; warps wholly outside idle) spread over the schedulers as evenly as k h warps
+// can: a 64 x 128 tile's four warps issue on four schedulers (w % 4 for the slab put them on two).
+constexpr int warp_slab(int w) { return (w % 4 + 2 * (w / 4)) % 4; }
+constexpr int warp_half(int w) { return w / 4; }
+constexpr bool warps_spread() {
+  for (int k = 1; k <= 4; ++k)
+    for (int h = 1; h <= 2; ++h) {
+      int on[4] = {0, 0, 0, 0}, tiles = 0;  // active warps per scheduler; (slab, half) pairs owned
+      for (int w = 0; w < kThreads / 32; ++w) {
+        if (warp_slab(w) < k && warp_half(w) < h) ++on[w % 4];
+        tiles |= 1 << (warp_slab(w) * 2 + warp_half(w));
+      }
+      if (tiles != 0xFF) return false;
+      for (int s = 0; s < 4; ++s)
+        if (on[s] > (k * h + 3) / 4) return false;
+    }
+  return true;
+}
+static_assert(kThreads == 256 && warps_spread(), "8 warps own the 4 x 2 warp tiles, any partial tile spread evenly");
+
 __device__ __forceinline__ float tf32_round(float v) {
 #if defined(__CUDACC__)
   uint32_t r;  // cvt.rna.tf32.f32: nearest, ties away; the result is a float with 13 zero low bits
@@ -178,10 +201,11 @@ template <int V, class Tc> __device__ __forceinline__ void store_vec(Tc* dst, co
   *reinterpret_cast<Vec*>(dst) = q;
 }
 
-// The block's 128 x BN result. Tensor cores: warp w owns the 32 x BN/2 sub-tile at rows 32 (w % 4),
-// columns BN/2 (w / 4): 2 x BN/16 mma.sync tiles of 16 x 8 (csrc/cuda/mma_sync.h), fragments read by
-// ldmatrix.x4 from 32-bit shared addresses (each lane's row offsets computed once, in init); a warp
-// whose rows all lie past the tile's valid rows skips its products. k-major tiles (kKMajor) are read
+// The block's 128 x BN result. Tensor cores: warp w owns the 32 x BN/2 sub-tile at rows
+// 32 warp_slab(w), columns BN/2 warp_half(w): 2 x BN/16 mma.sync tiles of 16 x 8
+// (csrc/cuda/mma_sync.h), fragments read by ldmatrix.x4 from 32-bit shared addresses (each lane's
+// row offsets computed once, in init); a warp whose rows or columns all lie past the tile's valid
+// ones skips its products. k-major tiles (kKMajor) are read
 // with ldmatrix.trans; TF32 ones, whose 32-bit elements ldmatrix cannot transpose, by 32-bit LDS.
 // FMA: thread t owns rows t / NT + MT i and columns t % NT + NT j.
 // kRound (TF32): kRoundA where A's tiles hold raw floats (the forward's cp.async copies and register
@@ -205,7 +229,7 @@ template <class C, class L, int kRound> struct Accum<C, L, kRound, true> {
   static constexpr uint32_t kA2 = kKM ? 16 * E : 16 * SA, kB2 = kKM ? 16 * E : 16 * SB;
   __device__ void init() {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    wm = warp % 4, wn = warp / 4;
+    wm = warp_slab(warp), wn = warp_half(warp);
     const int l8 = lane % 8, q = lane / 8;  // row l8 of matrix q
     const int m = wm * 32, n = wn * WN;
     if constexpr (!kKM) {  // matrices q: A (rows +8 (q & 1), k +8 (q >> 1)), B (n +8 (q >> 1), k +8 (q & 1))
