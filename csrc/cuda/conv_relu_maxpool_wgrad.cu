@@ -29,6 +29,19 @@ struct WgradDconvRows {
                   // far negative for channels past Co (zero-fill copies)
   uint32_t d[R];  // its offset in the tile
   int64_t step_;  // BK positions of dconv
+  // The tiles of channels [co0, co0 + kBM) of dconv (Co channels, Cd a row) over positions [pbeg, pend).
+  __device__ WgradDconvRows(const Tc* dconv, int64_t Co, int64_t Cd, int64_t co0, int64_t pbeg, int64_t pend)
+      : step_(int64_t(C::BK) * Cd) {
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const int e = int(threadIdx.x) + j * kThreads;
+      const int64_t co = co0 + (e % NV) * V, pos = pbeg + e / NV;
+      const bool in = co < Co;
+      left[j] = in ? int(pend - pos) : -(1 << 30);
+      p[j] = dconv + (in ? pos * Cd + co : 0);
+      d[j] = mma::kept(uint32_t((e / NV) * L::LDA + (e % NV) * V));
+    }
+  }
   __device__ void operator()(Tc* s) {
 #pragma unroll
     for (int j = 0; j < R; ++j) {
@@ -37,6 +50,34 @@ struct WgradDconvRows {
     }
   }
 };
+
+// What an FMA kernel holds in place of the k-major loaders.
+struct NoLoader {
+  template <class... A> __device__ explicit NoLoader(const A&...) {}
+};
+
+// A position's walk through x, shared by the patch loaders: BK positions on along the conv rows
+// (and images), its input pixel's offset in x moved with it (no division a step).
+template <class T, class C>
+struct PositionWalk {
+  const T* x;
+  int64_t step_o, row_o, img_o;  // x offsets: BK positions along a row, a conv row on, an image on
+  int H, W, Hc, Wc, sh, sw;
+  __device__ PositionWalk(const T* x_, const Shape& g)
+      : x(x_), step_o(C::BK * g.sw * g.Ci), row_o((g.sh * g.W - g.Wc * g.sw) * g.Ci),
+        img_o((g.H * g.W - g.Hc * g.sh * g.W) * g.Ci), H(int(g.H)), W(int(g.W)), Hc(int(g.Hc)),
+        Wc(int(g.Wc)), sh(int(g.sh)), sw(int(g.sw)) {}
+  __device__ void next(int& oh, int& ow, int64_t& off) const {
+    off += step_o;
+    for (ow += C::BK; ow >= Wc;) {  // the next conv row(s), image(s)
+      ow -= Wc, off += row_o;
+      if (++oh == Hc) oh = 0, off += img_o;
+    }
+  }
+};
+
+// The patches' tiles over positions [pbeg, pend) and the block's BN columns k, whose (ky, kx, ci)
+// the kernel tabled in shared memory (cky, ckx, cci; ci -1 past K).
 template <class T, class C, class L>
 struct WgradPatchRows {
   using Tc = typename C::Tc;
@@ -44,22 +85,31 @@ struct WgradPatchRows {
   int64_t xo[R];  // offset in x of this copy's patch element (may lie outside x when !ok)
   int left[R];    // positions of the split from this copy's on; far negative for a column past K
   int oh[R], ow[R], ih0[R], iw0[R];  // conv row/column; input row/column at conv (0, 0)
-  const T* x_;
-  int64_t step_o, row_o, img_o;  // x offsets: BK positions along a row, a conv row on, an image on
-  int H_, W_, Hc_, Wc_, sh_, sw_;
+  PositionWalk<T, C> w;
+  __device__ WgradPatchRows(const T* x, const Shape& g, const int* cky, const int* ckx, const int* cci,
+                            int64_t pbeg, int64_t pend)
+      : w(x, g) {
+    const int64_t HWc = g.Hc * g.Wc;
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const int e = int(threadIdx.x) + j * kThreads, c = e < C::BK * NV ? (e % NV) * V : 0;
+      const int64_t pos = pbeg + e / NV, n = pos / HWc;
+      oh[j] = int((pos % HWc) / g.Wc), ow[j] = int(pos % g.Wc);
+      left[j] = cci[c] >= 0 ? int(pend - pos) : -(1 << 30);
+      ih0[j] = cky[c] - int(g.ph), iw0[j] = ckx[c] - int(g.pw);
+      xo[j] = ((n * g.H + ih0[j] + int64_t(oh[j]) * g.sh) * g.W + iw0[j] + int64_t(ow[j]) * g.sw) * g.Ci + cci[c];
+    }
+  }
   __device__ void operator()(Tc* s) {
 #pragma unroll
     for (int j = 0; j < R; ++j) {
       const int e = int(threadIdx.x) + j * kThreads;
       if (C::BK * NV % kThreads != 0 && e >= C::BK * NV) break;
-      const int ih = ih0[j] + oh[j] * sh_, iw = iw0[j] + ow[j] * sw_;
-      const bool ok = left[j] > 0 && uint32_t(ih) < uint32_t(H_) && uint32_t(iw) < uint32_t(W_);
-      async::copy16<true>(s + (e / NV) * L::LDB + (e % NV) * V, x_ + xo[j], ok);  // read only when ok
-      left[j] -= C::BK, xo[j] += step_o;
-      for (ow[j] += C::BK; ow[j] >= Wc_;) {  // BK positions on: the next conv row(s), image(s)
-        ow[j] -= Wc_, xo[j] += row_o;
-        if (++oh[j] == Hc_) oh[j] = 0, xo[j] += img_o;
-      }
+      const int ih = ih0[j] + oh[j] * w.sh, iw = iw0[j] + ow[j] * w.sw;
+      const bool ok = left[j] > 0 && uint32_t(ih) < uint32_t(w.H) && uint32_t(iw) < uint32_t(w.W);
+      async::copy16<true>(s + (e / NV) * L::LDB + (e % NV) * V, w.x + xo[j], ok);  // read only when ok
+      left[j] -= C::BK;
+      w.next(oh[j], ow[j], xo[j]);
     }
   }
 };
@@ -73,6 +123,7 @@ template <class T, class C, class L>
 struct WgradPatchQuads {
   using Tc = typename C::Tc;
   static constexpr int Q = kThreads / C::BK, R = C::BN / 4 / Q > 0 ? C::BN / 4 / Q : 1;
+  static_assert(C::kMma && kThreads % C::BK == 0 && C::BN == 4 * Q * R, "whole rows of quads (tensor cores)");
   int64_t coff[R];         // offset in x of quad j's first element from the position's input pixel
   int ih0[R], iw0[R], nc[R];  // its tap's row/column offsets (ky - ph, kx - pw); channels inside x
   int64_t po;              // offset in x of this thread's position's input pixel (oh sh, ow sw)
@@ -80,28 +131,40 @@ struct WgradPatchQuads {
   Tc quad[R][4];
   Tc* pend_s;
   uint32_t d0;             // offset of quad 0 in the tile
-  const T* x_;
-  int64_t step_o, row_o, img_o;  // as WgradPatchRows'
-  int H_, W_, Hc_, Wc_, sh_, sw_;
+  PositionWalk<T, C> w;
+  __device__ WgradPatchQuads(const T* x, const Shape& g, const int* cky, const int* ckx, const int* cci,
+                             int64_t pbeg, int64_t pend)
+      : w(x, g) {
+    const int tid = int(threadIdx.x);
+    const int64_t HWc = g.Hc * g.Wc, pos = pbeg + tid / Q, n = pos / HWc;
+    oh = int((pos % HWc) / g.Wc), ow = int(pos % g.Wc), left = int(pend - pos);
+    po = ((n * g.H + int64_t(oh) * g.sh) * g.W + int64_t(ow) * g.sw) * g.Ci;
+    d0 = mma::kept(uint32_t((tid / Q) * L::LDB + (tid % Q) * 4));
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const int c = 4 * (tid % Q + Q * j);  // the quad's first column
+      // past K no element: ok stays false (or, in an image of more than 2^30 rows, reads a valid
+      // element of x into a column that is not stored)
+      ih0[j] = cci[c] >= 0 ? cky[c] - int(g.ph) : -(1 << 30), iw0[j] = ckx[c] - int(g.pw);
+      nc[j] = cci[c] >= 0 ? int(g.Ci) - cci[c] : 0;
+      coff[j] = (int64_t(cky[c] - g.ph) * g.W + iw0[j]) * g.Ci + (cci[c] >= 0 ? cci[c] : 0);
+    }
+  }
   __device__ void operator()(Tc* s) {
-    static_assert(C::kMma && kThreads % C::BK == 0 && C::BN == 4 * Q * R, "whole rows of quads (tensor cores)");
-    const int ohs = oh * sh_, ows = ow * sw_;
-    const T* xp = x_ + po;
+    const int ohs = oh * w.sh, ows = ow * w.sw;
+    const T* xp = w.x + po;
 #pragma unroll
     for (int j = 0; j < R; ++j) {
       const int ih = ohs + ih0[j], iw = ows + iw0[j];
-      const bool ok = (left > 0) & (uint32_t(ih) < uint32_t(H_)) & (uint32_t(iw) < uint32_t(W_));
+      const bool ok = (left > 0) & (uint32_t(ih) < uint32_t(w.H)) & (uint32_t(iw) < uint32_t(w.W));
       const T* p = xp + coff[j];  // read only when ok
 #pragma unroll
       for (int c = 0; c < 4; ++c)  // nc >= 1 inside K, 0 past it where ih0 keeps ok false
         quad[j][c] = ok && (c == 0 || c < nc[j]) ? p[c] : Tc(to_c<C>(typename C::acc(0)));
     }
     pend_s = s;
-    left -= C::BK, po += step_o;
-    for (ow += C::BK; ow >= Wc_;) {  // BK positions on: the next conv row(s), image(s)
-      ow -= Wc_, po += row_o;
-      if (++oh == Hc_) oh = 0, po += img_o;
-    }
+    left -= C::BK;
+    w.next(oh, ow, po);
   }
   __device__ void deposit() const {
 #pragma unroll
@@ -153,58 +216,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
     if (p >= pend) return Pos{-1, 0, 0};
     return Pos{p / HWc, int((p % HWc) / g.Wc), int(p % g.Wc)};
   };
-  WgradDconvRows<C, L> ka{};
-  WgradPatchRows<T, C, L> kb{};
-  WgradPatchQuads<T, C, L> kq{};
-  if constexpr (kKM) {
-    using PA = WgradDconvRows<C, L>;
-    ka.step_ = int64_t(C::BK) * Cd;
-#pragma unroll
-    for (int j = 0; j < PA::R; ++j) {
-      const int e = tid + j * kThreads;
-      const int64_t co = co0 + (e % PA::NV) * PA::V, pos = pbeg + e / PA::NV;
-      const bool in = co < g.Co;
-      ka.left[j] = in ? int(pend - pos) : -(1 << 30);
-      ka.p[j] = dconv + (in ? pos * Cd + co : 0);
-      ka.d[j] = mma::kept(uint32_t((e / PA::NV) * L::LDA + (e % PA::NV) * PA::V));
-    }
-    const int64_t step_o = C::BK * g.sw * g.Ci;                 // ow + BK
-    const int64_t row_o = (g.sh * g.W - g.Wc * g.sw) * g.Ci;      // ow - Wc, oh + 1
-    const int64_t img_o = (g.H * g.W - g.Hc * g.sh * g.W) * g.Ci;  // oh - Hc, n + 1
-    if constexpr (kQ) {
-      using PB = WgradPatchQuads<T, C, L>;
-      kq.x_ = x;
-      kq.H_ = int(g.H), kq.W_ = int(g.W), kq.Hc_ = int(g.Hc), kq.Wc_ = int(g.Wc), kq.sh_ = int(g.sh), kq.sw_ = int(g.sw);
-      kq.step_o = step_o, kq.row_o = row_o, kq.img_o = img_o;
-      const int64_t pos = pbeg + tid / PB::Q, n = pos / HWc;
-      kq.oh = int((pos % HWc) / g.Wc), kq.ow = int(pos % g.Wc), kq.left = int(pend - pos);
-      kq.po = ((n * g.H + int64_t(kq.oh) * g.sh) * g.W + int64_t(kq.ow) * g.sw) * g.Ci;
-      kq.d0 = mma::kept(uint32_t((tid / PB::Q) * L::LDB + (tid % PB::Q) * 4));
-#pragma unroll
-      for (int j = 0; j < PB::R; ++j) {
-        const int c = 4 * (tid % PB::Q + PB::Q * j);  // the quad's first column
-        // past K no element: ok stays false (or, in an image of more than 2^30 rows, reads a valid
-        // element of x into a column that is not stored)
-        kq.ih0[j] = cci[c] >= 0 ? cky[c] - int(g.ph) : -(1 << 30), kq.iw0[j] = ckx[c] - int(g.pw);
-        kq.nc[j] = cci[c] >= 0 ? int(g.Ci) - cci[c] : 0;
-        kq.coff[j] = (int64_t(cky[c] - g.ph) * g.W + kq.iw0[j]) * g.Ci + (cci[c] >= 0 ? cci[c] : 0);
-      }
-    } else {
-      using PB = WgradPatchRows<T, C, L>;
-      kb.x_ = x;
-      kb.H_ = int(g.H), kb.W_ = int(g.W), kb.Hc_ = int(g.Hc), kb.Wc_ = int(g.Wc), kb.sh_ = int(g.sh), kb.sw_ = int(g.sw);
-      kb.step_o = step_o, kb.row_o = row_o, kb.img_o = img_o;
-#pragma unroll
-      for (int j = 0; j < PB::R; ++j) {
-        const int e = tid + j * kThreads, c = e < C::BK * PB::NV ? (e % PB::NV) * PB::V : 0;
-        const int64_t pos = pbeg + e / PB::NV, n = pos / HWc;
-        const int oh = int((pos % HWc) / g.Wc), ow = int(pos % g.Wc);
-        kb.left[j] = cci[c] >= 0 ? int(pend - pos) : -(1 << 30), kb.oh[j] = oh, kb.ow[j] = ow;
-        kb.ih0[j] = cky[c] - int(g.ph), kb.iw0[j] = ckx[c] - int(g.pw);
-        kb.xo[j] = ((n * g.H + kb.ih0[j] + int64_t(oh) * g.sh) * g.W + kb.iw0[j] + int64_t(ow) * g.sw) * g.Ci + cci[c];
-      }
-    }
-  }
+  // The k-major loaders (the FMA kernels load in place: NoLoader stands in).
+  using KA = std::conditional_t<kKM, WgradDconvRows<C, L>, NoLoader>;
+  using KB = std::conditional_t<kKM, std::conditional_t<kQ, WgradPatchQuads<T, C, L>, WgradPatchRows<T, C, L>>, NoLoader>;
+  KB kb(x, g, cky, ckx, cci, pbeg, pend);  // before ka: 4 fewer register moves in the 4-channel loop (ptxas)
+  KA ka(dconv, g.Co, Cd, co0, pbeg, pend);
   auto load_a = [&](Tc* s, int64_t k0) {  // A[co][p]: the unpooled gradient
     const int kk = tid % C::BK;
     const int64_t p = k0 + kk;  // dconv's row of position p: p Cd (positions are n, r, c in order)
@@ -224,8 +240,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   };
   auto load_b = [&](Tc* s, int64_t k0) {  // B[k][p]: the input patch of position p
     if constexpr (kKM) {  // row r of the tile = BN columns k of position k0 + r
-      if constexpr (kQ) kq(s);
-      else kb(s);
+      kb(s);
       return;
     }
     const Pos ps = position(k0);
@@ -259,7 +274,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kTF32>) conv_relu_maxp
   const int64_t cols = K - k0c;
   block_gemm<C, L>(acc, stages, pbeg, pend, int(left < kBM ? left : kBM), int(cols < C::BN ? cols : C::BN), load_a,
                    load_b, [&] {
-    if constexpr (kQ) kq.deposit();
+    if constexpr (kQ) kb.deposit();
   });
   acc.store(sC);
   __syncthreads();
