@@ -63,4 +63,8 @@ PYBIND11_MODULE(_C, mod) {
   }, py::arg("dtype"),
      "The CPU kernel that runs the conv op for this dtype here and now: 'brgemm-bf16', 'brgemm-f16', "
      "'brgemm-f32' or 'portable' (PYALEXNET_CPU_PORTABLE=1 forces the latter).");
+  mod.def("cpu_conv_tiling", &pyalexnet::crm::cpu_conv_tiling,
+          "How the brgemm conv kernel cuts its products here and now: 'wide' (AVX-512: 64-channel blocks, one "
+          "product per conv row) or 'narrow' (AVX2: 32-channel blocks, conv rows stacked); "
+          "PYALEXNET_CPU_TILING=wide|narrow forces either.");
 }

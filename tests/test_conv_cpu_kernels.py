@@ -2,9 +2,10 @@
 default where it runs) and the portable one (float64, other CPUs, PYALEXNET_CPU_PORTABLE=1).
 
 test_conv_relu_maxpool.py tests the op through whichever kernel the machine picks (CI also runs it
-once with the portable kernel forced). Here: which kernel runs where; random geometries in every
-dtype on the brgemm kernel specifically, in both layouts; the two kernels bit-identical where the
-conv values are exact; results that do not depend on the thread count.
+once with the portable kernel forced). Here: which kernel and which tiling run where; random
+geometries in every dtype on the brgemm kernel specifically, in both of its tilings (whatever this
+CPU would choose) and both layouts; the two kernels bit-identical where the conv values are exact;
+results that do not depend on the thread count.
 """
 from __future__ import annotations
 
@@ -38,11 +39,14 @@ def brgemm_here() -> bool:
 needs_brgemm = pytest.mark.skipif(not brgemm_here(), reason="the brgemm kernel needs an x86 CPU with AVX2 and FMA")
 
 
-@pytest.fixture
-def brgemm(monkeypatch):
+@pytest.fixture(params=("wide", "narrow"))
+def brgemm(monkeypatch, request):
+    """The brgemm kernel, in each of its two tilings whatever this CPU would choose."""
     monkeypatch.delenv("PYALEXNET_CPU_PORTABLE", raising=False)
     if not brgemm_here():
         pytest.skip("the brgemm kernel needs an x86 CPU with AVX2 and FMA")
+    monkeypatch.setenv("PYALEXNET_CPU_TILING", request.param)
+    assert _C.cpu_conv_tiling() == request.param
 
 
 def test_kernel_choice(monkeypatch):
@@ -69,6 +73,24 @@ def test_kernel_choice(monkeypatch):
         _C.cpu_conv_kernel("int8")
 
 
+def test_tiling_choice(monkeypatch):
+    """AVX-512 CPUs cut the products wide (64-channel blocks, one product per conv row), others
+    narrow (32, conv rows stacked); PYALEXNET_CPU_TILING forces either and refuses anything else."""
+    monkeypatch.delenv("PYALEXNET_CPU_TILING", raising=False)
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= cpu_flags()
+    assert _C.cpu_conv_tiling() == ("wide" if avx512 else "narrow")
+    for t in ("wide", "narrow"):
+        monkeypatch.setenv("PYALEXNET_CPU_TILING", t)
+        assert _C.cpu_conv_tiling() == t
+    monkeypatch.setenv("PYALEXNET_CPU_TILING", "widest")
+    with pytest.raises(RuntimeError, match="PYALEXNET_CPU_TILING must be 'wide', 'narrow' or unset, not 'widest'"):
+        _C.cpu_conv_tiling()
+    if brgemm_here():
+        c = SPECIAL["conv3_3x3_p1_pool1s1"]
+        with pytest.raises(RuntimeError, match="PYALEXNET_CPU_TILING"):
+            conv_relu_maxpool(*exact_inputs(c, torch.float32), *c.args())
+
+
 @pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=str)
 @pytest.mark.parametrize("draw", range(12))
@@ -86,7 +108,7 @@ def test_random_geometries(brgemm, fresh_seed, draw, dtype, channels_last):
     check(c, x, w, b, grad_out, what=f"{c} {dtype}")
 
 
-WIDE = {  # past one 64-wide block of output channels, input channels, and kernel-row columns
+WIDE = {  # past one block (32 or 64 wide) of output channels, input channels, and kernel-row columns
     "co_blocks_ci_blocks": Cfg(2, 130, 6, 7, 129, (3, 3), padding=(1, 1)),
     "stride1_pad_ge_kernel": Cfg(2, 5, 6, 6, 7, (2, 2), padding=(2, 2), pool_kernel=(1, 1), pool_stride=(1, 1)),
     "stride2_kernel_rows_wide": Cfg(3, 33, 13, 12, 70, (3, 5), (2, 2), (1, 2), (2, 2), (2, 2)),

@@ -77,12 +77,21 @@ bool forced_portable() {
 template <typename CT>
 bool runs_16bit();
 
+// The AVX-512 subsets oneDNN's avx512_core kernels need.
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
 bool cpu_has_f32_kernel() {
 #if defined(__x86_64__) && defined(DNNL_EXPERIMENTAL_UKERNEL)
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return false;
   // On AVX-512 CPUs the ukernel takes bfloat16: if it refuses, it is not there (or not enabled).
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  const bool avx512 = cpu_has_avx512();
   static const bool bf16 = avx512 && runs_16bit<at::BFloat16>();
   return !avx512 || bf16;
 #else
@@ -133,15 +142,44 @@ void with_types(at::ScalarType dt, const F& f) {
 
 // The micro-kernel's view of a conv. Channels padded to even for VNNI pairs (Cip in, Cop out); Kt:
 // K of one kernel row; the padded input's width and height as the conv reads it.
+// How the products are cut: N of one product (output channels forward, columns of Kt backward) in
+// blocks of nb, and whether every conv stacks the patches of several conv rows into one product
+// (M = rows x Wo) or only short kernel rows do. Fixed by the CPU (PYALEXNET_CPU_TILING can force
+// either, so that the tests run both): AVX-512's 32 vector registers hold 7 rows x 64 channels of
+// sums, so a conv row of 7 or 13 columns is one product at full rate; AVX2's 16 hold 4 x 24 or
+// 6 x 16, so a short row ends in a slow remainder and a 64-wide B block is read from L2 row after
+// row (measured: bench/results/2026-12-04-cpu-avx2-tiling.md).
+struct Tiling {
+  int64_t nb;
+  bool stack_all;
+  int64_t blocks(int64_t n) const { return (n + nb - 1) / nb; }
+  int64_t width(int64_t n, int64_t j) const { return std::min(nb, n - j * nb); }
+};
+constexpr Tiling kWide{64, false}, kNarrow{32, true};
+constexpr int64_t kNbMax = 64;   // the widest nb: the epilogue's per-channel arrays
+constexpr int64_t kSmallK = 128;  // forward K up to which even the narrow tiling takes 64 channels
+
+Tiling tiling() {
+  const char* e = std::getenv("PYALEXNET_CPU_TILING");
+  const std::string s = e ? e : "";
+  if (s == "wide") return kWide;
+  if (s == "narrow") return kNarrow;
+  TORCH_CHECK(s.empty(), "PYALEXNET_CPU_TILING must be 'wide', 'narrow' or unset, not '", s, "'");
+  return cpu_has_avx512() ? kWide : kNarrow;
+}
+
 struct View {
   int64_t Cip, Cop, Kt, Wpd, Hpd, P, Pe;  // P: conv positions per image, Pe: P padded to even (VNNI)
+  Tiling t;
 };
 
 View view_of(const Geometry& g, bool vnni) {
   View v{};
+  v.t = tiling();
   v.Cip = vnni ? (g.Ci + 1) / 2 * 2 : g.Ci;
   v.Cop = vnni ? (g.Co + 1) / 2 * 2 : g.Co;
   v.Kt = g.kw * v.Cip;
+  if (g.kh * v.Kt <= kSmallK) v.t.nb = kNbMax;  // a whole kh Kt x 64 block of B stays in L1
   v.Wpd = (g.Wc - 1) * g.sw + g.kw;
   v.Hpd = (g.Hc - 1) * g.sh + g.kh;
   v.P = g.Hc * g.Wc;
@@ -149,9 +187,6 @@ View view_of(const Geometry& g, bool vnni) {
   return v;
 }
 
-constexpr int64_t kNb = 64;  // N of one product: output channels (forward), columns of Kt (backward)
-inline int64_t blocks(int64_t n) { return (n + kNb - 1) / kNb; }
-inline int64_t block_n(int64_t n, int64_t j) { return std::min(kNb, n - j * kNb); }
 
 // Where element (k, n) of a K x nb matrix B lives: row-major, or in VNNI pairs of k.
 inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
@@ -348,21 +383,21 @@ void pack_rows(int64_t K, int64_t nb, bool vnni, const Row& row, CT* b) {
 }
 
 // B of the forward products: per block j of output channels and kernel row ky, Kt x nb: row
-// kx Cip + ci is w[j kNb .. + nb][ci][ky][kx]. In the calling thread's scratch.
+// kx Cip + ci is w[j v.t.nb .. + nb][ci][ky][kx]. In the calling thread's scratch.
 template <typename T, typename CT>
 const CT* pack_forward(const T* w, const Geometry& g, const View& v, bool vnni) {
   const CT* wt = weight_rows<T, CT>(w, 1, g.Co, g.Ci * g.kh * g.kw);  // row (ci, ky, kx): Co values
-  CT* p = scratch<CT>(kWeights, blocks(g.Co) * kNb * g.kh * v.Kt);
+  CT* p = scratch<CT>(kWeights, v.t.blocks(g.Co) * v.t.nb * g.kh * v.Kt);
   // (block, kernel row) pairs write disjoint parts: packed by all threads, not before them
-  at::parallel_for(0, blocks(g.Co) * g.kh, 1, [&](int64_t q0, int64_t q1) {
+  at::parallel_for(0, v.t.blocks(g.Co) * g.kh, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
-      const int64_t j = q / g.kh, ky = q % g.kh, nb = block_n(g.Co, j);
+      const int64_t j = q / g.kh, ky = q % g.kh, nb = v.t.width(g.Co, j);
       const auto row = [&](int64_t k) -> const CT* {
         const int64_t kx = k / v.Cip, ci = k % v.Cip;
-        return ci < g.Ci ? wt + ((ci * g.kh + ky) * g.kw + kx) * g.Co + j * kNb : nullptr;
+        return ci < g.Ci ? wt + ((ci * g.kh + ky) * g.kw + kx) * g.Co + j * v.t.nb : nullptr;
       };
       // kernel rows back to back: the stacked products read them as one K = kh Kt matrix
-      pack_rows(v.Kt, nb, vnni, row, p + j * g.kh * kNb * v.Kt + ky * nb * v.Kt);
+      pack_rows(v.Kt, nb, vnni, row, p + j * g.kh * v.t.nb * v.Kt + ky * nb * v.Kt);
     }
   });
   return p;
@@ -371,31 +406,36 @@ const CT* pack_forward(const T* w, const Geometry& g, const View& v, bool vnni) 
 // A convolution as the micro-kernel sees it: output rows of Wo columns, each column's product over
 // kh kernel rows of Kt = kw C values of a padded channels-last input (rows of `row` values, C
 // channels a column, columns sw apart, conv rows sh input rows apart), into Co output channels; B
-// (packed) block after block of kNb channels, each its kh kernel rows back to back (kh Kt x nb).
+// (packed) block after block of t.nb channels, each its kh kernel rows back to back (kh Kt x nb).
 struct RowConv {
   int64_t kh, kw, sh, sw, C, row, Wo, Co;
+  Tiling t;
   int64_t Kt() const { return kw * C; }
 };
 
 // Short kernel rows (a few input channels: CIFAR's and ImageNet's conv1) make products too small to
 // keep the micro-kernel busy. There the patches of several conv rows are copied side by side
 // (M = rows x Wo, K = kh Kt) and multiplied at once, each B block as one kh Kt x nb matrix (Kt is
-// even in VNNI pairs). (Measured: stacking narrow images' rows as well, Wo < 16, gained 3% in
-// bfloat16 and lost up to 10% in float32: the products are not too short there.)
+// even in VNNI pairs). The narrow tiling also stacks narrow images' rows (Wo < 16), where two rows'
+// patches fit the budget: AVX2 multiplies a 7- or 13-row product with a slow remainder. (On AVX-512
+// that stacking gained 3% in bfloat16 and lost up to 10% in float32.)
+constexpr int64_t kPatchBytes = int64_t(256) << 10;
 inline bool short_rows(int64_t Kt) { return Kt < 128; }
-inline bool stacked(const RowConv& c) { return short_rows(c.Kt()); }
+inline bool stacked(const RowConv& c) {
+  return short_rows(c.Kt()) || (c.t.stack_all && c.Wo < 16 && 2 * c.Wo * c.kh * c.Kt() * 4 <= kPatchBytes);
+}
 
 // Conv rows per stacked product: M about 64, the patches within 256 KiB (at least one row).
 template <typename CT>
 int64_t stack_rows(const RowConv& c, int64_t R) {
   const int64_t by_m = (64 + c.Wo - 1) / c.Wo;
-  const int64_t by_bytes = (int64_t(256) << 10) / std::max<int64_t>(c.Wo * c.kh * c.Kt() * int64_t(sizeof(CT)), 1);
+  const int64_t by_bytes = kPatchBytes / std::max<int64_t>(c.Wo * c.kh * c.Kt() * int64_t(sizeof(CT)), 1);
   return std::clamp<int64_t>(std::min(by_m, by_bytes), 1, std::max<int64_t>(R, 1));
 }
 
 // float32 values of one band's conv rows: one block's (reused block after block), or all blocks'
 // when stacked.
-inline int64_t band_acc_size(const RowConv& c, int64_t R) { return (stacked(c) ? blocks(c.Co) : 1) * R * c.Wo * kNb; }
+inline int64_t band_acc_size(const RowConv& c, int64_t R) { return (stacked(c) ? c.t.blocks(c.Co) : 1) * R * c.Wo * c.t.nb; }
 
 // Conv rows [0, R) of a band (xp: its padded input from the first conv row's first input row), into
 // acc (per block: R x Wo x nb, channels last); done(j, acc_j) once block j's rows are complete.
@@ -404,9 +444,9 @@ PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R
                           const Done& done) {
   const int64_t Kt = c.Kt(), K = c.kh * Kt;
   if (!stacked(c)) {
-    for (int64_t j = 0; j < blocks(c.Co); ++j) {
-      const int64_t nb = block_n(c.Co, j);
-      const CT* bj = w + j * K * kNb;
+    for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) {
+      const int64_t nb = c.t.width(c.Co, j);
+      const CT* bj = w + j * K * c.t.nb;
       for (int64_t ky = 0; ky < c.kh; ++ky)  // kernel rows outside: one row's B stays in L2 over all R
         for (int64_t r = 0; r < R; ++r)
           cb::brgemm(c.Wo, nb, Kt, c.sw * c.C, nb, nb, ky > 0, xp + (r * c.sh + ky) * c.row, bj + ky * nb * Kt,
@@ -425,13 +465,13 @@ PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R
           const CT* s = xp + ((r0 + r) * c.sh + ky) * c.row + x * c.sw * c.C;
           std::copy(s, s + Kt, patches + (r * c.Wo + x) * K + ky * Kt);
         }
-    for (int64_t j = 0; j < blocks(c.Co); ++j) {  // the patches stay in cache over the blocks
-      const int64_t nb = block_n(c.Co, j);
-      cb::brgemm(rows * c.Wo, nb, K, K, nb, nb, false, patches, w + j * K * kNb, acc + j * R * c.Wo * kNb + r0 * c.Wo * nb,
+    for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) {  // the patches stay in cache over the blocks
+      const int64_t nb = c.t.width(c.Co, j);
+      cb::brgemm(rows * c.Wo, nb, K, K, nb, nb, false, patches, w + j * K * c.t.nb, acc + j * R * c.Wo * c.t.nb + r0 * c.Wo * nb,
                  vnni);
     }
   }
-  for (int64_t j = 0; j < blocks(c.Co); ++j) done(j, acc + j * R * c.Wo * kNb);
+  for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) done(j, acc + j * R * c.Wo * c.t.nb);
 }
 
 struct Output {
@@ -470,7 +510,7 @@ PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry&
         for (int64_t q = 0; q < g.Wp; ++q) code[(c * g.Hp + p) * cw + q] = cod[(p * g.Wp + q) * nb + c];
     return;
   }
-  uint8_t byte[kNb];  // the ReLU mask: bit q & 7 of byte q >> 3, built for all channels at once
+  uint8_t byte[kNbMax];  // the ReLU mask: bit q & 7 of byte q >> 3, built for all channels at once
   for (int64_t p = 0; p < np; ++p)
     for (int64_t b = 0; b < cw; ++b) {
       std::fill(byte, byte + nb, uint8_t(0));
@@ -507,8 +547,8 @@ PYA_VECTOR void epilogue(const float* acc, const Geometry& g, const Output& o, i
       }
     return write_tile<T>(val, cod, g, o, n, c0, nb, p0, np);
   }
-  float m[kNb];
-  int32_t at[kNb];
+  float m[kNbMax];
+  int32_t at[kNbMax];
   for (int64_t p = 0; p < np; ++p)
     for (int64_t q = 0; q < g.Wp; ++q) {
       for (int64_t c = 0; c < nb; ++c) m[c] = -std::numeric_limits<float>::infinity(), at[c] = 0;
@@ -531,7 +571,7 @@ PYA_VECTOR void epilogue(const float* acc, const Geometry& g, const Output& o, i
 }
 
 RowConv forward_conv(const Geometry& g, const View& v) {
-  return RowConv{g.kh, g.kw, g.sh, g.sw, v.Cip, v.Wpd * v.Cip, g.Wc, g.Co};
+  return RowConv{g.kh, g.kw, g.sh, g.sw, v.Cip, v.Wpd * v.Cip, g.Wc, g.Co, v.t};
 }
 
 // Bands of B pooled rows: their conv rows' float32 sums (band_acc_size) within 192 KiB, in L2, and
@@ -553,7 +593,7 @@ PYA_VECTOR void forward_band(const at::Tensor& x, const CT* wp, const Geometry& 
   fill_input<T, CT>(x, n, g, v, r0 * g.sh, rows_in, xp);
   float* acc = scratch<float>(kAcc, band_acc_size(c, R));
   conv_band(c, xp, wp, R, vnni, acc, [&](int64_t j, const float* a) {
-    epilogue<T>(a, g, o, n, j * kNb, block_n(g.Co, j), p0, np, r0);
+    epilogue<T>(a, g, o, n, j * v.t.nb, v.t.width(g.Co, j), p0, np, r0);
   });
 }
 
@@ -580,15 +620,15 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const std::optional<
 // (output channel -> (kx, ci)).
 template <typename T, typename CT>
 std::vector<CT> pack_backward(const T* w, const Geometry& g, const View& v, bool vnni) {
-  const int64_t nj = blocks(v.Kt), blk = v.Cop * kNb;
+  const int64_t nj = v.t.blocks(v.Kt), blk = v.Cop * v.t.nb;
   std::vector<CT> p(static_cast<size_t>(g.kh * nj * blk), CT(0.f));
   at::parallel_for(0, g.kh * nj, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
-      const int64_t ky = q / nj, j = q % nj, nb = block_n(v.Kt, j);
+      const int64_t ky = q / nj, j = q % nj, nb = v.t.width(v.Kt, j);
       CT* b = p.data() + (ky * nj + j) * blk;
       for (int64_t co = 0; co < g.Co; ++co)
         for (int64_t t = 0; t < nb; ++t) {
-          const int64_t k = j * kNb + t, kx = k / v.Cip, ci = k % v.Cip;
+          const int64_t k = j * v.t.nb + t, kx = k / v.Cip, ci = k % v.Cip;
           if (ci < g.Ci) b[b_index(co, t, nb, vnni)] = static_cast<CT>(w[((co * g.Ci + ci) * g.kh + ky) * g.kw + kx]);
         }
     }
@@ -655,20 +695,20 @@ PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
 bool flipped_data_gradient(const Geometry& g) { return g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw; }
 
 // B of those products: per block j of input channels, kernel row after (flipped) kernel row ky,
-// (kw Cop) x nb: row kx Cop + co is w[co][j kNb .. + nb][kh - 1 - ky][kw - 1 - kx].
+// (kw Cop) x nb: row kx Cop + co is w[co][j v.t.nb .. + nb][kh - 1 - ky][kw - 1 - kx].
 template <typename T, typename CT>
 const CT* pack_flipped(const T* w, const Geometry& g, const View& v, bool vnni) {
   const int64_t Kf = g.kw * v.Cop;
   const CT* wt = weight_rows<T, CT>(w, g.Co, g.Ci, g.kh * g.kw);  // row (co, ky, kx): Ci values
-  CT* p = scratch<CT>(kWeights, blocks(g.Ci) * g.kh * kNb * Kf);
-  at::parallel_for(0, blocks(g.Ci) * g.kh, 1, [&](int64_t q0, int64_t q1) {
+  CT* p = scratch<CT>(kWeights, v.t.blocks(g.Ci) * g.kh * v.t.nb * Kf);
+  at::parallel_for(0, v.t.blocks(g.Ci) * g.kh, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
-      const int64_t j = q / g.kh, ky = q % g.kh, nb = block_n(g.Ci, j);
+      const int64_t j = q / g.kh, ky = q % g.kh, nb = v.t.width(g.Ci, j);
       const auto row = [&](int64_t k) -> const CT* {
         const int64_t kx = k / v.Cop, co = k % v.Cop;
-        return co < g.Co ? wt + ((co * g.kh + g.kh - 1 - ky) * g.kw + g.kw - 1 - kx) * g.Ci + j * kNb : nullptr;
+        return co < g.Co ? wt + ((co * g.kh + g.kh - 1 - ky) * g.kw + g.kw - 1 - kx) * g.Ci + j * v.t.nb : nullptr;
       };
-      pack_rows(Kf, nb, vnni, row, p + j * g.kh * kNb * Kf + ky * nb * Kf);  // as pack_forward's
+      pack_rows(Kf, nb, vnni, row, p + j * g.kh * v.t.nb * Kf + ky * nb * Kf);  // as pack_forward's
     }
   });
   return p;
@@ -705,12 +745,12 @@ PYA_VECTOR void data_gradient_flipped(const Backward& k, int64_t n, const float*
       for (int64_t co = 0; co < Cop; ++co) dp[co] = narrow<CT>(s[co]);
     }
   }
-  const RowConv conv{g.kh, g.kw, 1, 1, Cop, row, g.W, g.Ci};
+  const RowConv conv{g.kh, g.kw, 1, 1, Cop, row, g.W, g.Ci, k.v.t};
   float* acc = scratch<float>(kProduct, band_acc_size(conv, g.H));
   T* dx = k.dx->data_ptr<T>() + n * k.dx->stride(0);
   const int64_t sC = k.dx->stride(1), sH = k.dx->stride(2), sW = k.dx->stride(3);
   conv_band(conv, dyp, static_cast<const CT*>(k.wb), g.H, k.vnni, acc, [&](int64_t j, const float* a) {
-    store_block(a, g.H, g.W, block_n(g.Ci, j), dx + j * kNb * sC, sC, sH, sW);
+    store_block(a, g.H, g.W, k.v.t.width(g.Ci, j), dx + j * k.v.t.nb * sC, sC, sH, sW);
   });
 }
 
@@ -720,19 +760,19 @@ template <typename T, typename CT>
 PYA_VECTOR void data_gradient(const Backward& k, int64_t n, const CT* dYc) {
   const Geometry& g = k.g;
   const View& v = k.v;
-  const int64_t nj = blocks(v.Kt), row = v.Wpd * v.Cip;
+  const int64_t nj = v.t.blocks(v.Kt), row = v.Wpd * v.Cip;
   float* dxp = scratch<float>(kDxp, v.Hpd * row);
-  float* t = scratch<float>(kProduct, g.Wc * kNb);
+  float* t = scratch<float>(kProduct, g.Wc * v.t.nb);
   std::fill(dxp, dxp + v.Hpd * row, 0.f);
   const CT* wb = static_cast<const CT*>(k.wb);
   for (int64_t r = 0; r < g.Hc; ++r)
     for (int64_t ky = 0; ky < g.kh; ++ky)
       for (int64_t j = 0; j < nj; ++j) {
-        const int64_t nb = block_n(v.Kt, j);
-        cb::brgemm(g.Wc, nb, v.Cop, v.Cop, nb, nb, false, dYc + r * g.Wc * v.Cop, wb + (ky * nj + j) * v.Cop * kNb, t,
+        const int64_t nb = v.t.width(v.Kt, j);
+        cb::brgemm(g.Wc, nb, v.Cop, v.Cop, nb, nb, false, dYc + r * g.Wc * v.Cop, wb + (ky * nj + j) * v.Cop * v.t.nb, t,
                    k.vnni);
         for (int64_t c = 0; c < g.Wc; ++c) {
-          float* d = dxp + (r * g.sh + ky) * row + c * g.sw * v.Cip + j * kNb;
+          float* d = dxp + (r * g.sh + ky) * row + c * g.sw * v.Cip + j * v.t.nb;
           const float* s = t + c * nb;
           for (int64_t e = 0; e < nb; ++e) d[e] += s[e];
         }
@@ -799,7 +839,7 @@ PYA_VECTOR void weight_patches(const Backward& k, const WeightInputs<CT>& wi, in
   const Geometry& g = k.g;
   const View& v = k.v;
   const int64_t img = v.Hpd * v.Wpd * v.Cip;
-  CT* pair = scratch<CT>(kPair, 2 * kNb);
+  CT* pair = scratch<CT>(kPair, 2 * v.t.nb);
   for (int64_t i = 0; i < m; ++i) {
     const CT* xp = wi.xps + (i0 + i) * img;
     CT* bi = bb + i * v.Pe * nb;
@@ -818,8 +858,8 @@ PYA_VECTOR void weight_patches(const Backward& k, const WeightInputs<CT>& wi, in
         continue;
       }
       patch_columns(xp, g, v, pos, t0, nb, pair);
-      if (second) patch_columns(xp, g, v, pos + 1, t0, nb, pair + kNb);
-      interleave(pair, second ? pair + kNb : nullptr, nb, bi + pos * nb);
+      if (second) patch_columns(xp, g, v, pos + 1, t0, nb, pair + v.t.nb);
+      interleave(pair, second ? pair + v.t.nb : nullptr, nb, bi + pos * nb);
     }
   }
 }
@@ -831,7 +871,7 @@ PYA_VECTOR void weight_gradient(const Backward& k, const WeightInputs<CT>& wi, i
                                 int64_t nb, float* dwc, bool first) {
   const View& v = k.v;
   const int64_t chunk = chunk_images(v), Kw = k.g.kh * v.Kt;
-  CT* bb = scratch<CT>(kPatches, chunk * v.Pe * kNb);
+  CT* bb = scratch<CT>(kPatches, chunk * v.Pe * v.t.nb);
   for (int64_t c = i0; c < i1; c += chunk) {
     const int64_t m = std::min(chunk, i1 - c);
     weight_patches(k, wi, c, m, t0, nb, bb);
@@ -839,16 +879,16 @@ PYA_VECTOR void weight_gradient(const Backward& k, const WeightInputs<CT>& wi, i
   }
 }
 
-// dw's column blocks (t0, nb): kNb columns within one kernel row, or across them where the rows are
-// short.
+// dw's column blocks (t0, nb): v.t.nb columns within one kernel row, or across them where the rows
+// are short or every conv is stacked.
 std::vector<std::pair<int64_t, int64_t>> weight_blocks(const Geometry& g, const View& v) {
   std::vector<std::pair<int64_t, int64_t>> b;
   const int64_t Kw = g.kh * v.Kt;
-  if (short_rows(v.Kt)) {
-    for (int64_t j = 0; j < blocks(Kw); ++j) b.emplace_back(j * kNb, block_n(Kw, j));
+  if (v.t.stack_all || short_rows(v.Kt)) {
+    for (int64_t j = 0; j < v.t.blocks(Kw); ++j) b.emplace_back(j * v.t.nb, v.t.width(Kw, j));
   } else {
     for (int64_t ky = 0; ky < g.kh; ++ky)
-      for (int64_t j = 0; j < blocks(v.Kt); ++j) b.emplace_back(ky * v.Kt + j * kNb, block_n(v.Kt, j));
+      for (int64_t j = 0; j < v.t.blocks(v.Kt); ++j) b.emplace_back(ky * v.Kt + j * v.t.nb, v.t.width(v.Kt, j));
   }
   return b;
 }
@@ -980,13 +1020,15 @@ std::string cpu_conv_kernel(at::ScalarType dt) {
 
 bool brgemm_runs(at::ScalarType dt) { return multiply_in(dt).has_value(); }
 
+std::string cpu_conv_tiling() { return tiling().stack_all ? "narrow" : "wide"; }
+
 bool brgemm_backward_fits(const Geometry& g) {
   const View v = view_of(g, true);  // the larger of the two views
   const int64_t m = chunk_images(v);
   // per thread: dY (and its 16-bit copy), the data gradient's padded input and sums, the patches
   // (the data gradient's stacked products and the weight gradient's share a slot)
-  const int64_t patches = std::max({m * v.Pe * kNb * 4, int64_t(256) << 10, g.W * g.kh * g.kw * v.Cop * 4});
-  const int64_t thread = v.P * v.Cop * 8 + (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 + g.H * g.W * blocks(g.Ci) * kNb * 4 +
+  const int64_t patches = std::max({m * v.Pe * v.t.nb * 4, int64_t(256) << 10, g.W * g.kh * g.kw * v.Cop * 4});
+  const int64_t thread = v.P * v.Cop * 8 + (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 + g.H * g.W * v.t.blocks(g.Ci) * v.t.nb * 4 +
                          patches;
   // shared: a range's weight-gradient inputs, the groups' dw copies, the bias-gradient rows
   const int64_t shared = range_images(g, v, true) * (v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe) * 4 +

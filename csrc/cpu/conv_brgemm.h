@@ -18,6 +18,9 @@ namespace crm {
 // PYALEXNET_CPU_PORTABLE is set to anything but "" or "0" (read at each call).
 std::string cpu_conv_kernel(at::ScalarType dt);
 bool brgemm_runs(at::ScalarType dt);  // cpu_conv_kernel(dt) != "portable"
+// How the brgemm kernel cuts its products here and now: "wide" (64-channel blocks, one product per
+// conv row: AVX-512) or "narrow" (32, conv rows stacked: AVX2); PYALEXNET_CPU_TILING forces either.
+std::string cpu_conv_tiling();
 
 // The brgemm backward works a whole image at a time in per-thread scratch, and keeps the weight
 // gradient's inputs for a range of images (up to 16 MiB) in scratch the threads share (all kept for
