@@ -140,15 +140,13 @@ void with_types(at::ScalarType dt, const F& f) {
   }
 }
 
-// The micro-kernel's view of a conv. Channels padded to even for VNNI pairs (Cip in, Cop out); Kt:
-// K of one kernel row; the padded input's width and height as the conv reads it.
 // How the products are cut: N of one product (output channels forward, columns of Kt backward) in
 // blocks of nb, and whether every conv stacks the patches of several conv rows into one product
 // (M = rows x Wo) or only short kernel rows do. Fixed by the CPU (PYALEXNET_CPU_TILING can force
 // either, so that the tests run both): AVX-512's 32 vector registers hold 7 rows x 64 channels of
 // sums, so a conv row of 7 or 13 columns is one product at full rate; AVX2's 16 hold 4 x 24 or
 // 6 x 16, so a short row ends in a slow remainder and a 64-wide B block is read from L2 row after
-// row (measured: bench/results/2026-12-04-cpu-avx2-tiling.md).
+// row (measured on a Zen 3: bench/results/2026-12-04-amd-epyc-zen3-avx2-2-threads-conv-train.txt).
 struct Tiling {
   int64_t nb;
   bool stack_all;
@@ -168,6 +166,8 @@ Tiling tiling() {
   return cpu_has_avx512() ? kWide : kNarrow;
 }
 
+// The micro-kernel's view of a conv. Channels padded to even for VNNI pairs (Cip in, Cop out); Kt:
+// K of one kernel row; the padded input's width and height as the conv reads it.
 struct View {
   int64_t Cip, Cop, Kt, Wpd, Hpd, P, Pe;  // P: conv positions per image, Pe: P padded to even (VNNI)
   Tiling t;
@@ -186,7 +186,6 @@ View view_of(const Geometry& g, bool vnni) {
   v.Pe = vnni ? (v.P + 1) / 2 * 2 : v.P;
   return v;
 }
-
 
 // Where element (k, n) of a K x nb matrix B lives: row-major, or in VNNI pairs of k.
 inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
