@@ -76,6 +76,7 @@ def test_kernel_choice(monkeypatch):
 def test_tiling_choice(monkeypatch):
     """AVX-512 CPUs cut the products wide (64-channel blocks, one product per conv row), others
     narrow (32, conv rows stacked); PYALEXNET_CPU_TILING forces either and refuses anything else."""
+    monkeypatch.delenv("PYALEXNET_CPU_PORTABLE", raising=False)  # the refusal is the brgemm kernel's
     monkeypatch.delenv("PYALEXNET_CPU_TILING", raising=False)
     avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= cpu_flags()
     assert _C.cpu_conv_tiling() == ("wide" if avx512 else "narrow")
