@@ -47,6 +47,7 @@ if __name__ == "__main__" and not __package__:  # `python bench/compare.py`: run
 import torch  # noqa: E402
 
 from . import conv_relu_maxpool, report, softmax_cross_entropy, train_step  # noqa: E402
+from .load import busy_cores, check_busy  # noqa: E402
 from .machine import describe, last_level_cache_bytes, measure_limits, slug  # noqa: E402
 from .timing import Timer  # noqa: E402
 
@@ -167,6 +168,8 @@ def parse(argv=None):
     ap.add_argument("--min-run-time", type=float, help="seconds per timing")
     ap.add_argument("--rounds", type=int, help="alternating rounds of the variants (medians over them)")
     ap.add_argument("--sets", type=int, help="input sets to rotate through (default: see Config.sets_for)")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="keep N CPU cores busy with other processes for the whole run (a loaded machine)")
     ap.add_argument("--time-limit", type=float, help="seconds for the whole run; what does not fit is skipped")
     ap.add_argument("--json", help="write machine, limits, configuration and rows here")
     ap.add_argument("--markdown", help="write the short markdown summary here")
@@ -180,6 +183,10 @@ def parse(argv=None):
             setattr(args, k, v)
     if args.no_compile:
         args.compile_batches = args.compile_shapes = args.compile_dtypes = "none"
+    try:
+        check_busy(args.busy)
+    except ValueError as e:
+        ap.error(str(e))
     for s in _list(args.sections):
         if s not in SECTIONS:
             ap.error(f"--sections: {s!r} is not one of {', '.join(SECTIONS)}")
@@ -196,6 +203,11 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args, cfg = parse(argv)
+    with busy_cores(args.busy):  # the limits too are measured under the load
+        return _run(args, cfg, argv)
+
+
+def _run(args, cfg, argv) -> int:
     t0 = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -205,7 +217,8 @@ def main(argv=None) -> int:
     dtypes = sorted({str(d).removeprefix("torch.") for d in cfg.dtypes + cfg.train_dtypes})
     limits = measure_limits(cfg.device, [getattr(torch, d) for d in dtypes], timer)
     print(f"# {machine['card']} | torch {machine['torch']} | CUDA {machine['cuda']} | cuDNN {machine['cudnn']} | "
-          f"pyalexnet {machine['pyalexnet']} | {machine['date']} | mode {args.mode}")
+          f"pyalexnet {machine['pyalexnet']} | {machine['date']} | mode {args.mode}"
+          + (f" | {args.busy} CPU core(s) kept busy by other processes" if args.busy else ""))
     print("# measured limits: matmul " + ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in limits["matmul_tflops"].items())
           + f"; copy {limits['copy_gbs']:.1f} GB/s")
     rows, failures = [], {}
@@ -220,7 +233,7 @@ def main(argv=None) -> int:
         table.legend()
     result = {"machine": machine, "limits": limits, "mode": args.mode, "argv": sys.argv[1:] if argv is None else argv,
               "config": {k: v for k, v in vars(args).items() if k not in ("json", "markdown", "save", "plot")},
-              "rows": rows, "failures": failures, "wall_s": round(time.monotonic() - t0, 1),
+              "busy_cores": args.busy, "rows": rows, "failures": failures, "wall_s": round(time.monotonic() - t0, 1),
               "load_average_end": os.getloadavg()[0]}
     write_outputs(args, result)
     print(f"\n# {len(rows)} rows in {result['wall_s']:.0f} s; "

@@ -144,7 +144,9 @@ def markdown(result: dict) -> str:
            f"torch {m['torch']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}, pyalexnet {m['pyalexnet']}, "
            f"mode {result['mode']}; measured limits: matmul "
            + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in lim["matmul_tflops"].items())
-           + f", copy {lim['copy_gbs']:.0f} GB/s. Speedup = fastest verified baseline / ours.", ""]
+           + f", copy {lim['copy_gbs']:.0f} GB/s. Speedup = fastest verified baseline / ours."
+           + (f" {result['busy_cores']} CPU core(s) kept busy by other processes (--busy)." if result.get("busy_cores")
+              else ""), ""]
     rows = [r for r in result["rows"] if "times_s" in r]
     conv = [r for r in rows if r["section"] == "conv"]
     if conv:

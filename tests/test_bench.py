@@ -399,3 +399,37 @@ def test_input_pipeline_bench_checks_then_times_both(tmp_path, capsys):
     r = json.loads(out.read_text())
     assert r["images"] == 11 and set(r["images_per_s"]) == {"ours", "torchvision"} and r["speedup"] > 0
     assert "ours / theirs" in capsys.readouterr().out
+
+
+def test_busy_cores_run_for_the_block_and_are_killed_after_it():
+    """--busy N: N spinning processes for the whole run, gone afterwards even when the run fails;
+    a count that leaves no core free, or below zero, is refused before anything starts."""
+    from bench.load import busy_cores
+    with pytest.raises(RuntimeError, match="inside"):
+        with busy_cores(1) as procs:
+            assert len(procs) == 1 and procs[0].poll() is None
+            time.sleep(0.2)
+            assert procs[0].poll() is None  # still spinning
+            raise RuntimeError("inside")
+    assert procs[0].poll() is not None
+    cores = os.cpu_count() or 1
+    for n in (-1, cores):
+        with pytest.raises(ValueError, match="--busy"):
+            with busy_cores(n):
+                pass
+        with pytest.raises(SystemExit):
+            compare.parse(["--busy", str(n)])
+
+
+def test_a_run_under_load_says_so(tmp_path, capsys):
+    """The table's header, the JSON and the markdown record how many cores were kept busy."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs a core to keep busy and one to run on")
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    rc = compare.main([*TINY, "--sections", "loss", "--shapes", "64x10", "--busy", "1", "--json", str(out),
+                       "--markdown", str(md)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "1 CPU core(s) kept busy" in text.splitlines()[0]
+    assert json.loads(out.read_text())["busy_cores"] == 1
+    assert "kept busy by other processes (--busy)" in md.read_text()
