@@ -407,8 +407,9 @@ const CT* pack_forward(const T* w, const Geometry& g, const View& v, bool vnni) 
 }
 
 // n values from s to d, inline: the runs copied here (a patch row, a B block's row) are short enough
-// that a call to memmove cost more than the copy (15% of ImageNet conv1's backward). 32-byte vectors, the last one overlapping the one before; runs under 32 bytes by two
-// overlapping copies of the largest power of two that fits.
+// that a call to memmove cost more than the copy (15% of ImageNet conv1's backward). 32-byte
+// vectors, the last one overlapping the one before; runs under 32 bytes by two overlapping copies
+// of the largest power of two that fits.
 template <typename CT>
 PYA_VECTOR inline void copy_run(const CT* s, int64_t n, CT* d) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -704,8 +705,11 @@ PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
   const T* gy = k.gy.const_data_ptr<T>() + n * k.gy.stride(0);
   const int64_t sC = k.gy.stride(1), sH = k.gy.stride(2), sW = k.gy.stride(3);
   const bool bits = is_bitmask(g.pkh, g.pkw);
-  int64_t at[256];  // a code's place in its window, in dY's rows (a table: a division per value was 8% of backward)
-  for (int64_t cd = 0; cd < 256; ++cd) at[cd] = code_dy(static_cast<uint8_t>(cd), g.pkw) * g.Wc + code_dx(static_cast<uint8_t>(cd), g.pkw);
+  int64_t at[256];  // a code's place in its window, in dY's rows: a division per value was 8% of backward
+  for (int64_t cd = 0; cd < 256; ++cd) {
+    const uint8_t c = static_cast<uint8_t>(cd);
+    at[cd] = code_dy(c, g.pkw) * g.Wc + code_dx(c, g.pkw);
+  }
   for (int64_t c0 = 0; c0 < g.Co; c0 += kC) {
     const int64_t nc = std::min(kC, g.Co - c0);
     for (int64_t p = 0; p < g.Hp; ++p)
