@@ -113,6 +113,9 @@ WIDE = {  # past one block (32 or 64 wide) of output channels, input channels, a
     "co_blocks_ci_blocks": Cfg(2, 130, 6, 7, 129, (3, 3), padding=(1, 1)),
     "stride1_pad_ge_kernel": Cfg(2, 5, 6, 6, 7, (2, 2), padding=(2, 2), pool_kernel=(1, 1), pool_stride=(1, 1)),
     "stride2_kernel_rows_wide": Cfg(3, 33, 13, 12, 70, (3, 5), (2, 2), (1, 2), (2, 2), (2, 2)),
+    # kernel rows over padding alone are skipped, unstacked (Kt = 130, 22 columns): the first two and
+    # last two conv rows read nothing but padding (bias + ReLU alone), the next ones part of it
+    "rows_of_padding_only": Cfg(2, 130, 5, 20, 20, (2, 1), padding=(3, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
     "one_column": Cfg(2, 4, 9, 1, 5, (3, 1), padding=(1, 0), pool_kernel=(2, 1), pool_stride=(1, 1)),
     # the weight gradient's products over several images (K = images x positions): 19 images in 4
     # groups, 25 positions (odd: a VNNI zero column per image), then 225 positions, 2 images a

@@ -444,10 +444,16 @@ PYA_VECTOR inline void copy_run(const CT* s, int64_t n, CT* d) {
 // kh kernel rows of Kt = kw C values of a padded channels-last input (rows of `row` values, C
 // channels a column, columns sw apart, conv rows sh input rows apart), into Co output channels; B
 // (packed) block after block of t.nb channels, each its kh kernel rows back to back (kh Kt x nb).
+// Input rows [lo, hi) of the band (counted from its first) hold data, the others padding: a kernel
+// row that reads only padding adds nothing, and its product is skipped.
 struct RowConv {
   int64_t kh, kw, sh, sw, C, row, Wo, Co;
   Tiling t;
+  int64_t lo = 0, hi = std::numeric_limits<int64_t>::max() / 4;
   int64_t Kt() const { return kw * C; }
+  // Conv row r's kernel rows that read data: [first_tap(r), end_tap(r)).
+  int64_t first_tap(int64_t r) const { return std::clamp<int64_t>(lo - r * sh, 0, kh); }
+  int64_t end_tap(int64_t r) const { return std::clamp<int64_t>(hi - r * sh, 0, kh); }
 };
 
 // Short kernel rows (a few input channels: CIFAR's and ImageNet's conv1) make products too small to
@@ -485,9 +491,14 @@ PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R
       const int64_t nb = c.t.width(c.Co, j);
       const CT* bj = w + j * K * c.t.nb;
       for (int64_t ky = 0; ky < c.kh; ++ky)  // kernel rows outside: one row's B stays in L2 over all R
-        for (int64_t r = 0; r < R; ++r)
-          cb::brgemm(c.Wo, nb, Kt, c.sw * c.C, nb, nb, ky > 0, xp + (r * c.sh + ky) * c.row, bj + ky * nb * Kt,
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t first = c.first_tap(r);
+          if (ky < first || ky >= c.end_tap(r)) continue;  // padding rows only
+          cb::brgemm(c.Wo, nb, Kt, c.sw * c.C, nb, nb, ky > first, xp + (r * c.sh + ky) * c.row, bj + ky * nb * Kt,
                      acc + r * c.Wo * nb, vnni);
+        }
+      for (int64_t r = 0; r < R; ++r)  // a conv row over padding alone
+        if (c.first_tap(r) >= c.end_tap(r)) std::fill(acc + r * c.Wo * nb, acc + (r + 1) * c.Wo * nb, 0.f);
       done(j, acc);
     }
     return;
@@ -622,8 +633,9 @@ int64_t band_size(const Geometry& g, const RowConv& c) {
 template <typename T, typename CT>
 PYA_VECTOR void forward_band(const at::Tensor& x, const CT* wp, const Geometry& g, const View& v, bool vnni,
                              const Output& o, int64_t n, int64_t p0, int64_t np) {
-  const RowConv c = forward_conv(g, v);
   const int64_t r0 = band_first_row(p0, g.psh), R = band_rows(np, g.pkh, g.psh);
+  RowConv c = forward_conv(g, v);
+  c.lo = g.ph - r0 * g.sh, c.hi = g.ph + g.H - r0 * g.sh;
   const int64_t rows_in = (R - 1) * g.sh + g.kh;
   CT* xp = scratch<CT>(kInput, rows_in * c.row);
   fill_input<T, CT>(x, n, g, v, r0 * g.sh, rows_in, xp);
@@ -821,7 +833,7 @@ PYA_VECTOR void data_gradient_flipped(const Backward& k, int64_t n, const float*
       for (int64_t co = 0; co < Cop; ++co) dp[co] = narrow<CT>(s[co]);
     }
   }
-  const RowConv conv{g.kh, g.kw, 1, 1, Cop, row, g.W, g.Ci, k.v.t};
+  const RowConv conv{g.kh, g.kw, 1, 1, Cop, row, g.W, g.Ci, k.v.t, top, top + g.Hc};
   float* acc = scratch<float>(kProduct, band_acc_size(conv, g.H));
   T* dx = k.dx->data_ptr<T>() + n * k.dx->stride(0);
   const int64_t sC = k.dx->stride(1), sH = k.dx->stride(2), sW = k.dx->stride(3);
