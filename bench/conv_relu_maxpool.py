@@ -9,7 +9,7 @@ built from). Variants, each verified against eager NCHW before it is timed:
     nhwc      the same with channels_last input and weights
     compile   torch.compile of the same sequence, in ours' layout (Inductor fuses ReLU and pooling)
     ours_v1   on a GPU, ours with the CUDA forward kernels' first version (PYALEXNET_CONV_VERSION=1:
-              loads and stores through 2 stages) instead of version 2 (cp.async through 3 stages):
+              loads and stores through 2 stages) instead of version 2 (cp.async through 4 stages):
               the A/B of that change, timed side by side (the backward has one version); not a
               baseline
 

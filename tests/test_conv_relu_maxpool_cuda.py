@@ -222,7 +222,7 @@ def test_offsets_past_2_31():
 @pytest.fixture(params=[2, 1], ids=["v2", "v1"])
 def version(request, monkeypatch):
     """The forward kernels' version, which the op reads from PYALEXNET_CONV_VERSION at every call: 2
-    (the default: cp.async through 3 stages) or 1 (loads and stores through 2 stages). The backward
+    (the default: cp.async through 4 stages) or 1 (loads and stores through 2 stages). The backward
     has one version."""
     monkeypatch.setenv("PYALEXNET_CONV_VERSION", str(request.param))
     return request.param

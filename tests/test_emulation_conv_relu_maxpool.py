@@ -87,7 +87,7 @@ def emulate(c: Cfg, x, w, b, gy, tmp: Path, tf32: bool = False, need: str = "111
             version: int = 2) -> dict:
     """The kernels' out, code, dx, dw, db (NCHW, as the op returns them) for both schedules, after
     checking that the schedules agree bit for bit. version 1: the forward kernels' first version
-    (operand loads and stores through 2 stages); 2 (the default): cp.async through 3 stages. The
+    (operand loads and stores through 2 stages); 2 (the default): cp.async through 4 stages. The
     backward has one version."""
     dtype = x.dtype
     acc = torch.float64 if dtype == torch.float64 else torch.float32
@@ -167,7 +167,7 @@ def test_flat_tiles_where_they_save_rows(tmp_path, name):
 @pytest.mark.parametrize("name", thorough_unless(("conv1_like", "conv2_like", "k_tail", "co_multiple_of_k_step",
                                                    "conv3_like_groups", "flat_rows", "flat_conv"), lambda n: n not in BIG))
 def test_both_versions_give_the_same_bits(tmp_path, name, mode):
-    """The forward kernels' two versions (cp.async through 3 stages, the default; loads and stores
+    """The forward kernels' two versions (cp.async through 4 stages, the default; loads and stores
     through 2 stages) run the same products in the same order, so on Gaussian inputs (every TF32
     input rounded, bf16/f16 not exact) the output and the codes agree bit for bit. Between them the
     cases take every loader: element, 4-channel and 16-byte gathers of the input; the version-2

@@ -42,7 +42,7 @@ at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDoubl
 // float32 runs as TF32 on the tensor cores where PyTorch lets cuDNN's convolutions do so.
 bool use_tf32(at::ScalarType t) { return t == at::kFloat && at::globalContext().allowTF32CuDNN(); }
 
-// The forward kernels' version: 2 (cp.async operand copies through 3 stages), unless
+// The forward kernels' version: 2 (cp.async operand copies through 4 stages), unless
 // PYALEXNET_CONV_VERSION=1 asks for the first version (loads and stores through 2 stages). Read at
 // every call, so that one process can time both (bench/compare.py); both give the same bits. The
 // backward has one version.

@@ -10,16 +10,17 @@
 // 32-bit shared addresses: csrc/cuda/mma_sync.h) with float accumulation; float32 as TF32 on the
 // tensor cores (m16n8k8) when allowed (torch.backends.cudnn.allow_tf32), else exact FP32 FMA; float64
 // FMA. The tile loops are the same for all: only the warp tile's inner product (Accum) differs.
-// Operand pipeline (block_gemm): cp.async (cuda/async_copy.h) copies the 16-byte input
-// gathers, the weight rows, dgrad's dconv gathers and wgrad's tiles straight into a ring of 3
-// shared-memory stages, two K steps ahead of the tensor cores, one barrier per step. wgrad's
+// Operand pipeline (block_gemm): cp.async (cuda/async_copy.h) copies the 16-byte input gathers, the
+// weight rows, dgrad's dconv gathers and wgrad's tiles straight into a ring of 4 shared-memory
+// stages (kAsyncStages), three K steps ahead of the tensor cores, one barrier per step. wgrad's
 // operands run along the channels (m and n), so its tiles are k-major (a row per conv position) and
 // read by ldmatrix.trans (TF32: 32-bit LDS). 4-channel gathers (the forward's and wgrad's patches
 // where Ci is not a multiple of 16 bytes) load through registers and store after the next step's
-// products (block_gemm's deposit); element gathers (FMA) still load and store in place. TF32: the packed weights are rounded once a call, dconv
-// when written; raw input tiles round on the fragments. The forward's loaders keep each thread's
-// rows in registers and walk (ky, kx, c) by one K step at a time (no division a step). Values the
-// main loops reuse are computed once and held (mma::kept) where nvcc would recompute them each step.
+// products (block_gemm's deposit); element gathers (FMA) still load and store in place. TF32: the
+// packed weights are rounded once a call, dconv when written; raw input tiles round on the
+// fragments. The forward's loaders keep each thread's rows in registers and walk (ky, kx, c) by one
+// K step at a time (no division a step). Values the main loops reuse are computed once and held
+// (mma::kept) where nvcc would recompute them each step.
 // The forward's version 1 (loads and stores through 2 stages) stays selectable,
 // PYALEXNET_CONV_VERSION=1, so that one GPU run times both (bench/compare.py's ours_v1); both give
 // the same bits (tests). The backward has one version: the first one's, which un-pooled inside its
@@ -138,15 +139,15 @@ template <class C> constexpr int64_t dconv_channels(int64_t Co) { return (Co + C
 
 // Blocks per SM the GEMM kernels' registers must allow: 2 for FMA (128 registers a thread); 1 for
 // the tensor cores, whose 128 x 128 tile holds 64 float accumulators a thread (at a cap of 128
-// registers ptxas spilled in 11 of their variants); their 68 KB of shared memory allow 3.
+// registers ptxas spilled in 11 of their variants); their 80 KB of shared memory allow 2.
 template <typename T, bool kTF32> constexpr int kMinBlocks = Cfg<T, kTF32>::kMma ? 1 : 2;
 
 // Shared memory of a GEMM tile: S stages of A (kBM x BK, row-major) and B (BN x BK: B's columns,
 // k contiguous), and afterwards the result C (kBM x BN, acc) in the same bytes. Row pitches keep every
 // ldmatrix row and 16-byte store aligned; the padding puts the 8 rows of an ldmatrix phase in
 // distinct banks (80-byte rows, 272 k-major).
-// S = 3 (cp.async: two K steps in flight while a third is multiplied). The bytes are dynamic shared
-// memory (launch_gemm): 66 KB for a 128 x 128 tensor-core tile (the float result), 45 KB with FMA.
+// S = kAsyncStages with cp.async. The bytes are dynamic shared memory (launch_gemm): 80 KB for a
+// 128 x 128 tensor-core tile (66-68 KB k-major), 60 KB with float32 FMA, 50 KB float64.
 // kKMajor: A stored BK x kBM and B BK x BN (m and n contiguous, 16 bytes of padding a row), for
 // operands whose 16-byte vectors run along m or n (wgrad's channels), read as col-major A and
 // row-major B fragments.
@@ -166,9 +167,12 @@ struct Lay {
   static constexpr int kBytes = kAB > kC ? kAB : kC;
 };
 
+// Stages of the cp.async ring: three K steps in flight while a fourth is multiplied, so that with one
+// tensor-core block per SM the copies have ~3 steps' products (~800-1500 clk) to land in.
+constexpr int kAsyncStages = 4;
 // The layout the forward and dgrad kernels use, named once for the kernel and for its launch
-// (launch_gemm's bytes): 3 stages with cp.async, else 2. wgrad's: WgradLay.
-template <class C, bool kAsync> using GemmLay = Lay<C, kAsync ? 3 : 2>;
+// (launch_gemm's bytes): kAsyncStages with cp.async, else 2. wgrad's: WgradLay.
+template <class C, bool kAsync> using GemmLay = Lay<C, kAsync ? kAsyncStages : 2>;
 
 using cuda_convert::from_acc;
 using cuda_convert::to_acc;
@@ -359,7 +363,7 @@ template <class C, class L, int kRound> struct Accum<C, L, kRound, false> {
 // store (through registers) or issue cp.async copies; every thread commits one group per step, even an
 // empty one, so that wait<S - 2> always means "step i has landed".
 // S = 2 with storing loaders: the first version (the loads of step i + 1 stall each thread before its
-// products of step i). S = 3 with cp.async: two steps in flight, nothing in registers.
+// products of step i). S = kAsyncStages with cp.async: three steps in flight, nothing in registers.
 // mvalid x nvalid: the tile's valid rows and columns (tensor cores: warps outside them idle).
 // deposit() runs after each load that loaded a step, after the products of the step before it: a
 // loader that gathers through registers (the forward's kQuads) stores there what it loaded, so that

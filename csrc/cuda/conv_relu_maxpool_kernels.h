@@ -27,7 +27,7 @@ struct Shape {
 struct ForwardArgs {
   DType dtype;
   bool tf32;          // float32 on the tensor cores (TF32 inputs, float accumulation)
-  int version;        // 2: cp.async operand copies, 3 stages; 1: the first version (loads + stores, 2);
+  int version;        // 2: cp.async operand copies, 4 stages; 1: the first version (loads + stores, 2);
                       // the backward has one version
   Shape g;
   const void* x;      // N x H x W x Ci, dtype

@@ -14,7 +14,7 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline dim3 grid_of(int64_t x, int64_t y, int64_t z = 1) { return dim3(unsigned(x), unsigned(y), unsigned(z)); }
 
 // Launches a GEMM kernel with its tile's shared memory (L::kBytes) as dynamic shared memory: the
-// tensor-core tiles (128 x 128, three stages) need more than the 48 KB a kernel gets by default.
+// tensor-core tiles (128 x 128, four stages) need more than the 48 KB a kernel gets by default.
 template <auto kKernel, class... A>
 void launch_gemm(dim3 grid, int smem, cudaStream_t stream, A... args) {
   if (smem > 48 * 1024)  // if this fails, so does the launch, which the caller checks

@@ -8,11 +8,11 @@
 namespace pyalexnet {
 namespace crm {
 
-// wgrad's layout, for the kernel and its launch: k-major tiles through 3 stages when the patches
+// wgrad's layout, for the kernel and its launch: k-major tiles through kAsyncStages when the patches
 // come by 16-byte vectors or 4-channel quads along the channels (kGatherX kVectors or kQuads), as
 // dconv always does, else 2 stages.
 template <class C, int kGatherX>
-using WgradLay = Lay<C, kGatherX != kElements ? 3 : 2, kGatherX != kElements>;
+using WgradLay = Lay<C, kGatherX != kElements ? kAsyncStages : 2, kGatherX != kElements>;
 
 // The weight gradient's k-major tiles (kKM), one K step (BK positions) after another (block_gemm
 // loads the steps in order): every thread's copies keep their sources in registers and move one step
@@ -178,7 +178,7 @@ struct WgradPatchQuads {
 // The un-pooled gradient comes from dconv (16-byte loads along its Cd channels); kVecX: the patches
 // by 16-byte loads along ci (Ci a multiple of 16 bytes of T), 4-channel quads (tensor cores), or
 // elements (FMA). With vectors or quads the tiles are k-major (Lay's kKMajor: a row per conv
-// position) and filled by cp.async through 3 stages. With elements, dconv's 16-byte loads go through
+// position) and filled by cp.async through kAsyncStages. With elements, dconv's 16-byte loads go through
 // registers and are stored down a column (k = position contiguous): lanes take consecutive
 // positions, so that their 2- or 4-byte stores fall in distinct banks.
 template <typename T, bool kTF32, int kVecX>
