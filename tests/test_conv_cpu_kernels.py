@@ -23,6 +23,7 @@ from test_conv_relu_maxpool import (Cfg, SPECIAL, check, draw_cfg, exact_inputs,
                                     nonzero_ints, run)
 
 FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
+BWD = torch.ops.pyalexnet.conv_relu_maxpool_backward.default
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
@@ -162,6 +163,24 @@ def test_kernels_bit_identical_on_exact_inputs(brgemm, monkeypatch, name, channe
     for what, a, e in zip(("out", "grad_x", "grad_weight", "grad_bias", "codes"), *results.values()):
         assert torch.equal(a, e), f"{what}: brgemm and portable differ"
         assert a.stride() == e.stride(), f"{what}: strides {a.stride()} vs {e.stride()}"
+
+
+@pytest.mark.parametrize("name", ("many_bands_pool1", "conv2_5x5_p2_pool3s2", "pool_stride_gt_kernel"))
+def test_codes_read_in_any_layout(brgemm, name):
+    """The codes come back in the output's memory format, and the backward reads them in whatever
+    strides they have: given them copied into the other layout, it returns the same gradients."""
+    c = SPECIAL[name]
+    x, w, b = exact_inputs(c, torch.float32)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.contiguous(memory_format=fmt)
+        out, code = FWD(xf, w, b, *c.args())
+        assert code.is_contiguous(memory_format=fmt) and out.is_contiguous(memory_format=fmt)
+        other = torch.contiguous_format if fmt == torch.channels_last else torch.channels_last
+        g = nonzero_ints(tuple(out.shape), 4, -1, torch.float32)
+        ref = BWD(g, xf, w, code, *c.args(), [True, True, True])
+        got = BWD(g, xf, w, code.contiguous(memory_format=other), *c.args(), [True, True, True])
+        for what, a, e in zip(("grad_x", "grad_weight", "grad_bias"), got, ref):
+            assert torch.equal(a, e), f"{what}: codes in the other layout give other gradients ({fmt})"
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)

@@ -525,7 +525,8 @@ struct Output {
   const float* bias;  // Co values (zeros without a bias)
   char* out;          // pooled output (element type T), strides os
   c10::IntArrayRef os;
-  uint8_t* code;  // N x Co x Hp x Wcode, contiguous
+  uint8_t* code;  // N x Co x Hp x Wcode, strides cs (the output's memory format)
+  c10::IntArrayRef cs;
 };
 
 // The tile of pooled rows [p0, p0 + np), channels [c0, c0 + nb) of image n (val: values, cod: codes,
@@ -550,11 +551,17 @@ PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry&
         for (int64_t q = 0; q < g.Wp; ++q) d[q * s3] = narrow<T>(v[q * nb]);
       }
   }
-  uint8_t* code = o.code + ((n * g.Co + c0) * g.Hp + p0) * cw;  // channel c, row p: + (c Hp + p) cw
+  const int64_t c1 = o.cs[1], c2 = o.cs[2], c3 = o.cs[3];
+  uint8_t* code = o.code + n * o.cs[0] + c0 * c1 + p0 * c2;  // channel c, row p, byte b: + c c1 + p c2 + b c3
   if (!is_bitmask(g.pkh, g.pkw)) {
+    if (c1 == 1) {  // channels last: a position's nb codes side by side, as in the tile
+      for (int64_t p = 0; p < np; ++p)
+        for (int64_t q = 0; q < g.Wp; ++q) std::memcpy(code + p * c2 + q * c3, cod + (p * g.Wp + q) * nb, nb);
+      return;
+    }
     for (int64_t c = 0; c < nb; ++c)
       for (int64_t p = 0; p < np; ++p)
-        for (int64_t q = 0; q < g.Wp; ++q) code[(c * g.Hp + p) * cw + q] = cod[(p * g.Wp + q) * nb + c];
+        for (int64_t q = 0; q < g.Wp; ++q) code[c * c1 + p * c2 + q * c3] = cod[(p * g.Wp + q) * nb + c];
     return;
   }
   uint8_t byte[kNbMax];  // the ReLU mask: bit q & 7 of byte q >> 3, built for all channels at once
@@ -565,7 +572,7 @@ PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry&
         const uint8_t* s = cod + (p * g.Wp + b * 8 + e) * nb;
         for (int64_t c = 0; c < nb; ++c) byte[c] |= static_cast<uint8_t>((s[c] == 0) << e);
       }
-      for (int64_t c = 0; c < nb; ++c) code[(c * g.Hp + p) * cw + b] = byte[c];
+      for (int64_t c = 0; c < nb; ++c) code[c * c1 + p * c2 + b * c3] = byte[c];
     }
 }
 
@@ -652,7 +659,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const std::optional<
   const CT* wp = pack_forward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
   const at::Tensor bias = b ? b->to(at::kFloat).contiguous() : at::zeros({g.Co}, x.options().dtype(at::kFloat));
   const Output o{bias.const_data_ptr<float>(), static_cast<char*>(out.data_ptr()), out.strides(),
-                 code.data_ptr<uint8_t>()};
+                 code.data_ptr<uint8_t>(), code.strides()};
   const int64_t B = band_size(g, forward_conv(g, v)), bands = (g.Hp + B - 1) / B;
   for_each_item(g.N * bands, vnni, [&](int64_t i) {
     const int64_t n = i / bands, p0 = (i % bands) * B;
@@ -689,7 +696,8 @@ struct Backward {
   const View& v;
   bool vnni;
   const at::Tensor& gy;    // N x Co x Hp x Wp, element type T, any strides
-  const uint8_t* code;     // contiguous
+  const uint8_t* code;     // N x Co x Hp x Wcode, strides cs
+  c10::IntArrayRef cs;
   const at::Tensor& x;
   const void* wb;          // pack_flipped's or pack_backward's blocks, or nullptr without dx
   at::Tensor* dx;          // element type T, any strides, or nullptr
@@ -712,7 +720,7 @@ template <typename T>
 PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
   constexpr int64_t kC = 16;
   const Geometry& g = k.g;
-  const int64_t Cop = k.v.Cop, cw = g.Wcode();
+  const int64_t Cop = k.v.Cop;
   std::fill(dY, dY + k.v.P * Cop, 0.f);
   const T* gy = k.gy.const_data_ptr<T>() + n * k.gy.stride(0);
   const int64_t sC = k.gy.stride(1), sH = k.gy.stride(2), sW = k.gy.stride(3);
@@ -728,8 +736,9 @@ PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
       for (int64_t q = 0; q < g.Wp; ++q)
         for (int64_t c = 0; c < nc; ++c) {
           const int64_t co = c0 + c;
-          const uint8_t* crow = k.code + ((n * g.Co + co) * g.Hp + p) * cw;
-          uint8_t cd = bits ? (mask_bit(crow, q) ? uint8_t(0) : kNoGrad) : crow[q];
+          const uint8_t* crow = k.code + n * k.cs[0] + co * k.cs[1] + p * k.cs[2];
+          uint8_t cd = crow[(bits ? q >> 3 : q) * k.cs[3]];
+          if (bits) cd = (cd >> (q & 7)) & 1 ? uint8_t(0) : kNoGrad;
           // No branch on the code (ReLU masks are coin flips to a branch predictor): a position
           // without gradient adds 0 at its window's first place.
           const bool flows = cd != kNoGrad;
@@ -748,7 +757,7 @@ template <typename T>
 PYA_VECTOR void unmask(const Backward& k, int64_t n, float* dY, float* db) {
   constexpr int64_t kC = 16;
   const Geometry& g = k.g;
-  const int64_t Cop = k.v.Cop, cw = g.Wcode(), crows = g.Hp * cw;  // code bytes a channel
+  const int64_t Cop = k.v.Cop, cw = g.Wcode(), c1 = k.cs[1], c3 = k.cs[3];
   const T* gy = k.gy.const_data_ptr<T>() + n * k.gy.stride(0);
   const int64_t sC = k.gy.stride(1), sH = k.gy.stride(2), sW = k.gy.stride(3);
   for (int64_t c0 = 0; c0 < g.Co; c0 += kC) {
@@ -756,10 +765,10 @@ PYA_VECTOR void unmask(const Backward& k, int64_t n, float* dY, float* db) {
     float sum[kC];  // db's running sums, in the order unpool adds them
     for (int64_t c = 0; c < nc; ++c) sum[c] = db[c0 + c];
     for (int64_t p = 0; p < g.Hp; ++p) {
-      const uint8_t* crow = k.code + ((n * g.Co + c0) * g.Hp + p) * cw;
+      const uint8_t* crow = k.code + n * k.cs[0] + c0 * c1 + p * k.cs[2];
       for (int64_t b = 0; b < cw; ++b) {
         uint8_t byte[kC];
-        for (int64_t c = 0; c < nc; ++c) byte[c] = crow[c * crows + b];
+        for (int64_t c = 0; c < nc; ++c) byte[c] = crow[c * c1 + b * c3];
         for (int64_t q = b * 8; q < std::min(b * 8 + 8, g.Wp); ++q) {
           const T* s = gy + c0 * sC + p * sH + q * sW;
           float* d = dY + (p * g.Wc + q) * Cop + c0;
@@ -1061,7 +1070,7 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
     strided = pack_backward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
     wb = strided.data();
   }
-  const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), x, wb, dx, dw != nullptr};
+  const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), code.strides(), x, wb, dx, dw != nullptr};
   // The calling thread's scratch: per image its bias-gradient row; the S groups' dw copies.
   const int64_t S = dw ? weight_groups(g, v) : 0, wsize = g.kh * g.Co * v.Kt;
   float* bp = scratch<float>(kWeightGroups, g.N * g.Co + S * wsize);

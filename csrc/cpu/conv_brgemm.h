@@ -29,12 +29,13 @@ std::string cpu_conv_tiling();
 constexpr int64_t kBackwardScratchBytes = int64_t(256) << 20;
 bool brgemm_backward_fits(const Geometry& g);
 
-// out: N x Co x Hp x Wp with any strides; code: N x Co x Hp x Wcode, contiguous.
+// out: N x Co x Hp x Wp and code: N x Co x Hp x Wcode, each with any strides (the caller allocates
+// both in the output's memory format, so that neither is copied).
 void brgemm_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                     const Geometry& g, at::Tensor& out, at::Tensor& code);
 
-// The gradients asked for (dx: N x Ci x H x W with any strides; dw: Co x Ci x kh x kw and db: Co,
-// contiguous) are written whole; nullptr: not asked for.
+// code with any strides. The gradients asked for (dx: N x Ci x H x W with any strides; dw:
+// Co x Ci x kh x kw and db: Co, contiguous) are written whole; nullptr: not asked for.
 void brgemm_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                      const at::Tensor& code, const Geometry& g, at::Tensor* dx, at::Tensor* dw, at::Tensor* db);
 

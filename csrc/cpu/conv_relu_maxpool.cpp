@@ -350,9 +350,9 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_maxpool_forward_cpu(
   const at::MemoryFormat mf = output_format(x);
   if (g.N > 0 && brgemm_runs(x.scalar_type())) {
     at::Tensor out = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options().memory_format(mf));
-    at::Tensor code = at::empty({g.N, g.Co, g.Hp, g.Wcode()}, x.options().dtype(at::kByte));
+    at::Tensor code = at::empty({g.N, g.Co, g.Hp, g.Wcode()}, x.options().dtype(at::kByte).memory_format(mf));
     brgemm_forward(x, weight, bias, g, out, code);
-    return {out, in_format(code, mf)};
+    return {out, code};
   }
   // The kernel writes NCHW; a channels-last input gets channels-last results (one copy).
   at::Tensor out = at::empty({g.N, g.Co, g.Hp, g.Wp}, x.options());
@@ -384,16 +384,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cpu(
   at::Tensor db = at::empty({need_b ? g.Co : 0}, weight.options());
   if (!need_x && !need_w && !need_b) return {in_format(dx, mf), dw, db};
   const at::Tensor gy = grad_out.to(x.scalar_type());
-  const at::Tensor cc = code.contiguous();
-  if (brgemm_runs(x.scalar_type()) && brgemm_backward_fits(g)) {
+  if (brgemm_runs(x.scalar_type()) && brgemm_backward_fits(g)) {  // codes in any strides
     at::Tensor dxl = at::empty({need_x ? g.N : 0, g.Ci, g.H, g.W}, x.options().memory_format(mf));
-    brgemm_backward(gy, x, weight, cc, g, need_x ? &dxl : nullptr, need_w ? &dw : nullptr, need_b ? &db : nullptr);
+    brgemm_backward(gy, x, weight, code, g, need_x ? &dxl : nullptr, need_w ? &dw : nullptr, need_b ? &db : nullptr);
     return {dxl, dw, db};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_relu_maxpool_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const auto acc = c10::CppTypeToScalarType<acc_t>::value;
     const at::Tensor w = weight.to(acc).contiguous();
+    const at::Tensor cc = code.contiguous();
     // float/double accumulate into dx itself; float16/bfloat16 into a float32 copy, cast at the end.
     at::Tensor dxa = !need_x ? at::Tensor()
                      : std::is_same_v<scalar_t, acc_t> ? dx.zero_() : at::zeros(dx.sizes(), x.options().dtype(acc));
