@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pyalexnet.layers import LAYERS, ConvLayer
 from pyalexnet.ops import conv_relu_maxpool
 
-from .checks import assert_as_accurate, attempt, precision
+from .checks import assert_as_accurate, attempt, precision, seed_row
 from .rows import run_each, speed_row
 
 
@@ -140,6 +140,7 @@ def run(cfg, timer, limits, table, failures) -> list[dict]:
 
 def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
     dev = cfg.device
+    seed_row(key)
     cl = torch.channels_last
     ours_layout = "nhwc" if dev.type == "cuda" else "nchw"
     variants = {"ours": (lambda *s: conv_relu_maxpool(*s, *layer.args()), ours_layout),

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pyalexnet.ops import softmax_cross_entropy
 
-from .checks import assert_as_accurate, attempt
+from .checks import assert_as_accurate, attempt, seed_row
 from .machine import available_bytes
 from .rows import run_each, speed_row
 
@@ -56,6 +56,7 @@ def run(cfg, timer, limits, table, failures) -> list[dict]:
 
 def _one(cfg, timer, limits, n, c, dtype, key, label, failures):
     dev = cfg.device
+    seed_row(key)
     nsets = cfg.sets_for(n * c * dtype.itemsize)
     need, free = n * c * dtype.itemsize * (nsets + 4), available_bytes(dev)
     if need > 0.7 * free:

@@ -188,6 +188,19 @@ def test_a_wrong_kernel_fails_verification_and_is_not_timed(monkeypatch, tmp_pat
     assert "ours FAILED verification" in capsys.readouterr().out
 
 
+def test_rows_draw_the_same_inputs_in_every_run():
+    """A row's inputs come from its key alone (a verification reproducible, a float32 near-tie not a
+    failure by chance): the same key, the same draws whatever came before; another key, others."""
+    key = dict(section="conv", variant="cifar", layer="conv2", batch=32, dtype="float32")
+    checks.seed_row(key)
+    first = torch.randn(64)
+    torch.randn(1000)
+    checks.seed_row(dict(key))
+    assert torch.equal(torch.randn(64), first)
+    checks.seed_row({**key, "batch": 128})
+    assert not torch.equal(torch.randn(64), first)
+
+
 def test_a_section_that_cannot_import_fails_the_run(tmp_path):
     """`python bench/compare.py` with pyalexnet.models unimportable: exit status 1 and the error, no
     skipped row and no exit 0."""
