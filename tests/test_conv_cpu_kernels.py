@@ -117,6 +117,8 @@ WIDE = {  # past one block (32 or 64 wide) of output channels, input channels, a
     # kernel rows over padding alone are skipped, unstacked (Kt = 130, 22 columns): the first two and
     # last two conv rows read nothing but padding (bias + ReLU alone), the next ones part of it
     "rows_of_padding_only": Cfg(2, 130, 5, 20, 20, (2, 1), padding=(3, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    # a 1x1 window at stride 2: mask bits kept for every other conv value, 20 columns (3 mask bytes)
+    "subsampled_mask": Cfg(2, 8, 40, 40, 20, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(2, 2)),
     "one_column": Cfg(2, 4, 9, 1, 5, (3, 1), padding=(1, 0), pool_kernel=(2, 1), pool_stride=(1, 1)),
     # the weight gradient's products over several images (K = images x positions): 19 images in 4
     # groups, 25 positions (odd: a VNNI zero column per image), then 225 positions, 2 images a
@@ -165,11 +167,12 @@ def test_kernels_bit_identical_on_exact_inputs(brgemm, monkeypatch, name, channe
         assert a.stride() == e.stride(), f"{what}: strides {a.stride()} vs {e.stride()}"
 
 
-@pytest.mark.parametrize("name", ("many_bands_pool1", "conv2_5x5_p2_pool3s2", "pool_stride_gt_kernel"))
+@pytest.mark.parametrize("name", ("many_bands_pool1", "conv2_5x5_p2_pool3s2", "pool_stride_gt_kernel",
+                                  "subsampled_mask"))
 def test_codes_read_in_any_layout(brgemm, name):
     """The codes come back in the output's memory format, and the backward reads them in whatever
     strides they have: given them copied into the other layout, it returns the same gradients."""
-    c = SPECIAL[name]
+    c = {**SPECIAL, **WIDE}[name]
     x, w, b = exact_inputs(c, torch.float32)
     for fmt in (torch.contiguous_format, torch.channels_last):
         xf = x.contiguous(memory_format=fmt)

@@ -42,7 +42,10 @@ PYA_HD bool is_bitmask(int64_t pkh, int64_t pkw) { return pkh == 1 && pkw == 1; 
 PYA_HD int64_t code_width(int64_t Wp, int64_t pkh, int64_t pkw) {
   return is_bitmask(pkh, pkw) ? (Wp + 7) / 8 : Wp;
 }
-PYA_HD bool mask_bit(const uint8_t* row, int64_t q) { return (row[q >> 3] >> (q & 7)) & 1; }
+// Bit q of a ReLU mask row whose bytes lie `stride` apart (1: a contiguous row).
+PYA_HD bool mask_bit(const uint8_t* row, int64_t q, int64_t stride = 1) {
+  return (row[(q >> 3) * stride] >> (q & 7)) & 1;
+}
 
 PYA_HD uint8_t encode(int64_t dy, int64_t dx, int64_t pkw) { return static_cast<uint8_t>(dy * pkw + dx); }
 PYA_HD int64_t code_dy(uint8_t code, int64_t pkw) { return code / pkw; }

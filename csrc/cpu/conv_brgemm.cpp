@@ -737,8 +737,7 @@ PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
         for (int64_t c = 0; c < nc; ++c) {
           const int64_t co = c0 + c;
           const uint8_t* crow = k.code + n * k.cs[0] + co * k.cs[1] + p * k.cs[2];
-          uint8_t cd = crow[(bits ? q >> 3 : q) * k.cs[3]];
-          if (bits) cd = (cd >> (q & 7)) & 1 ? uint8_t(0) : kNoGrad;
+          uint8_t cd = bits ? (mask_bit(crow, q, k.cs[3]) ? uint8_t(0) : kNoGrad) : crow[q * k.cs[3]];
           // No branch on the code (ReLU masks are coin flips to a branch predictor): a position
           // without gradient adds 0 at its window's first place.
           const bool flows = cd != kNoGrad;
