@@ -52,12 +52,15 @@ struct SoftmaxCrossEntropy : public torch::autograd::Function<SoftmaxCrossEntrop
     ctx->saved_data["reduction"] = std::string(reduction);
     ctx->saved_data["label_smoothing"] = label_smoothing;
     ctx->mark_non_differentiable({lse, wstats});
+    // lse and wstats never get a gradient: left undefined rather than filled with zeros (two
+    // at::zeros a backward call, ~6 us at 128 x 10)
+    ctx->set_materialize_grads(false);
     return {loss, lse, wstats};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     at::Tensor grad_logits;
-    if (ctx->needs_input_grad(0)) {
+    if (ctx->needs_input_grad(0) && grads[0].defined()) {
       const variable_list s = ctx->get_saved_variables();
       const std::optional<at::Tensor> weight = s[2].defined() ? std::optional<at::Tensor>(s[2]) : std::nullopt;
       const std::string& reduction = ctx->saved_data["reduction"].toStringRef();

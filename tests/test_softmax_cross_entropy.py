@@ -35,8 +35,9 @@ def ignore_opts(case: str) -> dict:
 @pytest.mark.parametrize("ignore", IGNORE_CASES)
 @pytest.mark.parametrize("weighted", (False, True), ids=("unweighted", "weighted"))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_matches_reference(reduction, weighted, ignore, label_smoothing, dtype):
-    N, C = 33, 19
+@pytest.mark.parametrize("C", (19, 45))  # the CPU kernel's two paths: rows by blocks (C <= 32) and one by one
+def test_matches_reference(C, reduction, weighted, ignore, label_smoothing, dtype):
+    N = 33
     x = random_logits(N, C, dtype=dtype)
     t = random_target(N, C, IGNORE_CASES[ignore])
     if ignore == "absent":
@@ -216,11 +217,12 @@ def test_bfloat16_gradient_rounds_ties_to_even():
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
 @pytest.mark.parametrize("label_smoothing", (0.0, 0.2))
 @pytest.mark.parametrize("masked", ("tail", "first"))
-def test_masked_classes(dtype, label_smoothing, masked):
+@pytest.mark.parametrize("C", (10, 40))
+def test_masked_classes(C, dtype, label_smoothing, masked):
     """-inf logits at non-target classes (masked vocabulary) give finite losses and zero gradient
     there, as in PyTorch; with smoothing the loss is +inf, as PyTorch's, also when the first class
     is masked (the smoothing sum's shift is the first logit, unless that is infinite)."""
-    N, C = 6, 10
+    N = 6
     x = random_logits(N, C, dtype=dtype)
     if masked == "tail":
         t, cols = torch.arange(N) % 5, slice(5, None)
@@ -234,6 +236,39 @@ def test_masked_classes(dtype, label_smoothing, masked):
         loss = softmax_cross_entropy(x, t, reduction="none", label_smoothing=label_smoothing)
         ref = F.cross_entropy(x.double(), t, reduction="none", label_smoothing=label_smoothing)
         assert torch.equal(loss.double(), ref)
+
+
+@pytest.mark.parametrize("C", (2, 10, 32, 33))  # C = 1 goes by blocks in test_odd_shapes
+@pytest.mark.parametrize("N", (15, 16, 17, 4099))
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
+def test_row_blocks(dtype, N, C):
+    """Few classes go 16 rows at a time on the CPU (C <= 32): a partial last block, blocks split
+    over threads (4099 rows), every option, and the first class past the block path (33)."""
+    x = random_logits(N, C, dtype=dtype)
+    t = random_target(N, C, ignore_index=-100)
+    check_against_reference(x, t, random_weight(C, dtype), reduction="none", label_smoothing=0.2)
+    check_against_reference(x, t, reduction="mean")
+
+
+@pytest.mark.parametrize("C", (10, 40))
+def test_rows_of_infinities_and_nan(C):
+    """Rows of all -inf, with a +inf, with a NaN: the same non-finite losses as F.cross_entropy in
+    float64 (and the finite rows' losses close), on both CPU paths (by blocks and one by one)."""
+    x = random_logits(20, C, dtype=torch.float32)
+    x[0] = float("-inf")
+    x[5, 3] = float("inf")
+    x[9, 1] = float("nan")
+    x[17, 2:] = float("-inf")
+    t = torch.arange(20) % 2
+    for opts in ({}, {"label_smoothing": 0.1}):
+        got = softmax_cross_entropy(x, t, reduction="none", **opts).double()
+        want = F.cross_entropy(x.double(), t, reduction="none", **opts)
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf()), (got, want)
+        fin = want.isfinite()
+        torch.testing.assert_close(got[fin], want[fin], rtol=1e-5, atol=1e-5)
+    # the saved (max, log-sum) of the all -inf row: log of an empty sum, as for any other row
+    lse = FWD(x, t, None, -100, "none", 0.0)[1]
+    assert lse[0].tolist() == [float("-inf")] * 2 and lse[1:].isfinite().any()
 
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
@@ -257,9 +292,10 @@ def test_large_logit_offset_float32(offset):
     check_against_reference(x, random_target(N, C), reduction="mean")
 
 
-def test_deterministic_across_threads():
-    """The reduction sums in row order: the loss does not depend on the number of threads."""
-    x, t = random_logits(257, 129), random_target(257, 129, ignore_index=-100)
+@pytest.mark.parametrize("N, C", ((257, 129), (5003, 10)))  # rows one by one; by blocks, over several threads
+def test_deterministic_across_threads(N, C):
+    """The reduction sums in an order fixed by N: the loss does not depend on the number of threads."""
+    x, t = random_logits(N, C), random_target(N, C, ignore_index=-100)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
