@@ -62,6 +62,33 @@ PYA_INLINE float exp_f32(float x) {
 PYA_INLINE float exp_acc(float x) { return exp_f32(x); }
 inline double exp_acc(double x) { return std::exp(x); }
 
+// log for positive normal floats, ~1 ulp: x = 2^e m with m in [sqrt(1/2), sqrt(2)), log m by
+// Cephes' logf polynomial in f = m - 1, e ln2 in two parts. Branch-free so that a block's lanes
+// vectorise; callers send zeros, infinities, NaNs and denormals to std::log.
+PYA_INLINE float log_f32(float x) {
+  const int32_t i = __builtin_bit_cast(int32_t, x);
+  int32_t e = ((i >> 23) & 0xff) - 127;
+  float m = __builtin_bit_cast(float, (i & 0x007fffff) | 0x3f800000);  // [1, 2)
+  const bool high = m > 1.41421356f;
+  m = high ? m * 0.5f : m;
+  e = high ? e + 1 : e;
+  const float f = m - 1.0f, z = f * f, ef = static_cast<float>(e);
+  float y = 7.0376836292e-2f;
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z - 2.12194440e-4f * ef - 0.5f * z;
+  return (f + y) + 0.693359375f * ef;
+}
+inline bool log_f32_domain(float x) { return x >= std::numeric_limits<float>::min() && x <= std::numeric_limits<float>::max(); }
+PYA_INLINE float log_acc(float x) { return log_f32(x); }
+inline double log_acc(double x) { return std::log(x); }
+
 constexpr int kLanes = 16;  // independent accumulators: lets the compiler vectorise the sums
 
 template <typename acc_t>
@@ -153,7 +180,7 @@ constexpr int64_t kBlockMaxC = 32;  // classes up to which rows go by blocks
 
 template <typename acc_t>
 struct BlockStats {
-  acc_t max[kBlock], sumexp[kBlock], shifted_wsum[kBlock];
+  acc_t max[kBlock], logsum[kBlock], shifted_wsum[kBlock];  // logsum: log sum_c exp(z_c - max)
 };
 
 // The sums in local arrays (the compiler keeps them in registers; in `b` it stored them every step,
@@ -173,10 +200,11 @@ PYA_INLINE void block_stats(const acc_t* zt, const acc_t* w, int64_t C, bool smo
       for (int k = 0; k < kBlock; ++k) a[k] += wj * (zt[j * kBlock + k] - r[k]);
     }
   }
-  for (int k = 0; k < kBlock; ++k) {
-    b.max[k] = m[k];
-    b.sumexp[k] = m[k] == -INFINITY ? acc_t(0) : s[k];  // as row_sumexp
-    b.shifted_wsum[k] = a[k];
+  for (int k = 0; k < kBlock; ++k) s[k] = m[k] == -INFINITY ? acc_t(0) : s[k];  // as row_sumexp
+  for (int k = 0; k < kBlock; ++k) b.max[k] = m[k], b.logsum[k] = log_acc(s[k]), b.shifted_wsum[k] = a[k];
+  if constexpr (std::is_same_v<acc_t, float>) {
+    for (int k = 0; k < kBlock; ++k)  // 0 (a row of -inf), NaN, inf: outside log_f32's domain
+      if (!log_f32_domain(s[k])) b.logsum[k] = std::log(s[k]);
   }
 }
 PYA_MULTIVERSION void block_stats_f32(const float* zt, const float* w, int64_t C, bool s, BlockStats<float>& b) {
@@ -188,8 +216,12 @@ inline void stats(const double* zt, const double* w, int64_t C, bool s, BlockSta
 // Rows [i0, i0 + n) of x transposed into zt (kBlock lanes; lanes past n hold zeros).
 template <typename T, typename acc_t>
 void load_block(const T* x, int64_t i0, int64_t n, int64_t C, int64_t sN, int64_t sC, acc_t* zt) {
-  for (int k = 0; k < kBlock; ++k)
-    for (int64_t j = 0; j < C; ++j) zt[j * kBlock + k] = k < n ? static_cast<acc_t>(x[(i0 + k) * sN + j * sC]) : acc_t(0);
+  for (int64_t k = 0; k < n; ++k) {
+    const T* r = x + (i0 + k) * sN;
+    for (int64_t j = 0; j < C; ++j) zt[j * kBlock + k] = static_cast<acc_t>(r[j * sC]);
+  }
+  for (int64_t k = n; k < kBlock; ++k)
+    for (int64_t j = 0; j < C; ++j) zt[j * kBlock + k] = acc_t(0);
 }
 
 // bfloat16 <-> float rows, vectorised: widening is a shift; narrowing is bf16_bits, bit for bit
@@ -266,7 +298,7 @@ void softmax_cross_entropy_forward_kernel_impl(
         load_block(x, i0, n, C, sN, sC, zt.data());
         stats(zt.data(), w, C, eps > 0, st);
         for (int64_t k = 0; k < n; ++k)
-          finish(i0 + k, st.max[k], std::log(st.sumexp[k]), st.shifted_wsum[k],
+          finish(i0 + k, st.max[k], st.logsum[k], st.shifted_wsum[k],
                  [&](int64_t j) { return zt[j * kBlock + k]; });
       }
     });
