@@ -8,8 +8,10 @@
 // exps; backward reads C logits and writes C gradients.
 //
 // Rows of any dtype and stride are first copied into a float (double for float64) scratch row;
-// float32 rows with unit column stride are read in place. The float leaf loops are compiled three
-// times (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA, baseline x86-64) and picked at load time.
+// float32 rows with unit column stride are read in place. Rows of up to 32 classes go 16 at a time
+// instead, transposed so that each row is a vector lane (row_stats' vector steps would be mostly
+// tail). The float leaf loops are compiled three times (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA,
+// baseline x86-64) and picked at load time.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
