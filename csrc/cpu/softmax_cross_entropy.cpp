@@ -263,8 +263,8 @@ inline void store_row(const acc_t* x, int64_t C, T* out) {
   }
 }
 
-// Rows per thread at least: ~8192 logits (1024 x 10 goes to two threads: 1.1-1.2x forward +
-// backward over 32768 on a 2-core Zen 3, bench/results/2026-12-04-cpu-loss-small-classes.md).
+// Rows per thread at least: ~8192 logits, so that 1024 x 10 goes to two threads (measured against
+// 32768 and 4096: bench/results/2026-12-04-cpu-loss-small-classes.md).
 inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1)); }
 
 // x: N x C (strides sN, sC); tgt: N (stride sT); w: C or nullptr.
