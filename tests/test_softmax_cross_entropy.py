@@ -61,6 +61,23 @@ def test_odd_shapes(dtype, C, N, reduction, options):
         check_against_reference(x, t, random_weight(C, dtype), reduction=reduction, label_smoothing=0.25)
 
 
+@pytest.mark.parametrize("N", (5, 40))  # one row at a time, and by blocks of 16
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_target_gradient_exactly_zero(dtype, N):
+    """p_t = 1: the target's gradient is exactly 0 as in PyTorch, with one class and any weights and
+    label smoothing (A p_t - B - E w_t kept the rounding of A = B + E wsum), and with every other
+    logit -inf and no smoothing (with it, E (wsum - w_t) is the true value)."""
+    for C, smoothing in ((1, (0.0, 0.3)), (9, (0.0,))):
+        x = random_logits(N, C, dtype=dtype)
+        t = torch.zeros(N, dtype=torch.long)
+        x[:, 1:] = float("-inf")
+        for w in (None, random_weight(C, dtype)):
+            for eps in smoothing:
+                x1 = x.clone().requires_grad_()
+                softmax_cross_entropy(x1, t, w, reduction="sum", label_smoothing=eps).backward()
+                assert (x1.grad[:, 0] == 0).all(), (C, w, eps, x1.grad[:, 0])
+
+
 @pytest.mark.parametrize("options", ({}, {"label_smoothing": 0.3}, {"weight": True}))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -238,7 +255,7 @@ def test_masked_classes(C, dtype, label_smoothing, masked):
         assert torch.equal(loss.double(), ref)
 
 
-@pytest.mark.parametrize("C", (2, 10, 32, 33))  # C = 1 goes by blocks in test_odd_shapes
+@pytest.mark.parametrize("C", (1, 2, 10, 32, 33))
 @pytest.mark.parametrize("N", (15, 16, 17, 4099))
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
 def test_row_blocks(dtype, N, C):

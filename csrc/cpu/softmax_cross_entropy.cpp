@@ -143,7 +143,7 @@ PYA_INLINE acc_t row_sumexp(const acc_t* z, int64_t C, acc_t m) {
   return t;
 }
 
-// out_j = A exp((z_j - m) - l) - E w_j  (w == nullptr: w_j = 1); the -B at j == t is the caller's.
+// out_j = A exp((z_j - m) - l) - E w_j  (w == nullptr: w_j = 1); the target element j == t is the caller's (`target_grad`).
 template <typename acc_t>
 PYA_INLINE void row_grad(const acc_t* z, const acc_t* w, int64_t C, acc_t m, acc_t l, acc_t A,
                          acc_t E, acc_t* out) {
@@ -336,12 +336,13 @@ void softmax_cross_entropy_backward_kernel_impl(
                   i, " is out of range for ", C, " classes");
       const acc_t* z = load_row<T, acc_t>(x + i * sN, sC, C, buf.data());
       const acc_t g = row_grad_scale<acc_t>(go[red == kNone ? i * sG : 0], red, denom);
-      const auto k = grad_coeffs<acc_t>(g, w ? w[t] : acc_t(1), wsum, eps, C);
+      const acc_t wt = w ? w[t] : acc_t(1), m = lse[2 * i], l = lse[2 * i + 1];
+      const auto k = grad_coeffs<acc_t>(g, wt, wsum, eps, C);
       acc_t* acc_out;
       if constexpr (std::is_same_v<T, acc_t>) acc_out = o;
       else acc_out = gbuf.data();
-      grad(z, w, C, lse[2 * i], lse[2 * i + 1], k.A, k.E, acc_out);
-      acc_out[t] -= k.B;
+      grad(z, w, C, m, l, k.A, k.E, acc_out);
+      acc_out[t] = target_grad(k, std::exp((z[t] - m) - l), wt);
       if constexpr (!std::is_same_v<T, acc_t>) store_row<T, acc_t>(acc_out, C, o);
     }
   });
