@@ -59,7 +59,7 @@ PYA_HD acc_t row_grad_scale(acc_t go, int reduction, acc_t denom) {
 // The coefficients of dz_j = A p_j - B [j == t] - E w_j for a row that is not ignored, A = B + E wsum.
 template <typename acc_t>
 struct GradCoeffs {
-  acc_t A, B, E, wsum;
+  acc_t A, B, E;
 };
 
 template <typename acc_t>
@@ -69,15 +69,16 @@ PYA_HD GradCoeffs<acc_t> grad_coeffs(acc_t g, acc_t wt, acc_t wsum, acc_t eps, i
   k.B = g * (acc_t(1) - eps) * wt;
   k.E = g * s;
   k.A = k.B + k.E * wsum;
-  k.wsum = wsum;
   return k;
 }
 
 // dz_t of the target class as B (p_t - 1) + E (wsum p_t - w_t): exactly 0 where p_t = 1 (one class,
-// or every other logit -inf), as in PyTorch. A p_t - B - E w_t keeps the rounding of A.
+// or every other logit -inf), as in PyTorch. A p_t - B - E w_t keeps the rounding of A. The CPU
+// backward's; the CUDA one still writes A p_t - B - E w_t (with this form ptxas spilled registers in
+// its scalar 16-bit variants, which tests/test_kernel_code.py refuses).
 template <typename acc_t>
-PYA_HD acc_t target_grad(const GradCoeffs<acc_t>& k, acc_t p, acc_t wt) {
-  return k.B * (p - acc_t(1)) + k.E * (k.wsum * p - wt);
+PYA_HD acc_t target_grad(const GradCoeffs<acc_t>& k, acc_t p, acc_t wsum, acc_t wt) {
+  return k.B * (p - acc_t(1)) + k.E * (wsum * p - wt);
 }
 
 }  // namespace xent

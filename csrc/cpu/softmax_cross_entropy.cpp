@@ -342,7 +342,7 @@ void softmax_cross_entropy_backward_kernel_impl(
       if constexpr (std::is_same_v<T, acc_t>) acc_out = o;
       else acc_out = gbuf.data();
       grad(z, w, C, m, l, k.A, k.E, acc_out);
-      acc_out[t] = target_grad(k, std::exp((z[t] - m) - l), wt);
+      acc_out[t] = target_grad(k, std::exp((z[t] - m) - l), wsum, wt);
       if constexpr (!std::is_same_v<T, acc_t>) store_row<T, acc_t>(acc_out, C, o);
     }
   });

@@ -255,7 +255,7 @@ __device__ __forceinline__ void zero_row(T* o, int64_t C, int lane) {
 }
 
 // Row of a backward group that is not ignored: dz_j = A p_j - E w_j for every class (kW: class
-// weights, else w_j = 1), then the target's element again (`target_grad`), by the lane that wrote it: the
+// weights, else w_j = 1), then the target's element again with - B, by the lane that wrote it: the
 // per-element loop holds no target test, no weight branch and no ignored-row select.
 template <typename T, int G, bool kVec, bool kW, typename acc_t>
 __device__ __forceinline__ void grad_row(const T* xr, T* o, int64_t C, int lane, GradCoeffs<acc_t> k, acc_t m,
@@ -290,7 +290,7 @@ __device__ __forceinline__ void grad_row(const T* xr, T* o, int64_t C, int lane,
   }
   for (int64_t j = j0 + lane; j < C; j += G) o[j] = from_acc<T>(grad(to_acc(xr[j]), j));
   const int64_t writer = t < Cv ? (t / V) % G : (t - j0) % G;  // the lane that wrote element t
-  if (lane == writer) o[t] = from_acc<T>(target_grad(k, exp_((to_acc(xr[t]) - m) - l), kW ? __ldg(w + t) : acc_t(1)));
+  if (lane == writer) o[t] = from_acc<T>(grad(to_acc(xr[t]), t) - k.B);
 }
 
 // out = grad of the loss w.r.t. x: N x C contiguous.
