@@ -195,7 +195,7 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 // Per-thread scratch, kept from call to call (fresh pages would cost page faults each call). Every
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
-  kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kPair, kTileValues, kTileCodes,
+  kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kPair, kTileValues, kTileCodes, kTileChannels,
   kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT,  // the calling thread's, shared
   kSlots
 };
@@ -320,6 +320,22 @@ inline void transpose8x8(const uint16_t* s, int64_t ls, uint16_t* d, int64_t ld)
   }
 }
 
+// The 16 x 16 block of bytes at s (rows ls apart) transposed to d (rows ld apart): four rounds of
+// row i interleaved with row i + 8. Each round rotates an element's (row, column) bits, 4 + 4, left
+// by one: row r3r2r1r0, column c3c2c1c0 -> row r2r1r0c3, column c2c1c0r3; after four, row c, column r.
+inline void transpose16x16(const uint8_t* s, int64_t ls, uint8_t* d, int64_t ld) {
+  __m128i a[16], b[16];
+  for (int i = 0; i < 16; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i * ls));
+  for (int round = 0; round < 4; ++round) {
+    for (int i = 0; i < 8; ++i) {
+      b[2 * i] = _mm_unpacklo_epi8(a[i], a[i + 8]);
+      b[2 * i + 1] = _mm_unpackhi_epi8(a[i], a[i + 8]);
+    }
+    for (int i = 0; i < 16; ++i) a[i] = b[i];
+  }
+  for (int i = 0; i < 16; ++i) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i * ld), a[i]);
+}
+
 // The 4 x 4 block of 32-bit values at s transposed to d.
 inline void transpose4x4(const float* s, int64_t ls, float* d, int64_t ld) {
   __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + ls), r2 = _mm_loadu_ps(s + 2 * ls), r3 = _mm_loadu_ps(s + 3 * ls);
@@ -329,17 +345,19 @@ inline void transpose4x4(const float* s, int64_t ls, float* d, int64_t ld) {
 #endif
 
 // Rows [r0, r1) of s (C values each, rows ls apart) into columns [r0, r1) of d (rows ld apart),
-// converted to CT: in 8 x 8 (16-bit) or 4 x 4 (32-bit) register blocks where no conversion is
-// needed, the edges and conversions one value at a time.
+// converted to CT: in 16 x 16 (bytes), 8 x 8 (16-bit) or 4 x 4 (32-bit) register blocks where no
+// conversion is needed, the edges and conversions one value at a time.
 template <typename T, typename CT>
 void transpose_rows(const T* s, int64_t ls, int64_t C, int64_t r0, int64_t r1, CT* d, int64_t ld) {
 #if defined(__SSE2__)
-  if constexpr (std::is_same_v<T, CT> && (sizeof(T) == 2 || sizeof(T) == 4)) {
-    constexpr int64_t b = sizeof(T) == 2 ? 8 : 4;
+  if constexpr (std::is_same_v<T, CT> && (sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4)) {
+    constexpr int64_t b = 16 / sizeof(T);  // one 16-byte register a row
     const int64_t rb = r0 + (r1 - r0) / b * b, cb = C / b * b;
     for (int64_t c = 0; c < cb; c += b)
       for (int64_t r = r0; r < rb; r += b) {
-        if constexpr (sizeof(T) == 2) {
+        if constexpr (sizeof(T) == 1) {
+          transpose16x16(reinterpret_cast<const uint8_t*>(s + r * ls + c), ls, reinterpret_cast<uint8_t*>(d + c * ld + r), ld);
+        } else if constexpr (sizeof(T) == 2) {
           transpose8x8(reinterpret_cast<const uint16_t*>(s + r * ls + c), ls, reinterpret_cast<uint16_t*>(d + c * ld + r), ld);
         } else {
           transpose4x4(reinterpret_cast<const float*>(s + r * ls + c), ls, reinterpret_cast<float*>(d + c * ld + r), ld);
@@ -534,21 +552,23 @@ struct Output {
 template <typename T>
 PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry& g, const Output& o, int64_t n, int64_t c0,
                 int64_t nb, int64_t p0, int64_t np) {
-  const int64_t s1 = o.os[1], s2 = o.os[2], s3 = o.os[3], cw = g.Wcode();
+  const int64_t s1 = o.os[1], s2 = o.os[2], s3 = o.os[3], cw = g.Wcode(), Wp = g.Wp, P = np * Wp;
   T* out = reinterpret_cast<T*>(o.out) + n * o.os[0] + c0 * s1 + p0 * s2;
   if (s1 == 1) {  // channels last
     for (int64_t p = 0; p < np; ++p)
-      for (int64_t q = 0; q < g.Wp; ++q) {
-        const float* v = val + (p * g.Wp + q) * nb;
+      for (int64_t q = 0; q < Wp; ++q) {
+        const float* v = val + (p * Wp + q) * nb;
         T* d = out + p * s2 + q * s3;
         for (int64_t c = 0; c < nb; ++c) d[c] = narrow<T>(v[c]);
       }
-  } else {
+  } else {  // channels first: the tile transposed in register blocks, then stored row by row
+    float* vt = scratch<float>(kTileChannels, nb * P);
+    transpose_rows(val, nb, nb, 0, P, vt, P);
     for (int64_t c = 0; c < nb; ++c)
       for (int64_t p = 0; p < np; ++p) {
-        const float* v = val + p * g.Wp * nb + c;
+        const float* v = vt + c * P + p * Wp;
         T* d = out + c * s1 + p * s2;
-        for (int64_t q = 0; q < g.Wp; ++q) d[q * s3] = narrow<T>(v[q * nb]);
+        for (int64_t q = 0; q < Wp; ++q) d[q * s3] = narrow<T>(v[q]);
       }
   }
   const int64_t c1 = o.cs[1], c2 = o.cs[2], c3 = o.cs[3];
@@ -556,20 +576,29 @@ PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry&
   if (!is_bitmask(g.pkh, g.pkw)) {
     if (c1 == 1) {  // channels last: a position's nb codes side by side, as in the tile
       for (int64_t p = 0; p < np; ++p)
-        for (int64_t q = 0; q < g.Wp; ++q) std::memcpy(code + p * c2 + q * c3, cod + (p * g.Wp + q) * nb, nb);
+        for (int64_t q = 0; q < Wp; ++q) std::memcpy(code + p * c2 + q * c3, cod + (p * Wp + q) * nb, nb);
       return;
     }
+    uint8_t* ct = scratch<uint8_t>(kTileChannels, nb * P);
+    transpose_rows(cod, nb, nb, 0, P, ct, P);
     for (int64_t c = 0; c < nb; ++c)
-      for (int64_t p = 0; p < np; ++p)
-        for (int64_t q = 0; q < g.Wp; ++q) code[c * c1 + p * c2 + q * c3] = cod[(p * g.Wp + q) * nb + c];
+      for (int64_t p = 0; p < np; ++p) {
+        const uint8_t* s = ct + c * P + p * Wp;
+        uint8_t* d = code + c * c1 + p * c2;
+        if (c3 == 1) {
+          std::memcpy(d, s, Wp);
+        } else {
+          for (int64_t q = 0; q < Wp; ++q) d[q * c3] = s[q];
+        }
+      }
     return;
   }
   uint8_t byte[kNbMax];  // the ReLU mask: bit q & 7 of byte q >> 3, built for all channels at once
   for (int64_t p = 0; p < np; ++p)
     for (int64_t b = 0; b < cw; ++b) {
       std::fill(byte, byte + nb, uint8_t(0));
-      for (int64_t e = 0; e < 8 && b * 8 + e < g.Wp; ++e) {
-        const uint8_t* s = cod + (p * g.Wp + b * 8 + e) * nb;
+      for (int64_t e = 0; e < 8 && b * 8 + e < Wp; ++e) {
+        const uint8_t* s = cod + (p * Wp + b * 8 + e) * nb;
         for (int64_t c = 0; c < nb; ++c) byte[c] |= static_cast<uint8_t>((s[c] == 0) << e);
       }
       for (int64_t c = 0; c < nb; ++c) code[c * c1 + p * c2 + b * c3] = byte[c];
