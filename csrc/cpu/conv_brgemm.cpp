@@ -564,11 +564,16 @@ PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry&
   } else {  // channels first: the tile transposed in register blocks, then stored row by row
     float* vt = scratch<float>(kTileChannels, nb * P);
     transpose_rows(val, nb, nb, 0, P, vt, P);
+    const bool run = s3 == 1 && s2 == Wp;  // a channel's np rows back to back: one run of P values
     for (int64_t c = 0; c < nb; ++c)
-      for (int64_t p = 0; p < np; ++p) {
+      for (int64_t p = 0; p < (run ? 1 : np); ++p) {
         const float* v = vt + c * P + p * Wp;
         T* d = out + c * s1 + p * s2;
-        for (int64_t q = 0; q < Wp; ++q) d[q * s3] = narrow<T>(v[q]);
+        if (run) {
+          for (int64_t e = 0; e < P; ++e) d[e] = narrow<T>(v[e]);
+        } else {
+          for (int64_t q = 0; q < Wp; ++q) d[q * s3] = narrow<T>(v[q]);
+        }
       }
   }
   const int64_t c1 = o.cs[1], c2 = o.cs[2], c3 = o.cs[3];
@@ -581,12 +586,13 @@ PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry&
     }
     uint8_t* ct = scratch<uint8_t>(kTileChannels, nb * P);
     transpose_rows(cod, nb, nb, 0, P, ct, P);
+    const bool run = c3 == 1 && c2 == Wp;
     for (int64_t c = 0; c < nb; ++c)
-      for (int64_t p = 0; p < np; ++p) {
+      for (int64_t p = 0; p < (run ? 1 : np); ++p) {
         const uint8_t* s = ct + c * P + p * Wp;
         uint8_t* d = code + c * c1 + p * c2;
         if (c3 == 1) {
-          std::memcpy(d, s, Wp);
+          copy_run(s, run ? P : Wp, d);
         } else {
           for (int64_t q = 0; q < Wp; ++q) d[q * c3] = s[q];
         }
