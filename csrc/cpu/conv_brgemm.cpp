@@ -427,7 +427,7 @@ const CT* pack_forward(const T* w, const Geometry& g, const View& v, bool vnni) 
 // n values from s to d, inline: the runs copied here (a patch row, a B block's row) are short enough
 // that a call to memmove cost more than the copy (15% of ImageNet conv1's backward). 32-byte
 // vectors, the last one overlapping the one before; runs under 32 bytes by two overlapping copies
-// of the largest power of two that fits.
+// of the largest power of two that fits (a single byte: itself).
 template <typename CT>
 PYA_VECTOR inline void copy_run(const CT* s, int64_t n, CT* d) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -452,6 +452,8 @@ PYA_VECTOR inline void copy_run(const CT* s, int64_t n, CT* d) {
     two(uint32_t{});
   } else if (bytes >= 2) {
     two(uint16_t{});
+  } else if (bytes == 1) {
+    *b = *a;
   }
 #else
   std::copy(s, s + n, d);
