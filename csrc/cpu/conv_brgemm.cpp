@@ -195,7 +195,7 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 // Per-thread scratch, kept from call to call (fresh pages would cost page faults each call). Every
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
-  kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kPair, kTileValues, kTileCodes, kTileChannels,
+  kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kPair, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles, kUnpoolSums,
   kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT,  // the calling thread's, shared
   kSlots
 };
@@ -750,39 +750,119 @@ PYA_VECTOR inline float masked(float v, bool keep) {
   return v;
 }
 
+// Image n's codes and pooled gradient position-major, (p Wp + q) Cp + c, channels past Co padded
+// with no-gradient codes and zeros: channel planes transposed in register blocks, channels-last
+// rows copied, other strides (and ReLU mask bits) one value at a time.
+template <typename T>
+PYA_VECTOR void unpool_tiles(const Backward& k, int64_t n, int64_t Cp, uint8_t* ct, T* gt) {
+  const Geometry& g = k.g;
+  const int64_t Co = g.Co, Wp = g.Wp, Pp = g.Hp * Wp;
+  const uint8_t* code = k.code + n * k.cs[0];
+  const int64_t c1 = k.cs[1], c2 = k.cs[2], c3 = k.cs[3];
+  const bool bits = is_bitmask(g.pkh, g.pkw);
+  if (!bits && c3 == 1 && c2 == Wp) {
+    transpose_rows(code, c1, Pp, 0, Co, ct, Cp);
+  } else if (!bits && c1 == 1) {
+    for (int64_t pos = 0; pos < Pp; ++pos) copy_run(code + pos / Wp * c2 + pos % Wp * c3, Co, ct + pos * Cp);
+  } else {
+    for (int64_t pos = 0; pos < Pp; ++pos)
+      for (int64_t c = 0; c < Co; ++c) {
+        const uint8_t* row = code + c * c1 + pos / Wp * c2;
+        const int64_t q = pos % Wp;
+        ct[pos * Cp + c] = bits ? (mask_bit(row, q, c3) ? uint8_t(0) : kNoGrad) : row[q * c3];
+      }
+  }
+  const T* gy = k.gy.const_data_ptr<T>() + n * k.gy.stride(0);
+  const int64_t sC = k.gy.stride(1), sH = k.gy.stride(2), sW = k.gy.stride(3);
+  if (sW == 1 && sH == Wp) {
+    transpose_rows(gy, sC, Pp, 0, Co, gt, Cp);
+  } else if (sC == 1) {
+    for (int64_t pos = 0; pos < Pp; ++pos) copy_run(gy + pos / Wp * sH + pos % Wp * sW, Co, gt + pos * Cp);
+  } else {
+    for (int64_t pos = 0; pos < Pp; ++pos)
+      for (int64_t c = 0; c < Co; ++c) gt[pos * Cp + c] = gy[c * sC + pos / Wp * sH + pos % Wp * sW];
+  }
+  for (int64_t pos = 0; pos < Pp; ++pos) {
+    std::fill(ct + pos * Cp + Co, ct + (pos + 1) * Cp, kNoGrad);
+    std::fill(gt + pos * Cp + Co, gt + (pos + 1) * Cp, T(0.f));
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// Sums of 16 channels, 8 to a register: += each tile value whose code equals e (+0 for the others).
+struct Sums16 {
+  __m256 lo, hi;
+  PYA_VECTOR Sums16() : lo(_mm256_setzero_ps()), hi(_mm256_setzero_ps()) {}
+  template <typename T>
+  PYA_VECTOR void add_where(const uint8_t* code, uint8_t e, const T* v) {
+    const __m128i m = _mm_cmpeq_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(code)), _mm_set1_epi8(static_cast<char>(e)));
+    __m256 a, b;
+    if constexpr (std::is_same_v<T, float>) {
+      a = _mm256_loadu_ps(v), b = _mm256_loadu_ps(v + 8);
+    } else if constexpr (std::is_same_v<T, at::BFloat16>) {  // bfloat16: the float's upper half
+      const __m128i* w = reinterpret_cast<const __m128i*>(v);
+      a = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(w)), 16));
+      b = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(w + 1)), 16));
+    } else {
+      float f[16];
+      for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(v[i]);
+      a = _mm256_loadu_ps(f), b = _mm256_loadu_ps(f + 8);
+    }
+    lo = _mm256_add_ps(lo, _mm256_and_ps(_mm256_castsi256_ps(_mm256_cvtepi8_epi32(m)), a));
+    hi = _mm256_add_ps(hi, _mm256_and_ps(_mm256_castsi256_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(m, 8))), b));
+  }
+  PYA_VECTOR void store(float* d, int64_t n) const {
+    float f[16];
+    _mm256_storeu_ps(f, lo), _mm256_storeu_ps(f + 8, hi);
+    std::copy(f, f + n, d);
+  }
+};
+#else
+struct Sums16 {
+  float s[16] = {};
+  template <typename T>
+  void add_where(const uint8_t* code, uint8_t e, const T* v) {
+    for (int i = 0; i < 16; ++i) s[i] += code[i] == e ? static_cast<float>(v[i]) : 0.f;
+  }
+  void store(float* d, int64_t n) const { std::copy(s, s + n, d); }
+};
+#endif
+
 // Image n's conv-output gradient dY (P x Cop, channels last, float32) through the codes, and its
-// per-channel sums added to db. Channels 16 at a time, so that the 16 code and gradient rows are
-// read along their rows and the stores into dY fill whole cache lines.
+// per-channel sums added to db. Gathered: each conv output sums, in window order, the pooled
+// gradients of the windows that cover it and whose code points at it (+0 from the others), 16
+// channels at a time from position-major tiles, so that every value of dY is written once (no
+// fill, no scatter). db sums the flowing gradients position after position.
 template <typename T>
 PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
   constexpr int64_t kC = 16;
   const Geometry& g = k.g;
-  const int64_t Cop = k.v.Cop;
-  std::fill(dY, dY + k.v.P * Cop, 0.f);
-  const T* gy = k.gy.const_data_ptr<T>() + n * k.gy.stride(0);
-  const int64_t sC = k.gy.stride(1), sH = k.gy.stride(2), sW = k.gy.stride(3);
-  const bool bits = is_bitmask(g.pkh, g.pkw);
-  int64_t at[256];  // a code's place in its window, in dY's rows: a division per value was 8% of backward
-  for (int64_t cd = 0; cd < 256; ++cd) {
-    const uint8_t c = static_cast<uint8_t>(cd);
-    at[cd] = code_dy(c, g.pkw) * g.Wc + code_dx(c, g.pkw);
-  }
-  for (int64_t c0 = 0; c0 < g.Co; c0 += kC) {
-    const int64_t nc = std::min(kC, g.Co - c0);
-    for (int64_t p = 0; p < g.Hp; ++p)
-      for (int64_t q = 0; q < g.Wp; ++q)
-        for (int64_t c = 0; c < nc; ++c) {
-          const int64_t co = c0 + c;
-          const uint8_t* crow = k.code + n * k.cs[0] + co * k.cs[1] + p * k.cs[2];
-          uint8_t cd = bits ? (mask_bit(crow, q, k.cs[3]) ? uint8_t(0) : kNoGrad) : crow[q * k.cs[3]];
-          // No branch on the code (ReLU masks are coin flips to a branch predictor): a position
-          // without gradient adds 0 at its window's first place.
-          const bool flows = cd != kNoGrad;
-          const float val = masked(static_cast<float>(gy[co * sC + p * sH + q * sW]), flows);
-          cd = static_cast<uint8_t>(cd & -static_cast<int>(flows));
-          dY[(window_start(p, g.psh) * g.Wc + window_start(q, g.psw) + at[cd]) * Cop + co] += val;
-          db[co] += val;
-        }
+  const int64_t Cop = k.v.Cop, Cp = (Cop + kC - 1) / kC * kC, Pp = g.Hp * g.Wp;  // Cop >= Co
+  uint8_t* ct = scratch<uint8_t>(kUnpoolTiles, Pp * Cp);
+  T* gt = scratch<T>(kUnpoolTiles, Pp * Cp);
+  unpool_tiles(k, n, Cp, ct, gt);
+  float* sum = scratch<float>(kUnpoolSums, Cp);
+  std::fill(sum, sum + Cp, 0.f);
+  for (int64_t pos = 0; pos < Pp; ++pos)
+    for (int64_t c = 0; c < Cp; ++c) sum[c] += masked(static_cast<float>(gt[pos * Cp + c]), ct[pos * Cp + c] != kNoGrad);
+  for (int64_t c = 0; c < g.Co; ++c) db[c] += sum[c];
+  for (int64_t y = 0; y < g.Hc; ++y) {
+    int64_t p0, p1;
+    covering_windows(y, g.pkh, g.psh, g.Hp, p0, p1);
+    for (int64_t x = 0; x < g.Wc; ++x) {
+      int64_t q0, q1;
+      covering_windows(x, g.pkw, g.psw, g.Wp, q0, q1);
+      float* d = dY + (y * g.Wc + x) * Cop;
+      for (int64_t c0 = 0; c0 < Cop; c0 += kC) {
+        Sums16 acc;
+        for (int64_t p = p0; p <= p1; ++p)
+          for (int64_t q = q0; q <= q1; ++q) {
+            const int64_t at = (p * g.Wp + q) * Cp + c0;
+            acc.add_where(ct + at, encode(y - window_start(p, g.psh), x - window_start(q, g.psw), g.pkw), gt + at);
+          }
+        acc.store(d + c0, std::min(kC, Cop - c0));
+      }
+    }
   }
 }
 
