@@ -812,9 +812,13 @@ struct Sums16 {
     hi = _mm256_add_ps(hi, _mm256_and_ps(_mm256_castsi256_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(m, 8))), b));
   }
   PYA_VECTOR void store(float* d, int64_t n) const {
+    if (n == 16) {
+      _mm256_storeu_ps(d, lo), _mm256_storeu_ps(d + 8, hi);
+      return;
+    }
     float f[16];
     _mm256_storeu_ps(f, lo), _mm256_storeu_ps(f + 8, hi);
-    std::copy(f, f + n, d);
+    for (int64_t i = 0; i < n; ++i) d[i] = f[i];
   }
 };
 #else
@@ -1031,7 +1035,7 @@ struct WeightInputs {
 
 template <typename T, typename CT>
 PYA_VECTOR void weight_gradient_inputs(const Backward& k, int64_t n, int64_t i, const WeightInputs<CT>& wi,
-                                       const float* dY) {
+                                       const CT* dY) {
   const Geometry& g = k.g;
   const View& v = k.v;
   fill_input<T, CT>(k.x, n, g, v, 0, v.Hpd, wi.xps + i * v.Hpd * v.Wpd * v.Cip);
@@ -1117,18 +1121,23 @@ PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, const We
   float* dY = scratch<float>(kAcc, v.P * v.Cop);
   if (is_bitmask(k.g.pkh, k.g.pkw) && k.g.psh == 1 && k.g.psw == 1) unmask<T>(k, n, dY, db);
   else unpool<T>(k, n, dY, db);
-  if (k.dx && flipped_data_gradient(k.g)) {
-    data_gradient_flipped<T, CT>(k, n, dY);
-  } else if (k.dx) {
-    const CT* dYc = reinterpret_cast<const CT*>(dY);
-    if constexpr (!std::is_same_v<CT, float>) {
-      CT* c = scratch<CT>(kGradIn, v.P * v.Cop);
+  const bool flipped = flipped_data_gradient(k.g);
+  // dY in the product type (converted once, along its rows) for the strided data gradient's
+  // products and the weight gradient's transposition (in register blocks, with no conversion)
+  const CT* dYc = reinterpret_cast<const CT*>(dY);
+  if constexpr (!std::is_same_v<CT, float>) {
+    if ((k.dx && !flipped) || k.need_w) {
+      CT* c = scratch<CT>(kGradT, v.P * v.Cop);
       for (int64_t e = 0; e < v.P * v.Cop; ++e) c[e] = narrow<CT>(dY[e]);
       dYc = c;
     }
+  }
+  if (k.dx && flipped) {
+    data_gradient_flipped<T, CT>(k, n, dY);
+  } else if (k.dx) {
     data_gradient<T, CT>(k, n, dYc);
   }
-  if (k.need_w) weight_gradient_inputs<T, CT>(k, n, i, wi, dY);
+  if (k.need_w) weight_gradient_inputs<T, CT>(k, n, i, wi, dYc);
 }
 
 // Images a range: their weight-gradient inputs (4 bytes a value, whatever the type: fixed by the
