@@ -195,7 +195,7 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 // Per-thread scratch, kept from call to call (fresh pages would cost page faults each call). Every
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
-  kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kPair, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles, kUnpoolSums,
+  kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles, kUnpoolSums,
   kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT,  // the calling thread's, shared
   kSlots
 };
@@ -1004,16 +1004,10 @@ PYA_VECTOR void data_gradient(const Backward& k, int64_t n, const CT* dYc) {
     }
 }
 
-// Columns [t0, t0 + nb) of row pos of image n's patches (P x kh Kt: kernel row after kernel row,
-// each kx then ci) from the padded channels-last image xp, into d.
+// Kernel row ky of conv position pos's patch (Kt values) in the padded channels-last image xp.
 template <typename CT>
-PYA_VECTOR void patch_columns(const CT* xp, const Geometry& g, const View& v, int64_t pos, int64_t t0, int64_t nb, CT* d) {
-  const CT* at = xp + (pos / g.Wc) * g.sh * v.Wpd * v.Cip + (pos % g.Wc) * g.sw * v.Cip;
-  for (int64_t t = t0; t < t0 + nb;) {
-    const int64_t ky = t / v.Kt, k = t % v.Kt, len = std::min(v.Kt - k, t0 + nb - t);
-    copy_run(at + ky * v.Wpd * v.Cip + k, len, d + (t - t0));
-    t += len;
-  }
+inline const CT* patch_row(const CT* xp, const Geometry& g, const View& v, int64_t pos, int64_t ky) {
+  return xp + ((pos / g.Wc) * g.sh + ky) * v.Wpd * v.Cip + (pos % g.Wc) * g.sw * v.Cip;
 }
 
 // Images per weight-gradient chunk: their positions side by side make K (about kWeightK), so that a
@@ -1054,28 +1048,21 @@ PYA_VECTOR void weight_patches(const Backward& k, const WeightInputs<CT>& wi, in
   const Geometry& g = k.g;
   const View& v = k.v;
   const int64_t img = v.Hpd * v.Wpd * v.Cip;
-  CT* pair = scratch<CT>(kPair, 2 * v.t.nb);
   for (int64_t i = 0; i < m; ++i) {
     const CT* xp = wi.xps + (i0 + i) * img;
     CT* bi = bb + i * v.Pe * nb;
-    if (!k.vnni) {
-      for (int64_t pos = 0; pos < v.P; ++pos) patch_columns(xp, g, v, pos, t0, nb, bi + pos * nb);
-      continue;
-    }
-    const bool one_row = t0 / v.Kt == (t0 + nb - 1) / v.Kt;  // the columns lie in one kernel row
-    for (int64_t pos = 0; pos < v.Pe; pos += 2) {  // VNNI: positions pos, pos + 1 interleaved
-      const bool second = pos + 1 < v.P;
-      if (one_row) {  // straight from the image
-        const auto at = [&](int64_t q) {
-          return xp + ((q / g.Wc) * g.sh + t0 / v.Kt) * v.Wpd * v.Cip + (q % g.Wc) * g.sw * v.Cip + t0 % v.Kt;
-        };
-        interleave(at(pos), second ? at(pos + 1) : nullptr, nb, bi + pos * nb);
-        continue;
+    // the columns in runs within one kernel row each: len from column c of kernel row ky
+    for (int64_t pos = 0; pos < (k.vnni ? v.Pe : v.P); pos += k.vnni ? 2 : 1)
+      for (int64_t t = t0; t < t0 + nb;) {
+        const int64_t ky = t / v.Kt, c = t % v.Kt, len = std::min(v.Kt - c, t0 + nb - t);
+        const CT* a = patch_row(xp, g, v, pos, ky) + c;
+        if (!k.vnni) {
+          copy_run(a, len, bi + pos * nb + (t - t0));
+        } else {  // positions pos and pos + 1 interleaved
+          interleave(a, pos + 1 < v.P ? patch_row(xp, g, v, pos + 1, ky) + c : nullptr, len, bi + pos * nb + 2 * (t - t0));
+        }
+        t += len;
       }
-      patch_columns(xp, g, v, pos, t0, nb, pair);
-      if (second) patch_columns(xp, g, v, pos + 1, t0, nb, pair + v.t.nb);
-      interleave(pair, second ? pair + v.t.nb : nullptr, nb, bi + pos * nb);
-    }
   }
 }
 
