@@ -145,6 +145,25 @@ def test_block_edges(brgemm, name, dtype):
     check(c, x, w, b, grad_out, what=f"{name} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_stacked_products_pad_k_with_zeros(brgemm, dtype):
+    """Stacked products of few input channels (3 x 3 x 3 = 27 values a patch) keep the channels
+    unpadded and pad K to even at its end for bfloat16's VNNI pairs, writing that padding as 0 every
+    time: the patches a previous call left in the scratch (here all NaN) must not reach the result.
+    One thread, so that both calls use the same scratch."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        c = Cfg(2, 3, 12, 11, 8, (3, 3), padding=(1, 1))
+        stale = Cfg(2, 4, 12, 11, 8, (3, 3), padding=(1, 1))  # 36 values a patch, all NaN
+        _, w0, b0 = exact_inputs(stale, dtype)
+        FWD(torch.full((2, 4, 12, 11), float("nan"), dtype=dtype), w0, b0, *stale.args())
+        x, w, b = exact_inputs(c, dtype)
+        check(c, x, w, b, nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype), what=f"after NaN patches {dtype}")
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
 @pytest.mark.parametrize("name", ("conv2_5x5_p2_pool3s2", "conv3_3x3_p1_pool1s1", "conv1_11x11_s4_p2_pool3s2",
                                   "wide_channels", "padding_ge_kernel"))

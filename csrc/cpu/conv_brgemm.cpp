@@ -166,25 +166,71 @@ Tiling tiling() {
   return cpu_has_avx512() ? kWide : kNarrow;
 }
 
-// The micro-kernel's view of a conv. Channels padded to even for VNNI pairs (Cip in, Cop out); Kt:
-// K of one kernel row; the padded input's width and height as the conv reads it.
+// A convolution as the micro-kernel sees it: output rows of Wo columns, each column's product over
+// kh kernel rows of Kt = kw C values of a padded channels-last input (rows of `row` values, C
+// channels a column, columns sw apart, conv rows sh input rows apart), into Co output channels; B
+// (packed) block after block of t.nb channels, each its kh kernel rows back to back (kh Kt x nb).
+// Input rows [lo, hi) of the band (counted from its first) hold data, the others padding: a kernel
+// row that reads only padding adds nothing, and its product is skipped.
+struct RowConv {
+  int64_t kh, kw, sh, sw, C, row, Wo, Co;
+  Tiling t;
+  int64_t lo = 0, hi = std::numeric_limits<int64_t>::max() / 4;
+  int64_t Kt() const { return kw * C; }
+  // Conv row r's kernel rows that read data: [first_tap(r), end_tap(r)).
+  int64_t first_tap(int64_t r) const { return std::clamp<int64_t>(lo - r * sh, 0, kh); }
+  int64_t end_tap(int64_t r) const { return std::clamp<int64_t>(hi - r * sh, 0, kh); }
+};
+
+// Short kernel rows (a few input channels: CIFAR's and ImageNet's conv1) make products too small to
+// keep the micro-kernel busy. There the patches of several conv rows are copied side by side
+// (M = rows x Wo, K = kh Kt, in VNNI pairs padded to even at its end: the channels are not) and
+// multiplied at once, each B block as one K x nb matrix. The narrow tiling also stacks narrow images' rows (Wo < 16), where two rows'
+// patches fit the budget: AVX2 multiplies a 7- or 13-row product with a slow remainder. (On AVX-512
+// that stacking gained 3% in bfloat16 and lost up to 10% in float32.)
+constexpr int64_t kPatchBytes = int64_t(256) << 10;
+inline bool short_rows(int64_t Kt) { return Kt < 128; }
+inline bool stacked(const RowConv& c) {
+  return short_rows(c.Kt()) || (c.t.stack_all && c.Wo < 16 && 2 * c.Wo * c.kh * c.Kt() * 4 <= kPatchBytes);
+}
+
+// K of a stacked product, and the rows of each B block: kh Kt, in VNNI pairs padded to even (Kt is
+// even where the products are not stacked: the channels are padded there).
+inline int64_t stacked_k(const RowConv& c, bool vnni) {
+  const int64_t K = c.kh * c.Kt();
+  return vnni ? (K + 1) / 2 * 2 : K;
+}
+
+// The micro-kernel's view of a conv, forward or backward. Channels padded to even for VNNI pairs
+// (Cip in, Cop out) where K holds them: input channels in the forward's unstacked products (a
+// kernel row's Kt values straight from the input), output channels backward; Kt: K of one kernel
+// row; the padded input's width and height as the conv reads it.
 struct View {
   int64_t Cip, Cop, Kt, Wpd, Hpd, P, Pe;  // P: conv positions per image, Pe: P padded to even (VNNI)
   Tiling t;
 };
 
-View view_of(const Geometry& g, bool vnni) {
+View view_of(const Geometry& g, bool vnni, bool forward) {
   View v{};
   v.t = tiling();
-  v.Cip = vnni ? (g.Ci + 1) / 2 * 2 : g.Ci;
+  const auto channels_in = [&](int64_t Cip) {
+    v.Cip = Cip;
+    v.Kt = g.kw * Cip;
+    v.t.nb = g.kh * v.Kt <= kSmallK ? kNbMax : tiling().nb;  // a whole kh Kt x 64 block of B stays in L1
+  };
+  channels_in(g.Ci);
+  const RowConv c{g.kh, g.kw, g.sh, g.sw, g.Ci, 0, g.Wc, g.Co, v.t};
+  if (vnni && forward && !stacked(c)) channels_in((g.Ci + 1) / 2 * 2);
   v.Cop = vnni ? (g.Co + 1) / 2 * 2 : g.Co;
-  v.Kt = g.kw * v.Cip;
-  if (g.kh * v.Kt <= kSmallK) v.t.nb = kNbMax;  // a whole kh Kt x 64 block of B stays in L1
   v.Wpd = (g.Wc - 1) * g.sw + g.kw;
   v.Hpd = (g.Hc - 1) * g.sh + g.kh;
   v.P = g.Hc * g.Wc;
   v.Pe = vnni ? (v.P + 1) / 2 * 2 : v.P;
   return v;
+}
+
+RowConv forward_conv(const Geometry& g, const View& v) {
+  return RowConv{g.kh, g.kw, g.sh, g.sw, v.Cip, v.Wpd * v.Cip, g.Wc, g.Co, v.t};
 }
 
 // Where element (k, n) of a K x nb matrix B lives: row-major, or in VNNI pairs of k.
@@ -403,22 +449,25 @@ void pack_rows(int64_t K, int64_t nb, bool vnni, const Row& row, CT* b) {
   }
 }
 
-// B of the forward products: per block j of output channels and kernel row ky, Kt x nb: row
-// kx Cip + ci is w[j v.t.nb .. + nb][ci][ky][kx]. In the calling thread's scratch.
+// B of the forward products: per block j of output channels, K x nb (K = stacked_k: kernel row after
+// kernel row ky, each Kt rows): row ky Kt + kx Cip + ci is w[j v.t.nb .. + nb][ci][ky][kx]. In VNNI
+// pairs a kernel row at a time where Kt is even (the unstacked products read one kernel row's
+// pairs), else over the whole K, its last pair padded. In the calling thread's scratch.
 template <typename T, typename CT>
 const CT* pack_forward(const T* w, const Geometry& g, const View& v, bool vnni) {
   const CT* wt = weight_rows<T, CT>(w, 1, g.Co, g.Ci * g.kh * g.kw);  // row (ci, ky, kx): Co values
-  CT* p = scratch<CT>(kWeights, v.t.blocks(g.Co) * v.t.nb * g.kh * v.Kt);
-  // (block, kernel row) pairs write disjoint parts: packed by all threads, not before them
-  at::parallel_for(0, v.t.blocks(g.Co) * g.kh, 1, [&](int64_t q0, int64_t q1) {
+  const RowConv c = forward_conv(g, v);
+  const int64_t K = stacked_k(c, vnni), rows = vnni && v.Kt % 2 ? 1 : g.kh;  // packed pieces of a block
+  CT* p = scratch<CT>(kWeights, v.t.blocks(g.Co) * v.t.nb * K);
+  // (block, piece) pairs write disjoint parts: packed by all threads, not before them
+  at::parallel_for(0, v.t.blocks(g.Co) * rows, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
-      const int64_t j = q / g.kh, ky = q % g.kh, nb = v.t.width(g.Co, j);
+      const int64_t j = q / rows, ky0 = q % rows, nb = v.t.width(g.Co, j);
       const auto row = [&](int64_t k) -> const CT* {
-        const int64_t kx = k / v.Cip, ci = k % v.Cip;
+        const int64_t ky = ky0 + k / v.Kt, kx = k % v.Kt / v.Cip, ci = k % v.Cip;
         return ci < g.Ci ? wt + ((ci * g.kh + ky) * g.kw + kx) * g.Co + j * v.t.nb : nullptr;
       };
-      // kernel rows back to back: the stacked products read them as one K = kh Kt matrix
-      pack_rows(v.Kt, nb, vnni, row, p + j * g.kh * v.t.nb * v.Kt + ky * nb * v.Kt);
+      pack_rows(rows == 1 ? g.kh * v.Kt : v.Kt, nb, vnni, row, p + j * v.t.nb * K + ky0 * nb * v.Kt);
     }
   });
   return p;
@@ -460,34 +509,6 @@ PYA_VECTOR inline void copy_run(const CT* s, int64_t n, CT* d) {
 #endif
 }
 
-// A convolution as the micro-kernel sees it: output rows of Wo columns, each column's product over
-// kh kernel rows of Kt = kw C values of a padded channels-last input (rows of `row` values, C
-// channels a column, columns sw apart, conv rows sh input rows apart), into Co output channels; B
-// (packed) block after block of t.nb channels, each its kh kernel rows back to back (kh Kt x nb).
-// Input rows [lo, hi) of the band (counted from its first) hold data, the others padding: a kernel
-// row that reads only padding adds nothing, and its product is skipped.
-struct RowConv {
-  int64_t kh, kw, sh, sw, C, row, Wo, Co;
-  Tiling t;
-  int64_t lo = 0, hi = std::numeric_limits<int64_t>::max() / 4;
-  int64_t Kt() const { return kw * C; }
-  // Conv row r's kernel rows that read data: [first_tap(r), end_tap(r)).
-  int64_t first_tap(int64_t r) const { return std::clamp<int64_t>(lo - r * sh, 0, kh); }
-  int64_t end_tap(int64_t r) const { return std::clamp<int64_t>(hi - r * sh, 0, kh); }
-};
-
-// Short kernel rows (a few input channels: CIFAR's and ImageNet's conv1) make products too small to
-// keep the micro-kernel busy. There the patches of several conv rows are copied side by side
-// (M = rows x Wo, K = kh Kt) and multiplied at once, each B block as one kh Kt x nb matrix (Kt is
-// even in VNNI pairs). The narrow tiling also stacks narrow images' rows (Wo < 16), where two rows'
-// patches fit the budget: AVX2 multiplies a 7- or 13-row product with a slow remainder. (On AVX-512
-// that stacking gained 3% in bfloat16 and lost up to 10% in float32.)
-constexpr int64_t kPatchBytes = int64_t(256) << 10;
-inline bool short_rows(int64_t Kt) { return Kt < 128; }
-inline bool stacked(const RowConv& c) {
-  return short_rows(c.Kt()) || (c.t.stack_all && c.Wo < 16 && 2 * c.Wo * c.kh * c.Kt() * 4 <= kPatchBytes);
-}
-
 // Conv rows per stacked product: M about 64, the patches within 256 KiB (at least one row).
 template <typename CT>
 int64_t stack_rows(const RowConv& c, int64_t R) {
@@ -509,7 +530,7 @@ PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R
   if (!stacked(c)) {
     for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) {
       const int64_t nb = c.t.width(c.Co, j);
-      const CT* bj = w + j * K * c.t.nb;
+      const CT* bj = w + j * stacked_k(c, vnni) * c.t.nb;  // = K: Kt is even in VNNI pairs here
       for (int64_t ky = 0; ky < c.kh; ++ky)  // kernel rows outside: one row's B stays in L2 over all R
         for (int64_t r = 0; r < R; ++r) {
           const int64_t first = c.first_tap(r);
@@ -523,19 +544,20 @@ PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R
     }
     return;
   }
-  const int64_t G = stack_rows<CT>(c, R);
-  CT* patches = scratch<CT>(kPatches, G * c.Wo * K);
+  const int64_t G = stack_rows<CT>(c, R), Kp = stacked_k(c, vnni);
+  CT* patches = scratch<CT>(kPatches, G * c.Wo * Kp);
   for (int64_t r0 = 0; r0 < R; r0 += G) {
     const int64_t rows = std::min(G, R - r0);
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t x = 0; x < c.Wo; ++x)
-        for (int64_t ky = 0; ky < c.kh; ++ky) {
-          copy_run(xp + ((r0 + r) * c.sh + ky) * c.row + x * c.sw * c.C, Kt, patches + (r * c.Wo + x) * K + ky * Kt);
-        }
+      for (int64_t x = 0; x < c.Wo; ++x) {
+        CT* d = patches + (r * c.Wo + x) * Kp;
+        for (int64_t ky = 0; ky < c.kh; ++ky) copy_run(xp + ((r0 + r) * c.sh + ky) * c.row + x * c.sw * c.C, Kt, d + ky * Kt);
+        if (Kp > K) d[K] = CT(0.f);  // the last VNNI pair's padding
+      }
     for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) {  // the patches stay in cache over the blocks
       const int64_t nb = c.t.width(c.Co, j);
-      cb::brgemm(rows * c.Wo, nb, K, K, nb, nb, false, patches, w + j * K * c.t.nb, acc + j * R * c.Wo * c.t.nb + r0 * c.Wo * nb,
-                 vnni);
+      cb::brgemm(rows * c.Wo, nb, Kp, Kp, nb, nb, false, patches, w + j * Kp * c.t.nb,
+                 acc + j * R * c.Wo * c.t.nb + r0 * c.Wo * nb, vnni);
     }
   }
   for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) done(j, acc + j * R * c.Wo * c.t.nb);
@@ -661,10 +683,6 @@ PYA_VECTOR void epilogue(const float* acc, const Geometry& g, const Output& o, i
   write_tile<T>(val, cod, g, o, n, c0, nb, p0, np);
 }
 
-RowConv forward_conv(const Geometry& g, const View& v) {
-  return RowConv{g.kh, g.kw, g.sh, g.sw, v.Cip, v.Wpd * v.Cip, g.Wc, g.Co, v.t};
-}
-
 // Bands of B pooled rows: their conv rows' float32 sums (band_acc_size) within 192 KiB, in L2, and
 // a small batch still gives the threads 8 items. Fixed by the shape alone.
 int64_t band_size(const Geometry& g, const RowConv& c) {
@@ -692,7 +710,7 @@ PYA_VECTOR void forward_band(const at::Tensor& x, const CT* wp, const Geometry& 
 template <typename T, typename CT>
 void forward_impl(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b, const Geometry& g,
                   at::Tensor& out, at::Tensor& code, bool vnni) {
-  const View v = view_of(g, vnni);
+  const View v = view_of(g, vnni, true);
   const CT* wp = pack_forward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
   const at::Tensor bias = b ? b->to(at::kFloat).contiguous() : at::zeros({g.Co}, x.options().dtype(at::kFloat));
   const Output o{bias.const_data_ptr<float>(), static_cast<char*>(out.data_ptr()), out.strides(),
@@ -1173,7 +1191,7 @@ PYA_VECTOR void sum_weight_groups(const float* wp, int64_t S, int64_t wsize, con
 template <typename T, typename CT>
 void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& code,
                    const Geometry& g, at::Tensor* dx, at::Tensor* dw, at::Tensor* db, bool vnni) {
-  const View v = view_of(g, vnni);
+  const View v = view_of(g, vnni, false);
   std::vector<CT> strided;  // pack_backward's
   const CT* wb = nullptr;
   if (dx && flipped_data_gradient(g)) {
@@ -1236,7 +1254,7 @@ bool brgemm_runs(at::ScalarType dt) { return multiply_in(dt).has_value(); }
 std::string cpu_conv_tiling() { return tiling().stack_all ? "narrow" : "wide"; }
 
 bool brgemm_backward_fits(const Geometry& g) {
-  const View v = view_of(g, true);  // the larger of the two views
+  const View v = view_of(g, true, false);  // the larger of the two backward views (Cop, Pe padded)
   const int64_t m = chunk_images(v);
   // per thread: dY (and its 16-bit copy), the data gradient's padded input and sums, the patches
   // (the data gradient's stacked products and the weight gradient's share a slot)
