@@ -678,11 +678,13 @@ def test_all_negative_windows_pass_no_gradient():
     assert not gx.any() and not gw.any() and not gb.any()
 
 
+@pytest.mark.parametrize("co", (3, 40), ids=("3_channels", "40_channels"))
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
-def test_nan_propagates(dtype):
+def test_nan_propagates(dtype, co):
     """A NaN input makes NaN conv outputs over its receptive field: the pooled outputs whose window
-    holds one are NaN, as in the eager path, and pass no gradient (code 255); the others are exact."""
-    c = Cfg(1, 2, 15, 14, 3, (3, 3), padding=(1, 1))
+    holds one are NaN, as in the eager path, and pass no gradient (code 255); the others are exact.
+    40 channels: the CPU epilogue's 16-channel vector steps and their 8-channel tail."""
+    c = Cfg(1, 2, 15, 14, co, (3, 3), padding=(1, 1))
     x, w, b = exact_inputs(c, dtype)
     x[0, 1, 6, 9] = float("nan")
     out, code = FWD(x, w, b, *[list(a) for a in c.args()])

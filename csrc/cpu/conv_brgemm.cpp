@@ -635,6 +635,63 @@ PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry&
     }
 }
 
+// One pooled output's window over n channels: the max of conv + bias by max_update's rule (first
+// maximum in row-major window order; a NaN wins), then pooled_value and pooled_code. s: the
+// window's first conv value, positions nb values apart, rows Wc positions apart.
+PYA_VECTOR inline void window_max(const float* s, int64_t nb, const Geometry& g, const float* bias, int64_t n, float* vt,
+                                  uint8_t* ct) {
+  float m[kNbMax];
+  int32_t at[kNbMax];
+  for (int64_t c = 0; c < n; ++c) m[c] = -std::numeric_limits<float>::infinity(), at[c] = 0;
+  for (int64_t dy = 0; dy < g.pkh; ++dy)
+    for (int64_t dx = 0; dx < g.pkw; ++dx) {
+      const float* r = s + (dy * g.Wc + dx) * nb;
+      const int32_t pos = static_cast<int32_t>(dy * g.pkw + dx);
+      for (int64_t c = 0; c < n; ++c) {
+        const float x = r[c] + bias[c];
+        const bool take = (x > m[c]) | (x != x);
+        m[c] = take ? x : m[c];
+        at[c] = take ? pos : at[c];
+      }
+    }
+  for (int64_t c = 0; c < n; ++c) vt[c] = pooled_value(m[c]), ct[c] = pooled_code(m[c], at[c]);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// window_max of 16 channels, the running maxima and their places in registers (8 lanes each).
+constexpr int64_t kPoolLanes = 16;
+PYA_VECTOR inline void window_max16(const float* s, int64_t nb, const Geometry& g, const float* bias, float* vt,
+                                    uint8_t* ct) {
+  const __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+  __m256 m0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), m1 = m0;
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+  const int64_t pkh = g.pkh, pkw = g.pkw, Wc = g.Wc;
+  for (int64_t dy = 0; dy < pkh; ++dy)
+    for (int64_t dx = 0; dx < pkw; ++dx) {
+      const float* r = s + (dy * Wc + dx) * nb;
+      const __m256i pos = _mm256_set1_epi32(static_cast<int32_t>(dy * pkw + dx));
+      const __m256 x0 = _mm256_add_ps(_mm256_loadu_ps(r), b0), x1 = _mm256_add_ps(_mm256_loadu_ps(r + 8), b1);
+      const __m256 t0 = _mm256_or_ps(_mm256_cmp_ps(x0, m0, _CMP_GT_OQ), _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
+      const __m256 t1 = _mm256_or_ps(_mm256_cmp_ps(x1, m1, _CMP_GT_OQ), _mm256_cmp_ps(x1, x1, _CMP_UNORD_Q));
+      m0 = _mm256_blendv_ps(m0, x0, t0), m1 = _mm256_blendv_ps(m1, x1, t1);
+      a0 = _mm256_blendv_epi8(a0, pos, _mm256_castps_si256(t0)), a1 = _mm256_blendv_epi8(a1, pos, _mm256_castps_si256(t1));
+    }
+  const __m256 zero = _mm256_setzero_ps();
+  // pooled_value: m where m > 0 or NaN, else +0; pooled_code: the place where m > 0, else kNoGrad
+  const __m256 p0 = _mm256_cmp_ps(m0, zero, _CMP_GT_OQ), p1 = _mm256_cmp_ps(m1, zero, _CMP_GT_OQ);
+  _mm256_storeu_ps(vt, _mm256_and_ps(m0, _mm256_or_ps(p0, _mm256_cmp_ps(m0, m0, _CMP_UNORD_Q))));
+  _mm256_storeu_ps(vt + 8, _mm256_and_ps(m1, _mm256_or_ps(p1, _mm256_cmp_ps(m1, m1, _CMP_UNORD_Q))));
+  const __m256i none = _mm256_set1_epi32(kNoGrad);
+  const __m256i c0 = _mm256_blendv_epi8(none, a0, _mm256_castps_si256(p0));
+  const __m256i c1 = _mm256_blendv_epi8(none, a1, _mm256_castps_si256(p1));
+  // 16 x int32 -> 16 x uint16 (lanes c0[0..3] c1[0..3] c0[4..7] c1[4..7]: put back in order) -> bytes
+  const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(c0, c1), 0xD8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(ct), _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+}
+#else
+constexpr int64_t kPoolLanes = 0;  // window_max alone
+#endif
+
 // The epilogue of channels [c0, c0 + nb) over pooled rows [p0, p0 + np) of image n, from their conv
 // rows (acc: from conv row r0, Wc x nb each). Per pooled output, vectorised over the channels: the
 // max over its window of conv + bias by max_update's rule (first maximum in row-major window order;
@@ -660,25 +717,16 @@ PYA_VECTOR void epilogue(const float* acc, const Geometry& g, const Output& o, i
       }
     return write_tile<T>(val, cod, g, o, n, c0, nb, p0, np);
   }
-  float m[kNbMax];
-  int32_t at[kNbMax];
+  const int64_t nv = kPoolLanes ? nb / kPoolLanes * kPoolLanes : 0;  // channels 16 at a time, then the rest
   for (int64_t p = 0; p < np; ++p)
     for (int64_t q = 0; q < g.Wp; ++q) {
-      for (int64_t c = 0; c < nb; ++c) m[c] = -std::numeric_limits<float>::infinity(), at[c] = 0;
-      for (int64_t dy = 0; dy < g.pkh; ++dy)
-        for (int64_t dx = 0; dx < g.pkw; ++dx) {
-          const float* s = acc + ((window_start(p0 + p, g.psh) + dy - r0) * g.Wc + window_start(q, g.psw) + dx) * nb;
-          const int32_t pos = static_cast<int32_t>(dy * g.pkw + dx);
-          for (int64_t c = 0; c < nb; ++c) {
-            const float x = s[c] + bias[c];
-            const bool take = (x > m[c]) | (x != x);
-            m[c] = take ? x : m[c];
-            at[c] = take ? pos : at[c];
-          }
-        }
+      const float* s = acc + ((window_start(p0 + p, g.psh) - r0) * g.Wc + window_start(q, g.psw)) * nb;
       float* vt = val + (p * g.Wp + q) * nb;
       uint8_t* ct = cod + (p * g.Wp + q) * nb;
-      for (int64_t c = 0; c < nb; ++c) vt[c] = pooled_value(m[c]), ct[c] = pooled_code(m[c], at[c]);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+      for (int64_t c = 0; c < nv; c += kPoolLanes) window_max16(s + c, nb, g, bias + c, vt + c, ct + c);
+#endif
+      if (nv < nb) window_max(s + nv, nb, g, bias + nv, nb - nv, vt + nv, ct + nv);
     }
   write_tile<T>(val, cod, g, o, n, c0, nb, p0, np);
 }
