@@ -185,9 +185,10 @@ struct RowConv {
 // Short kernel rows (a few input channels: CIFAR's and ImageNet's conv1) make products too small to
 // keep the micro-kernel busy. There the patches of several conv rows are copied side by side
 // (M = rows x Wo, K = kh Kt, in VNNI pairs padded to even at its end: the channels are not) and
-// multiplied at once, each B block as one K x nb matrix. The narrow tiling also stacks narrow images' rows (Wo < 16), where two rows'
-// patches fit the budget: AVX2 multiplies a 7- or 13-row product with a slow remainder. (On AVX-512
-// that stacking gained 3% in bfloat16 and lost up to 10% in float32.)
+// multiplied at once, each B block as one K x nb matrix. The narrow tiling also stacks narrow
+// images' rows (Wo < 16), where two rows' patches fit the budget: AVX2 multiplies a 7- or 13-row
+// product with a slow remainder. (On AVX-512 that stacking gained 3% in bfloat16 and lost up to 10%
+// in float32.)
 constexpr int64_t kPatchBytes = int64_t(256) << 10;
 inline bool short_rows(int64_t Kt) { return Kt < 128; }
 inline bool stacked(const RowConv& c) {
@@ -241,7 +242,8 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 // Per-thread scratch, kept from call to call (fresh pages would cost page faults each call). Every
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
-  kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles, kUnpoolSums,
+  kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles,
+  kUnpoolSums,
   kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT,  // the calling thread's, shared
   kSlots
 };
