@@ -213,11 +213,12 @@ struct View {
 
 View view_of(const Geometry& g, bool vnni, bool forward) {
   View v{};
-  v.t = tiling();
+  const Tiling t = tiling();
+  v.t = t;
   const auto channels_in = [&](int64_t Cip) {
     v.Cip = Cip;
     v.Kt = g.kw * Cip;
-    v.t.nb = g.kh * v.Kt <= kSmallK ? kNbMax : tiling().nb;  // a whole kh Kt x 64 block of B stays in L1
+    v.t.nb = g.kh * v.Kt <= kSmallK ? kNbMax : t.nb;  // a whole kh Kt x 64 block of B stays in L1
   };
   channels_in(g.Ci);
   const RowConv c{g.kh, g.kw, g.sh, g.sw, g.Ci, 0, g.Wc, g.Co, v.t};
@@ -905,11 +906,14 @@ struct Sums16 {
 // gradients of the windows that cover it and whose code points at it (+0 from the others), 16
 // channels at a time from position-major tiles, so that every value of dY is written once (no
 // fill, no scatter). db sums the flowing gradients position after position.
+constexpr int64_t kUnpoolLanes = 16;
+inline int64_t unpool_width(int64_t Cop) { return (Cop + kUnpoolLanes - 1) / kUnpoolLanes * kUnpoolLanes; }
+
 template <typename T>
 PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
-  constexpr int64_t kC = 16;
+  constexpr int64_t kC = kUnpoolLanes;
   const Geometry& g = k.g;
-  const int64_t Cop = k.v.Cop, Cp = (Cop + kC - 1) / kC * kC, Pp = g.Hp * g.Wp;  // Cop >= Co
+  const int64_t Cop = k.v.Cop, Cp = unpool_width(Cop), Pp = g.Hp * g.Wp;  // Cop >= Co
   uint8_t* ct = scratch<uint8_t>(kUnpoolTiles, Pp * Cp);
   T* gt = scratch<T>(kUnpoolTiles, Pp * Cp);
   unpool_tiles(k, n, Cp, ct, gt);
@@ -1120,17 +1124,19 @@ PYA_VECTOR void weight_patches(const Backward& k, const WeightInputs<CT>& wi, in
     const CT* xp = wi.xps + (i0 + i) * img;
     CT* bi = bb + i * v.Pe * nb;
     // the columns in runs within one kernel row each: len from column c of kernel row ky
-    for (int64_t pos = 0; pos < (k.vnni ? v.Pe : v.P); pos += k.vnni ? 2 : 1)
+    for (int64_t pos = 0; pos < (k.vnni ? v.Pe : v.P); pos += k.vnni ? 2 : 1) {
+      const CT* a = patch_row(xp, g, v, pos, 0);
+      const CT* b = k.vnni && pos + 1 < v.P ? patch_row(xp, g, v, pos + 1, 0) : nullptr;  // VNNI's second position
       for (int64_t t = t0; t < t0 + nb;) {
-        const int64_t ky = t / v.Kt, c = t % v.Kt, len = std::min(v.Kt - c, t0 + nb - t);
-        const CT* a = patch_row(xp, g, v, pos, ky) + c;
+        const int64_t ky = t / v.Kt, c = t % v.Kt, len = std::min(v.Kt - c, t0 + nb - t), at = ky * v.Wpd * v.Cip + c;
         if (!k.vnni) {
-          copy_run(a, len, bi + pos * nb + (t - t0));
+          copy_run(a + at, len, bi + pos * nb + (t - t0));
         } else {  // positions pos and pos + 1 interleaved
-          interleave(a, pos + 1 < v.P ? patch_row(xp, g, v, pos + 1, ky) + c : nullptr, len, bi + pos * nb + 2 * (t - t0));
+          interleave(a + at, b ? b + at : nullptr, len, bi + pos * nb + 2 * (t - t0));
         }
         t += len;
       }
+    }
   }
 }
 
@@ -1306,11 +1312,12 @@ std::string cpu_conv_tiling() { return tiling().stack_all ? "narrow" : "wide"; }
 bool brgemm_backward_fits(const Geometry& g) {
   const View v = view_of(g, true, false);  // the larger of the two backward views (Cop, Pe padded)
   const int64_t m = chunk_images(v);
-  // per thread: dY (and its 16-bit copy), the data gradient's padded input and sums, the patches
-  // (the data gradient's stacked products and the weight gradient's share a slot)
+  // per thread: dY (and its 16-bit copy), the un-pooling's tiles (a code byte and up to 4 gradient
+  // bytes a value), the data gradient's padded input and sums, the patches (the data gradient's
+  // stacked products and the weight gradient's share a slot)
   const int64_t patches = std::max({m * v.Pe * v.t.nb * 4, int64_t(256) << 10, g.W * g.kh * g.kw * v.Cop * 4});
-  const int64_t thread = v.P * v.Cop * 8 + (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 + g.H * g.W * v.t.blocks(g.Ci) * v.t.nb * 4 +
-                         patches;
+  const int64_t thread = v.P * v.Cop * 8 + g.Hp * g.Wp * unpool_width(v.Cop) * 5 +
+                         (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 + g.H * g.W * v.t.blocks(g.Ci) * v.t.nb * 4 + patches;
   // shared: a range's weight-gradient inputs, the groups' dw copies, the bias-gradient rows
   const int64_t shared = range_images(g, v, true) * (v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe) * 4 +
                          weight_groups(g, v) * g.kh * g.Co * v.Kt * 4 + g.N * g.Co * 4;
