@@ -3,11 +3,13 @@
 At every conv layer of both AlexNet variants (pyalexnet.layers.LAYERS, the table the models are
 built from). Variants, each verified against eager NCHW before it is timed:
 
-    ours      pyalexnet.ops.conv_relu_maxpool, input in the layout our kernels compute in on that
-              device (channels_last input and weights on a GPU, NCHW on the CPU)
+    ours      pyalexnet.ops.conv_relu_maxpool, channels_last input and weights: the layout our kernels
+              compute in on both devices (on the CPU NCHW input costs them 1-22% forward, 0-6% backward:
+              bench/results/2026-12-05c-zen4-ours-channels-last.txt)
     nchw      F.conv2d -> F.relu -> F.max_pool2d, NCHW (cuDNN in benchmark mode / oneDNN)
     nhwc      the same with channels_last input and weights
-    compile   torch.compile of the same sequence, in ours' layout (Inductor fuses ReLU and pooling)
+    compile   torch.compile of the same sequence in NCHW (Inductor fuses ReLU and pooling)
+    compile_nhwc  the same in channels_last (each layout wins some rows)
     ours_v1   on a GPU, ours with the CUDA forward kernels' first version (PYALEXNET_CONV_VERSION=1:
               loads and stores through 2 stages) instead of version 2 (cp.async through 4 stages):
               the A/B of that change, timed side by side (the backward has one version); not a
@@ -142,13 +144,14 @@ def _one(cfg, timer, limits, layer, batch, dtype, input_grad, key, failures):
     dev = cfg.device
     seed_row(key)
     cl = torch.channels_last
-    ours_layout = "nhwc" if dev.type == "cuda" else "nchw"
+    ours_layout = "nhwc"
     variants = {"ours": (lambda *s: conv_relu_maxpool(*s, *layer.args()), ours_layout),
                 "nchw": (lambda *s: eager(*s, *layer.args()), "nchw"),
                 "nhwc": (lambda *s: eager(*s, *layer.args()), "nhwc")}
     if cfg.compile_for(batch, dtype):
         c = compiled_eager()
-        variants["compile"] = (lambda *s: c(*s, *layer.args()), ours_layout)
+        variants["compile"] = (lambda *s: c(*s, *layer.args()), "nchw")
+        variants["compile_nhwc"] = (lambda *s: c(*s, *layer.args()), "nhwc")
     if dev.type == "cuda":
         variants[FIRST_VERSION] = variants["ours"]
 

@@ -42,13 +42,20 @@ def _common(row: dict) -> list:
             _f(row.get("pct_matmul"), ".0f")]
 
 
+def _cudnn_ips(ips: dict):
+    """The faster cudnn run's images/s (channels_last, or NCHW on the CPU)."""
+    v = [x for x in (ips.get("cudnn"), ips.get("cudnn_nchw")) if x is not None]
+    return max(v) if v else None
+
+
 # (header, width, cell of a row) per section
 COLUMNS = {
     "conv": [("variant", 8, lambda r: r["variant"]), ("layer", 5, lambda r: r["layer"]),
              ("batch", 5, lambda r: r["batch"]), ("dtype", 8, lambda r: r["dtype"]), ("pass", 7, lambda r: r["pass"]),
              ("ours ms", 9, lambda r: _ms(r, "ours")), ("nchw ms", 9, lambda r: _ms(r, "nchw")),
              ("nhwc ms", 9, lambda r: _ms(r, "nhwc")), ("compile", 9, lambda r: _ms(r, "compile")),
-             ("speedup", 7, lambda r: _common(r)[0]), ("best", 7, lambda r: _common(r)[1]),
+             ("cmp nhwc", 9, lambda r: _ms(r, "compile_nhwc")),
+             ("speedup", 7, lambda r: _common(r)[0]), ("best", 12, lambda r: _common(r)[1]),
              ("TFLOP/s", 8, lambda r: _common(r)[2]), ("%mm", 4, lambda r: _common(r)[3]),
              ("GB/s", 7, lambda r: _f(r.get("gbs"), ".1f")), ("%copy", 5, lambda r: _f(r.get("pct_copy"), ".0f")),
              ("saved MiB o/eager", 17, lambda r: _pair(r.get("saved_bytes"), "ours", "nchw")),
@@ -60,8 +67,9 @@ COLUMNS = {
              ("GB/s", 7, lambda r: _f(r.get("gbs"), ".1f")), ("%copy", 5, lambda r: _f(r.get("pct_copy"), ".0f"))],
     "train": [("variant", 8, lambda r: r["variant"]), ("batch", 5, lambda r: r["batch"]),
               ("dtype", 8, lambda r: r["dtype"]), ("custom ms", 9, lambda r: _ms(r, "ours")),
-              ("cudnn ms", 9, lambda r: _ms(r, "cudnn")),
-              ("img/s c/cudnn", 13, lambda r: "/".join(_f(r.get("images_per_s", {}).get(b), ".0f") for b in ("custom", "cudnn"))),
+              ("cudnn ms", 9, lambda r: _ms(r, "cudnn")), ("cudnn nchw", 10, lambda r: _ms(r, "cudnn_nchw")),
+              ("img/s c/cudnn", 13, lambda r: "/".join(_f(v, ".0f") for v in (
+                  r.get("images_per_s", {}).get("custom"), _cudnn_ips(r.get("images_per_s", {}))))),
               ("speedup", 7, lambda r: _common(r)[0]), ("TFLOP/s", 8, lambda r: _common(r)[2]),
               ("%mm", 4, lambda r: _common(r)[3]),
               ("peak MiB c/cudnn", 16, lambda r: _pair(r.get("peak_bytes"), "custom", "cudnn")),
@@ -76,14 +84,16 @@ _TIMES = "times in ms (medians); speedup = the fastest verified baseline's time 
 _RATES = ("TFLOP/s and GB/s: ours' achieved rates; %mm and %copy: those as shares of the matrix product rate and "
           "the copy bandwidth measured at the start of this run")
 LEGENDS = {  # printed under each table: what its columns mean
-    "conv": [_TIMES + "; nchw / nhwc: conv2d -> relu -> max_pool2d in NCHW / channels_last, compile: under torch.compile",
+    "conv": [_TIMES + "; ours: channels_last input and weights; nchw / nhwc: conv2d -> relu -> max_pool2d in NCHW / "
+             "channels_last; compile / cmp nhwc: the same under torch.compile, in NCHW / channels_last",
              _RATES,
              "saved MiB o/eager: memory kept for backward, ours / the eager NCHW path",
              "v2 x (GPU only): the kernels' version 1 time / version 2's (above 1: version 2 wins)"],
     "loss": [_TIMES + "; eager: F.cross_entropy, compile: under torch.compile", _RATES],
     "train": ["one AlexNet training step (forward, loss, backward, SGD update): custom = our kernels, cudnn = "
-              "PyTorch's ops (cuDNN on a GPU, oneDNN on a CPU); speedup = cudnn ms / custom ms",
-              "img/s c/cudnn: images per second, custom / cudnn; TFLOP/s: custom's achieved rate, %mm: its share "
+              "PyTorch's ops (cuDNN on a GPU, oneDNN on a CPU), both in channels_last; cudnn nchw (CPU only): cudnn "
+              "in NCHW; speedup = the faster cudnn run's ms / custom ms",
+              "img/s c/cudnn: images per second, custom / the faster cudnn run; TFLOP/s: custom's achieved rate, %mm: its share "
               "of the matrix product rate measured at the start of this run",
               "peak MiB c/cudnn: peak memory of the step; saved MiB c/cudnn: memory kept for backward"],
 }
@@ -174,12 +184,12 @@ def markdown(result: dict) -> str:
         out.append("")
     train = [r for r in rows if r["section"] == "train"]
     if train:
-        out += ["| AlexNet | batch | dtype | images/s custom | images/s cudnn | speedup | peak MiB custom / cudnn |",
+        out += ["| AlexNet | batch | dtype | images/s custom | images/s cudnn (faster layout) | speedup | peak MiB custom / cudnn |",
                 "|---|---|---|---|---|---|---|"]
         for r in train:
             ips = r.get("images_per_s", {})
             out.append(f"| {r['variant']} | {r['batch']} | {r['dtype']} | {_f(ips.get('custom'), '.0f')} | "
-                       f"{_f(ips.get('cudnn'), '.0f')} | {_f(r.get('speedup'), '.2f')} | "
+                       f"{_f(_cudnn_ips(ips), '.0f')} | {_f(r.get('speedup'), '.2f')} | "
                        f"{_pair(r.get('peak_bytes'), 'custom', 'cudnn').replace('/', ' / ')} |")
         out.append("")
     bad = [r for r in result["rows"] if "error" in r or "failed" in r]
