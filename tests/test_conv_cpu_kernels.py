@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import pyalexnet  # noqa: F401  (registers torch.ops.pyalexnet)
 from pyalexnet import _C
@@ -162,6 +163,49 @@ def test_stacked_products_pad_k_with_zeros(brgemm, dtype):
         check(c, x, w, b, nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype), what=f"after NaN patches {dtype}")
     finally:
         torch.set_num_threads(before)
+
+
+def mask_bits(code: torch.Tensor, wp: int) -> torch.Tensor:
+    """The ReLU mask of an unpooled conv's codes (N x Co x Hp x ceil(Wp/8) bytes) as N x Co x Hp x Wp
+    booleans: bit q % 8 of byte q // 8."""
+    q = torch.arange(wp)
+    return ((code[..., q // 8].long() >> (q % 8)) & 1).bool()
+
+
+@pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_unpooled_output_nan_and_mask(brgemm, dtype, channels_last):
+    """Without pooling each output is bias + ReLU of its conv value, a NaN kept, and its mask bit is
+    set where that value is > 0 (a NaN: not). 19 channels: the epilogue's 8-channel steps and a
+    3-channel tail; 14 columns: a whole mask byte and a part of one."""
+    c = Cfg(2, 2, 15, 14, 19, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1))
+    x, w, b = exact_inputs(c, dtype)
+    x[1, 1, 6, 9] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out, code = FWD(x, w, b, *[list(a) for a in c.args()])
+    conv = F.conv2d(x.double(), w.double(), b.double(), c.stride, c.padding)
+    ref = F.relu(conv)
+    nan = conv.isnan()
+    assert nan.any() and (~nan).any() and torch.equal(out.isnan(), nan)
+    assert torch.equal(out[~nan].double(), ref[~nan].to(dtype).double())
+    assert torch.equal(mask_bits(code, c.out_size()[1]), conv > 0)
+
+
+@pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
+@pytest.mark.parametrize("pool", ((1, 1), (3, 2)), ids=("unpooled", "pool3s2"))
+def test_bfloat16_output_rounds_to_nearest_even(brgemm, pool, channels_last):
+    """Conv values 256 + k (k = 1, 3, 5, 7) lie halfway between two bfloat16 numbers: the output
+    rounds them to even, as torch's conversion does (257 -> 256, 259 -> 260, 261 -> 260, 263 -> 264)."""
+    k = torch.tensor([1.0, 3.0, 5.0, 7.0]).repeat(25)[:81].reshape(9, 9)
+    x = torch.stack([torch.full((9, 9), 256.0), k])[None].to(torch.bfloat16)
+    w = torch.ones(19, 2, 1, 1, dtype=torch.bfloat16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out, _ = FWD(x, w, None, [1, 1], [0, 0], list(pool), [pool[1]] * 2)
+    ref = F.max_pool2d(F.relu(F.conv2d(x.double(), w.double())), pool[0], pool[1])
+    assert torch.equal(out.float(), ref.to(torch.bfloat16).float())
+    assert (ref.to(torch.bfloat16).double() > ref).any()  # ties that round up, not only down
 
 
 @pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))

@@ -695,6 +695,66 @@ PYA_VECTOR inline void window_max16(const float* s, int64_t nb, const Geometry& 
 constexpr int64_t kPoolLanes = 0;  // window_max alone
 #endif
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// 8 float32 lanes as T (float, or bfloat16 rounded as bf16_bits rounds) at d.
+template <typename T>
+PYA_VECTOR inline void store8(__m256 v, T* d) {
+  if constexpr (std::is_same_v<T, float>) {
+    _mm256_storeu_ps(d, v);
+  } else {
+    static_assert(std::is_same_v<T, at::BFloat16>);
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd), 16);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)), _mm256_set1_epi32(0x7F800000));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+  }
+}
+
+// The epilogue without pooling (a 1x1 window at stride 1) into a channels-last output and mask:
+// per output 8 channels a step, bias + ReLU (a NaN kept) stored straight into the output, and the
+// mask bit (x > 0) of 8 columns gathered per channel into its byte. No tiles. Channels past the
+// last 8 go through relu_rows_tail.
+template <typename T>
+PYA_VECTOR void relu_rows(const float* acc, const Geometry& g, const Output& o, int64_t n, int64_t c0, int64_t nb,
+                          int64_t p0, int64_t np, int64_t r0) {
+  const int64_t Wp = g.Wp, cw = g.Wcode(), n8 = nb / 8 * 8;
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t p = 0; p < np; ++p) {
+    const float* row = acc + (p0 + p - r0) * g.Wc * nb;
+    T* out = reinterpret_cast<T*>(o.out) + n * o.os[0] + c0 + (p0 + p) * o.os[2];
+    uint8_t* code = o.code + n * o.cs[0] + c0 + (p0 + p) * o.cs[2];
+    for (int64_t c = 0; c < n8; c += 8) {
+      const __m256 bias = _mm256_loadu_ps(o.bias + c0 + c);
+      for (int64_t b = 0; b < cw; ++b) {
+        __m256i bits = _mm256_setzero_si256();
+        for (int64_t e = 0, q = b * 8; e < 8 && q < Wp; ++e, ++q) {
+          const __m256 x = _mm256_add_ps(_mm256_loadu_ps(row + q * nb + c), bias);
+          const __m256 gt = _mm256_cmp_ps(x, zero, _CMP_GT_OQ);
+          store8<T>(_mm256_and_ps(x, _mm256_or_ps(gt, _mm256_cmp_ps(x, x, _CMP_UNORD_Q))), out + q * o.os[3] + c);
+          bits = _mm256_or_si256(bits, _mm256_and_si256(_mm256_castps_si256(gt), _mm256_set1_epi32(1 << e)));
+        }
+        const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(code + b * o.cs[3] + c), _mm_packus_epi16(w, w));
+      }
+    }
+    for (int64_t c = n8; c < nb; ++c) {  // the last channels one at a time
+      const float bias = o.bias[c0 + c];
+      for (int64_t b = 0; b < cw; ++b) {
+        uint8_t byte = 0;
+        for (int64_t e = 0, q = b * 8; e < 8 && q < Wp; ++e, ++q) {
+          const float x = row[q * nb + c] + bias;
+          out[q * o.os[3] + c] = narrow<T>(pooled_value(x));
+          byte |= static_cast<uint8_t>((x > 0.f) << e);
+        }
+        code[b * o.cs[3] + c] = byte;
+      }
+    }
+  }
+}
+#endif
+
 // The epilogue of channels [c0, c0 + nb) over pooled rows [p0, p0 + np) of image n, from their conv
 // rows (acc: from conv row r0, Wc x nb each). Per pooled output, vectorised over the channels: the
 // max over its window of conv + bias by max_update's rule (first maximum in row-major window order;
@@ -707,6 +767,11 @@ PYA_VECTOR void epilogue(const float* acc, const Geometry& g, const Output& o, i
   uint8_t* cod = scratch<uint8_t>(kTileCodes, np * g.Wp * nb);
   const float* bias = o.bias + c0;
   if (is_bitmask(g.pkh, g.pkw)) {  // no window: one conv value per output
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, at::BFloat16>) {
+      if (g.psh == 1 && g.psw == 1 && o.os[1] == 1 && o.cs[1] == 1) return relu_rows<T>(acc, g, o, n, c0, nb, p0, np, r0);
+    }
+#endif
     for (int64_t p = 0; p < np; ++p)
       for (int64_t q = 0; q < g.Wp; ++q) {
         const float* s = acc + ((window_start(p0 + p, g.psh) - r0) * g.Wc + window_start(q, g.psw)) * nb;
