@@ -21,7 +21,7 @@ import pyalexnet  # noqa: F401  (registers torch.ops.pyalexnet)
 from pyalexnet import _C
 from pyalexnet.ops import conv_relu_maxpool
 from test_conv_relu_maxpool import (Cfg, SPECIAL, check, draw_cfg, exact_inputs, gaussian, gaussian_inputs,
-                                    nonzero_ints, run)
+                                    nonzero_ints, reference, run)
 
 FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
 BWD = torch.ops.pyalexnet.conv_relu_maxpool_backward.default
@@ -190,6 +190,22 @@ def test_unpooled_output_nan_and_mask(brgemm, dtype, channels_last):
     assert nan.any() and (~nan).any() and torch.equal(out.isnan(), nan)
     assert torch.equal(out[~nan].double(), ref[~nan].to(dtype).double())
     assert torch.equal(mask_bits(code, c.out_size()[1]), conv > 0)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_unpooled_backward_of_a_channels_last_gradient(brgemm, dtype):
+    """The backward of an unpooled conv whose incoming gradient is channels-last, as the next layer
+    hands it back in training: exact inputs, so dx, dw and db equal the float64 reference rounded to
+    the dtype. 40 channels: two 16-channel mask steps and an 8-channel tail; 13 columns: a whole
+    mask byte and a part of one."""
+    c = Cfg(3, 6, 9, 13, 40, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1))
+    x, w, b = exact_inputs(c, dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    g = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype).contiguous(memory_format=torch.channels_last)
+    _, gx, gw, gb = run(conv_relu_maxpool, x, w, b, g, *c.args())
+    ref = reference(x, w, b, g, *c.args())
+    for what, a, e in zip(("dx", "dw", "db"), (gx, gw, gb), ref[1:]):
+        assert torch.equal(a.double(), e.to(dtype).double()), what
 
 
 @pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))

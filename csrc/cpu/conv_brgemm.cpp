@@ -1007,6 +1007,44 @@ PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
   }
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// 8 values as float32 (bfloat16: the float's upper half).
+template <typename T>
+PYA_VECTOR inline __m256 load8(const T* v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm256_loadu_ps(v);
+  } else {
+    static_assert(std::is_same_v<T, at::BFloat16>);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))), 16));
+  }
+}
+
+// unmask's loop for 16 channels of a channels-last gradient and mask (gy, code: their first channel,
+// dY: its column of the block), the same values and the same order of sums, 16 lanes at once.
+template <typename T>
+PYA_VECTOR void unmask16(const Backward& k, const T* gy, const uint8_t* code, float* dY, float* sum) {
+  const Geometry& g = k.g;
+  const int64_t Cop = k.v.Cop, cw = g.Wcode(), sH = k.gy.stride(2), sW = k.gy.stride(3);
+  __m256 s0 = _mm256_loadu_ps(sum), s1 = _mm256_loadu_ps(sum + 8);
+  for (int64_t p = 0; p < g.Hp; ++p)
+    for (int64_t b = 0; b < cw; ++b) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(code + p * k.cs[2] + b * k.cs[3]));
+      const __m256i m0 = _mm256_cvtepu8_epi32(bytes), m1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
+      for (int64_t e = 0, q = b * 8; e < 8 && q < g.Wp; ++e, ++q) {
+        const __m256i bit = _mm256_set1_epi32(1 << e), none = _mm256_setzero_si256();
+        const __m256 k0 = _mm256_castsi256_ps(_mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(m0, bit), none), _mm256_set1_epi32(-1)));
+        const __m256 k1 = _mm256_castsi256_ps(_mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(m1, bit), none), _mm256_set1_epi32(-1)));
+        const T* v = gy + p * sH + q * sW;
+        const __m256 v0 = _mm256_and_ps(load8(v), k0), v1 = _mm256_and_ps(load8(v + 8), k1);
+        float* d = dY + (p * g.Wc + q) * Cop;
+        _mm256_storeu_ps(d, v0), _mm256_storeu_ps(d + 8, v1);
+        s0 = _mm256_add_ps(s0, v0), s1 = _mm256_add_ps(s1, v1);
+      }
+    }
+  _mm256_storeu_ps(sum, s0), _mm256_storeu_ps(sum + 8, s1);
+}
+#endif
+
 // unpool for a 1x1 window at stride 1 (conv + ReLU, no pooling): dY is gy where the ReLU mask's bit
 // is set, else +0, and every value of dY is written once (no fill, no scatter, no window table).
 // Channels 16 at a time, a mask byte (8 columns) each, the 16 bytes read once per byte column.
@@ -1021,6 +1059,15 @@ PYA_VECTOR void unmask(const Backward& k, int64_t n, float* dY, float* db) {
     const int64_t nc = std::min(kC, g.Co - c0);
     float sum[kC];  // db's running sums, in the order unpool adds them
     for (int64_t c = 0; c < nc; ++c) sum[c] = db[c0 + c];
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, at::BFloat16>) {
+      if (nc == kC && sC == 1 && c1 == 1) {  // channels last: 16 channels in two registers
+        unmask16(k, gy + c0, k.code + n * k.cs[0] + c0, dY + c0, sum);
+        for (int64_t c = 0; c < nc; ++c) db[c0 + c] = sum[c];
+        continue;
+      }
+    }
+#endif
     for (int64_t p = 0; p < g.Hp; ++p) {
       const uint8_t* crow = k.code + n * k.cs[0] + c0 * c1 + p * k.cs[2];
       for (int64_t b = 0; b < cw; ++b) {
