@@ -1019,29 +1019,40 @@ PYA_VECTOR inline __m256 load8(const T* v) {
   }
 }
 
-// unmask's loop for 16 channels of a channels-last gradient and mask (gy, code: their first channel,
-// dY: its column of the block), the same values and the same order of sums, 16 lanes at once.
+// unmask where the gradient and the mask are channels-last (as in training): position after
+// position, all channels, 16 a step in two registers (the rest one at a time); the same values, and
+// db's sums in the same order (each channel's, position after position).
 template <typename T>
-PYA_VECTOR void unmask16(const Backward& k, const T* gy, const uint8_t* code, float* dY, float* sum) {
+PYA_VECTOR void unmask_channels_last(const Backward& k, int64_t n, float* dY, float* db) {
   const Geometry& g = k.g;
-  const int64_t Cop = k.v.Cop, cw = g.Wcode(), sH = k.gy.stride(2), sW = k.gy.stride(3);
-  __m256 s0 = _mm256_loadu_ps(sum), s1 = _mm256_loadu_ps(sum + 8);
+  const int64_t Cop = k.v.Cop, Co = g.Co, n16 = Co / 16 * 16, sH = k.gy.stride(2), sW = k.gy.stride(3);
+  const T* gy = k.gy.const_data_ptr<T>() + n * k.gy.stride(0);
+  const uint8_t* code = k.code + n * k.cs[0];
   for (int64_t p = 0; p < g.Hp; ++p)
-    for (int64_t b = 0; b < cw; ++b) {
-      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(code + p * k.cs[2] + b * k.cs[3]));
-      const __m256i m0 = _mm256_cvtepu8_epi32(bytes), m1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
-      for (int64_t e = 0, q = b * 8; e < 8 && q < g.Wp; ++e, ++q) {
-        const __m256i bit = _mm256_set1_epi32(1 << e), none = _mm256_setzero_si256();
-        const __m256 k0 = _mm256_castsi256_ps(_mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(m0, bit), none), _mm256_set1_epi32(-1)));
-        const __m256 k1 = _mm256_castsi256_ps(_mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(m1, bit), none), _mm256_set1_epi32(-1)));
-        const T* v = gy + p * sH + q * sW;
-        const __m256 v0 = _mm256_and_ps(load8(v), k0), v1 = _mm256_and_ps(load8(v + 8), k1);
-        float* d = dY + (p * g.Wc + q) * Cop;
-        _mm256_storeu_ps(d, v0), _mm256_storeu_ps(d + 8, v1);
-        s0 = _mm256_add_ps(s0, v0), s1 = _mm256_add_ps(s1, v1);
+    for (int64_t q = 0; q < g.Wp; ++q) {
+      const uint8_t* bytes = code + p * k.cs[2] + q / 8 * k.cs[3];
+      const int e = static_cast<int>(q % 8);
+      const T* v = gy + p * sH + q * sW;
+      float* d = dY + (p * g.Wc + q) * Cop;
+      const __m256i bit = _mm256_set1_epi32(1 << e), none = _mm256_setzero_si256(), all = _mm256_set1_epi32(-1);
+      for (int64_t c = 0; c < n16; c += 16) {
+        const __m128i b16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + c));
+        const __m256i m0 = _mm256_cvtepu8_epi32(b16), m1 = _mm256_cvtepu8_epi32(_mm_srli_si128(b16, 8));
+        const __m256 k0 = _mm256_castsi256_ps(_mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(m0, bit), none), all));
+        const __m256 k1 = _mm256_castsi256_ps(_mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(m1, bit), none), all));
+        const __m256 v0 = _mm256_and_ps(load8(v + c), k0), v1 = _mm256_and_ps(load8(v + c + 8), k1);
+        _mm256_storeu_ps(d + c, v0), _mm256_storeu_ps(d + c + 8, v1);
+        _mm256_storeu_ps(db + c, _mm256_add_ps(_mm256_loadu_ps(db + c), v0));
+        _mm256_storeu_ps(db + c + 8, _mm256_add_ps(_mm256_loadu_ps(db + c + 8), v1));
+      }
+      for (int64_t c = n16; c < Co; ++c) {
+        const float val = masked(static_cast<float>(v[c]), (bytes[c] >> e) & 1);
+        d[c] = val;
+        db[c] += val;
       }
     }
-  _mm256_storeu_ps(sum, s0), _mm256_storeu_ps(sum + 8, s1);
+  for (int64_t co = Co; co < Cop; ++co)  // the VNNI pair's padding channel
+    for (int64_t r = 0; r < k.v.P; ++r) dY[r * Cop + co] = 0.f;
 }
 #endif
 
@@ -1055,19 +1066,15 @@ PYA_VECTOR void unmask(const Backward& k, int64_t n, float* dY, float* db) {
   const int64_t Cop = k.v.Cop, cw = g.Wcode(), c1 = k.cs[1], c3 = k.cs[3];
   const T* gy = k.gy.const_data_ptr<T>() + n * k.gy.stride(0);
   const int64_t sC = k.gy.stride(1), sH = k.gy.stride(2), sW = k.gy.stride(3);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, at::BFloat16>) {
+    if (sC == 1 && c1 == 1) return unmask_channels_last<T>(k, n, dY, db);
+  }
+#endif
   for (int64_t c0 = 0; c0 < g.Co; c0 += kC) {
     const int64_t nc = std::min(kC, g.Co - c0);
     float sum[kC];  // db's running sums, in the order unpool adds them
     for (int64_t c = 0; c < nc; ++c) sum[c] = db[c0 + c];
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, at::BFloat16>) {
-      if (nc == kC && sC == 1 && c1 == 1) {  // channels last: 16 channels in two registers
-        unmask16(k, gy + c0, k.code + n * k.cs[0] + c0, dY + c0, sum);
-        for (int64_t c = 0; c < nc; ++c) db[c0 + c] = sum[c];
-        continue;
-      }
-    }
-#endif
     for (int64_t p = 0; p < g.Hp; ++p) {
       const uint8_t* crow = k.code + n * k.cs[0] + c0 * c1 + p * k.cs[2];
       for (int64_t b = 0; b < cw; ++b) {
