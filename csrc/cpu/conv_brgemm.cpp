@@ -437,6 +437,27 @@ const CT* weight_rows(const T* s, int64_t batch, int64_t R, int64_t C) {
   return d;
 }
 
+// Whether the weights' taps run innermost but for the channels (channels_last, as a model moved
+// to it holds them): then each (co, ky, kx) is a row of Ci values as they lie, and the packers read
+// them in that order instead of transposing an NCHW copy.
+inline bool taps_last(const at::Tensor& w) {
+  return !w.is_contiguous() && w.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// The n values of s in the product type CT: s itself, or converted into the calling thread's scratch.
+template <typename T, typename CT>
+const CT* as_product_type(const T* s, int64_t n) {
+  if constexpr (std::is_same_v<T, CT>) {
+    return s;
+  } else {
+    CT* d = scratch<CT>(kWeightRows, n);
+    at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) d[i] = static_cast<CT>(s[i]);
+    });
+    return d;
+  }
+}
+
 // Rows [0, K) of a K x nb block b of B, each from row(k) (nb values; nullptr: zeros), in VNNI pairs
 // or row-major.
 template <typename CT, typename Row>
@@ -457,8 +478,10 @@ void pack_rows(int64_t K, int64_t nb, bool vnni, const Row& row, CT* b) {
 // pairs a kernel row at a time where Kt is even (the unstacked products read one kernel row's
 // pairs), else over the whole K, its last pair padded. In the calling thread's scratch.
 template <typename T, typename CT>
-const CT* pack_forward(const T* w, const Geometry& g, const View& v, bool vnni) {
-  const CT* wt = weight_rows<T, CT>(w, 1, g.Co, g.Ci * g.kh * g.kw);  // row (ci, ky, kx): Co values
+const CT* pack_forward(const at::Tensor& w, const Geometry& g, const View& v, bool vnni) {
+  // rows of Co values: (ci, ky, kx) from NCHW weights, (ky, kx, ci) from channels-last ones
+  const CT* wt = weight_rows<T, CT>(w.const_data_ptr<T>(), 1, g.Co, g.Ci * g.kh * g.kw);
+  const bool cl = taps_last(w);
   const RowConv c = forward_conv(g, v);
   const int64_t K = stacked_k(c, vnni), rows = vnni && v.Kt % 2 ? 1 : g.kh;  // packed pieces of a block
   CT* p = scratch<CT>(kWeights, v.t.blocks(g.Co) * v.t.nb * K);
@@ -468,7 +491,8 @@ const CT* pack_forward(const T* w, const Geometry& g, const View& v, bool vnni) 
       const int64_t j = q / rows, ky0 = q % rows, nb = v.t.width(g.Co, j);
       const auto row = [&](int64_t k) -> const CT* {
         const int64_t ky = ky0 + k / v.Kt, kx = k % v.Kt / v.Cip, ci = k % v.Cip;
-        return ci < g.Ci ? wt + ((ci * g.kh + ky) * g.kw + kx) * g.Co + j * v.t.nb : nullptr;
+        const int64_t r = cl ? (ky * g.kw + kx) * g.Ci + ci : (ci * g.kh + ky) * g.kw + kx;
+        return ci < g.Ci ? wt + r * g.Co + j * v.t.nb : nullptr;
       };
       pack_rows(rows == 1 ? g.kh * v.Kt : v.Kt, nb, vnni, row, p + j * v.t.nb * K + ky0 * nb * v.Kt);
     }
@@ -827,7 +851,7 @@ template <typename T, typename CT>
 void forward_impl(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b, const Geometry& g,
                   at::Tensor& out, at::Tensor& code, bool vnni) {
   const View v = view_of(g, vnni, true);
-  const CT* wp = pack_forward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
+  const CT* wp = pack_forward<T, CT>(w, g, v, vnni);
   const at::Tensor bias = b ? b->to(at::kFloat).contiguous() : at::zeros({g.Co}, x.options().dtype(at::kFloat));
   const Output o{bias.const_data_ptr<float>(), static_cast<char*>(out.data_ptr()), out.strides(),
                  code.data_ptr<uint8_t>(), code.strides()};
@@ -1105,9 +1129,11 @@ bool flipped_data_gradient(const Geometry& g) { return g.sh == 1 && g.sw == 1 &&
 // B of those products: per block j of input channels, kernel row after (flipped) kernel row ky,
 // (kw Cop) x nb: row kx Cop + co is w[co][j v.t.nb .. + nb][kh - 1 - ky][kw - 1 - kx].
 template <typename T, typename CT>
-const CT* pack_flipped(const T* w, const Geometry& g, const View& v, bool vnni) {
+const CT* pack_flipped(const at::Tensor& w, const Geometry& g, const View& v, bool vnni) {
   const int64_t Kf = g.kw * v.Cop;
-  const CT* wt = weight_rows<T, CT>(w, g.Co, g.Ci, g.kh * g.kw);  // row (co, ky, kx): Ci values
+  const T* ws = w.const_data_ptr<T>();
+  const CT* wt = taps_last(w) ? as_product_type<T, CT>(ws, w.numel())  // row (co, ky, kx): Ci values
+                              : weight_rows<T, CT>(ws, g.Co, g.Ci, g.kh * g.kw);
   CT* p = scratch<CT>(kWeights, v.t.blocks(g.Ci) * g.kh * v.t.nb * Kf);
   at::parallel_for(0, v.t.blocks(g.Ci) * g.kh, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -1370,9 +1396,9 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
   std::vector<CT> strided;  // pack_backward's
   const CT* wb = nullptr;
   if (dx && flipped_data_gradient(g)) {
-    wb = pack_flipped<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
+    wb = pack_flipped<T, CT>(w, g, v, vnni);
   } else if (dx) {
-    strided = pack_backward<T, CT>(w.const_data_ptr<T>(), g, v, vnni);
+    strided = pack_backward<T, CT>(w.contiguous().const_data_ptr<T>(), g, v, vnni);
     wb = strided.data();
   }
   const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), code.strides(), x, wb, dx, dw != nullptr};
@@ -1445,7 +1471,7 @@ bool brgemm_backward_fits(const Geometry& g) {
 
 void brgemm_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                     const Geometry& g, at::Tensor& out, at::Tensor& code) {
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor w = taps_last(weight) ? weight : weight.contiguous();
   with_types(x.scalar_type(), [&](auto t, auto ct, bool vnni) {
     forward_impl<decltype(t), decltype(ct)>(x, w, bias, g, out, code, vnni);
   });
@@ -1453,7 +1479,7 @@ void brgemm_forward(const at::Tensor& x, const at::Tensor& weight, const std::op
 
 void brgemm_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                      const at::Tensor& code, const Geometry& g, at::Tensor* dx, at::Tensor* dw, at::Tensor* db) {
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor w = taps_last(weight) ? weight : weight.contiguous();
   with_types(x.scalar_type(), [&](auto t, auto ct, bool vnni) {
     backward_impl<decltype(t), decltype(ct)>(grad_out, x, w, code, g, dx, dw, db, vnni);
   });
