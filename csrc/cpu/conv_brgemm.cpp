@@ -738,8 +738,8 @@ PYA_VECTOR inline void store8(__m256 v, T* d) {
 
 // The epilogue without pooling (a 1x1 window at stride 1) into a channels-last output and mask:
 // per output 8 channels a step, bias + ReLU (a NaN kept) stored straight into the output, and the
-// mask bit (x > 0) of 8 columns gathered per channel into its byte. No tiles. Channels past the
-// last 8 go through relu_rows_tail.
+// mask bit (x > 0) of 8 columns gathered per channel into its byte. No tiles. The channels past the
+// last whole 8 one at a time.
 template <typename T>
 PYA_VECTOR void relu_rows(const float* acc, const Geometry& g, const Output& o, int64_t n, int64_t c0, int64_t nb,
                           int64_t p0, int64_t np, int64_t r0) {
