@@ -41,6 +41,8 @@ def runs(dev: torch.device) -> dict:
     if dev.type == "cpu":
         r["cudnn_nchw"] = ("cudnn", NCHW)
     return r
+
+
 CLASSES = {"cifar": 10, "imagenet": 1000}
 
 
@@ -68,7 +70,8 @@ def _one(cfg, timer, limits, variant, batch, dtype, key, label, failures):
     last = [m for m in nets["custom"].modules() if isinstance(m, nn.Linear)][-1]
     nn.init.normal_(last.weight, std=0.01)  # the zero init would make every conv gradient zero
     for r, (_, layout) in plan.items():
-        nets[r].load_state_dict(nets["custom"].state_dict())
+        if r != "custom":
+            nets[r].load_state_dict(nets["custom"].state_dict())
         nets[r].to(dev, memory_format=layout)
     losses = {r: SoftmaxCrossEntropyLoss(label_smoothing=0.1) if b == "custom" else nn.CrossEntropyLoss(label_smoothing=0.1)
               for r, (b, _) in plan.items()}

@@ -947,6 +947,17 @@ PYA_VECTOR void unpool_tiles(const Backward& k, int64_t n, int64_t Cp, uint8_t* 
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// 8 values as float32 (bfloat16: the float's upper half).
+template <typename T>
+PYA_VECTOR inline __m256 load8(const T* v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm256_loadu_ps(v);
+  } else {
+    static_assert(std::is_same_v<T, at::BFloat16>);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))), 16));
+  }
+}
+
 // Sums of 16 channels, 8 to a register: += each tile value whose code equals e (+0 for the others).
 struct Sums16 {
   __m256 lo, hi;
@@ -955,12 +966,8 @@ struct Sums16 {
   PYA_VECTOR void add_where(const uint8_t* code, uint8_t e, const T* v) {
     const __m128i m = _mm_cmpeq_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(code)), _mm_set1_epi8(static_cast<char>(e)));
     __m256 a, b;
-    if constexpr (std::is_same_v<T, float>) {
-      a = _mm256_loadu_ps(v), b = _mm256_loadu_ps(v + 8);
-    } else if constexpr (std::is_same_v<T, at::BFloat16>) {  // bfloat16: the float's upper half
-      const __m128i* w = reinterpret_cast<const __m128i*>(v);
-      a = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(w)), 16));
-      b = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(w + 1)), 16));
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, at::BFloat16>) {
+      a = load8(v), b = load8(v + 8);
     } else {
       float f[16];
       for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(v[i]);
@@ -1032,17 +1039,6 @@ PYA_VECTOR void unpool(const Backward& k, int64_t n, float* dY, float* db) {
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-// 8 values as float32 (bfloat16: the float's upper half).
-template <typename T>
-PYA_VECTOR inline __m256 load8(const T* v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return _mm256_loadu_ps(v);
-  } else {
-    static_assert(std::is_same_v<T, at::BFloat16>);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))), 16));
-  }
-}
-
 // unmask where the gradient and the mask are channels-last (as in training): position after
 // position, all channels, 16 a step in two registers (the rest one at a time); the same values, and
 // db's sums in the same order (each channel's, position after position).
@@ -1070,7 +1066,7 @@ PYA_VECTOR void unmask_channels_last(const Backward& k, int64_t n, float* dY, fl
         _mm256_storeu_ps(db + c + 8, _mm256_add_ps(_mm256_loadu_ps(db + c + 8), v1));
       }
       for (int64_t c = n16; c < Co; ++c) {
-        const float val = masked(static_cast<float>(v[c]), (bytes[c] >> e) & 1);
+        const float val = masked(static_cast<float>(v[c]), mask_bit(code + p * k.cs[2] + c, q, k.cs[3]));
         d[c] = val;
         db[c] += val;
       }
