@@ -77,7 +77,8 @@ inline Geometry check_inputs(const at::Tensor& x, const at::Tensor& w, const std
 
 // The layout of the op's outputs (out, argmax, grad_x): channels-last for a channels-last input
 // (the layout the CUDA kernels compute in, so a channels-last network stays channels-last end to
-// end), else contiguous NCHW. pyalexnet/ops.py's fake kernels make the same choice.
+// end), else contiguous NCHW; grad_weight's from the weight the same way (as autograd would copy it
+// to). pyalexnet/ops.py's fake kernels make the same choice.
 inline at::MemoryFormat output_format(const at::Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast) ? at::MemoryFormat::ChannelsLast
                                                                                : at::MemoryFormat::Contiguous;

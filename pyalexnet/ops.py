@@ -205,8 +205,9 @@ def _crm_sizes(x, weight, stride, padding, pool_kernel, pool_stride):
 
 
 def _crm_format(x: Tensor) -> torch.memory_format:
-    """The layout of the op's outputs (out, argmax, grad_x), as csrc/conv_relu_maxpool_checks.h's
-    output_format: channels_last for a channels_last input, else contiguous."""
+    """The layout of the op's outputs (out, argmax, grad_x; grad_weight from the weight), as
+    csrc/conv_relu_maxpool_checks.h's output_format: channels_last for a channels_last input, else
+    contiguous."""
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
@@ -232,7 +233,8 @@ def _conv_relu_maxpool_backward_fake(grad_out, x, weight, argmax, stride, paddin
     co, _, kh, kw = weight.shape
     return (torch.empty((n if output_mask[0] else 0, ci, h, w), dtype=x.dtype, device=x.device,
                         memory_format=_crm_format(x)),
-            weight.new_empty((co if output_mask[1] else 0, ci, kh, kw)),
+            torch.empty((co if output_mask[1] else 0, ci, kh, kw), dtype=weight.dtype, device=weight.device,
+                        memory_format=_crm_format(weight)),
             weight.new_empty((co if output_mask[2] else 0,)))
 
 

@@ -165,6 +165,26 @@ def test_stacked_products_pad_k_with_zeros(brgemm, dtype):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("co", (17, 70, 129), ids=lambda v: f"co{v}")
+@pytest.mark.parametrize("ci", (40, 64), ids=("stacked", "unstacked"))
+def test_channels_last_weights_packed_whole(brgemm, dtype, co, ci):
+    """Channels-last weights are packed straight from their rows, 16 rows of a channel block at a
+    time: every output channel must be written, in partial row groups and partial blocks, over what
+    a call with NaN weights left in the scratch. One thread, so that both calls use the same one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        c = Cfg(2, ci, 9, 8, co, (3, 3), padding=(1, 1))
+        x, w, b = exact_inputs(c, dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        FWD(x, torch.full_like(w, float("nan")).contiguous(memory_format=torch.channels_last), b, *c.args())
+        wl = w.contiguous(memory_format=torch.channels_last)
+        check(c, x, wl, b, nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype), what=f"{c} {dtype}")
+    finally:
+        torch.set_num_threads(before)
+
+
 def mask_bits(code: torch.Tensor, wp: int) -> torch.Tensor:
     """The ReLU mask of an unpooled conv's codes (N x Co x Hp x ceil(Wp/8) bytes) as N x Co x Hp x Wp
     booleans: bit q % 8 of byte q // 8."""

@@ -567,6 +567,25 @@ def test_channels_last_in_channels_last_out(pool):
     assert torch.equal(out, ref[0]) and torch.equal(code, ref[1])
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64), ids=str)
+@pytest.mark.parametrize("ci", (4, 24), ids=lambda v: f"ci{v}")
+def test_grad_weight_in_weight_layout(dtype, ci):
+    """grad_weight comes back in the weight's layout (channels_last for a channels_last weight, the
+    layout autograd would otherwise copy it to), with the contiguous weight's values, bitwise."""
+    c = Cfg(2, ci, 11, 9, 5, (3, 3), padding=(1, 1))
+    x, w, b = exact_inputs(c, dtype)
+    args = [list(a) for a in c.args()]
+    out, code = FWD(x, w, b, *args)
+    g = nonzero_ints(tuple(out.shape), 4, -1, dtype)
+    want = BWD(g, x, w, code, *args, [True, True, True])[1]
+    wl = w.to(memory_format=torch.channels_last)
+    got = BWD(g, x, wl, code, *args, [True, True, True])[1]
+    assert want.is_contiguous()
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert torch.equal(got, want)
+    torch.library.opcheck(BWD, (g, x, wl, code, *args, [True, True, True]))
+
+
 def test_broadcast_grad_out():
     """out.sum() backward: an incoming gradient with stride 0 everywhere."""
     c = SPECIAL["rect_everything"]

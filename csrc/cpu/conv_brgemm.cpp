@@ -473,18 +473,48 @@ void pack_rows(int64_t K, int64_t nb, bool vnni, const Row& row, CT* b) {
   }
 }
 
+// Channels-last weights in the product type with unpadded channels hold row co of each block as B
+// wants its column: K values, kernel row after kernel row, VNNI's pairs side by side. Then the
+// block is its nb x K slab transposed 32 bits at a time (a pair, or a float), in one pass.
+template <typename T, typename CT>
+bool pack_as_words(const at::Tensor& w, const Geometry& g, const View& v, int64_t K, bool vnni) {
+  return std::is_same_v<T, CT> && sizeof(CT) == (vnni ? 2 : 4) && v.Cip == g.Ci && K == g.kh * v.Kt &&
+         K % (vnni ? 2 : 1) == 0 && reinterpret_cast<uintptr_t>(w.const_data_ptr()) % 4 == 0;
+}
+
+void transpose_words(const void* w, const Geometry& g, const View& v, int64_t K, bool vnni, void* p) {
+  const int64_t words = vnni ? K / 2 : K;
+  // 16 rows a work item, read along their length (16 streams the prefetcher follows), written a
+  // whole 64-byte line of B at a time
+  constexpr int64_t kRows = 16;
+  const int64_t groups = (v.t.nb + kRows - 1) / kRows;
+  const auto* s = reinterpret_cast<const uint32_t*>(w);
+  auto* d = reinterpret_cast<uint32_t*>(p);
+  at::parallel_for(0, v.t.blocks(g.Co) * groups, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t j = q / groups, nb = v.t.width(g.Co, j), r0 = std::min(q % groups * kRows, nb);
+      const int64_t at = j * v.t.nb * words;
+      transpose_rows(s + at, words, words, r0, std::min(r0 + kRows, nb), d + at, nb);
+    }
+  });
+}
+
 // B of the forward products: per block j of output channels, K x nb (K = stacked_k: kernel row after
 // kernel row ky, each Kt rows): row ky Kt + kx Cip + ci is w[j v.t.nb .. + nb][ci][ky][kx]. In VNNI
 // pairs a kernel row at a time where Kt is even (the unstacked products read one kernel row's
 // pairs), else over the whole K, its last pair padded. In the calling thread's scratch.
 template <typename T, typename CT>
 const CT* pack_forward(const at::Tensor& w, const Geometry& g, const View& v, bool vnni) {
-  // rows of Co values: (ci, ky, kx) from NCHW weights, (ky, kx, ci) from channels-last ones
-  const CT* wt = weight_rows<T, CT>(w.const_data_ptr<T>(), 1, g.Co, g.Ci * g.kh * g.kw);
   const bool cl = taps_last(w);
   const RowConv c = forward_conv(g, v);
   const int64_t K = stacked_k(c, vnni), rows = vnni && v.Kt % 2 ? 1 : g.kh;  // packed pieces of a block
   CT* p = scratch<CT>(kWeights, v.t.blocks(g.Co) * v.t.nb * K);
+  if (cl && pack_as_words<T, CT>(w, g, v, K, vnni)) {
+    transpose_words(w.const_data_ptr<T>(), g, v, K, vnni, p);
+    return p;
+  }
+  // rows of Co values: (ci, ky, kx) from NCHW weights, (ky, kx, ci) from channels-last ones
+  const CT* wt = weight_rows<T, CT>(w.const_data_ptr<T>(), 1, g.Co, g.Ci * g.kh * g.kw);
   // (block, piece) pairs write disjoint parts: packed by all threads, not before them
   at::parallel_for(0, v.t.blocks(g.Co) * rows, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -1363,11 +1393,12 @@ int64_t weight_groups(const Geometry& g, const View& v) {
   return std::max<int64_t>(1, std::min({cap, g.N, (8 + nb - 1) / nb}));
 }
 
-// Output channels [c0, c1) of dw (Co, Ci, kh, kw) from the S groups' float32 copies (wsize values
-// each, Co x kh Kt): per channel the copies summed in group order along their rows, then permuted.
+// Output channels [c0, c1) of dw (Co, Ci, kh, kw; channels last where cl) from the S groups' float32
+// copies (wsize values each, Co x kh Kt): per channel the copies summed in group order along their
+// rows, then laid out as dw is.
 template <typename T>
 PYA_VECTOR void sum_weight_groups(const float* wp, int64_t S, int64_t wsize, const Geometry& g, const View& v,
-                                  int64_t c0, int64_t c1, T* d) {
+                                  int64_t c0, int64_t c1, bool cl, T* d) {
   const int64_t per_co = g.kh * v.Kt;
   float* sum = scratch<float>(kAcc, per_co);
   for (int64_t co = c0; co < c1; ++co) {
@@ -1377,10 +1408,15 @@ PYA_VECTOR void sum_weight_groups(const float* wp, int64_t S, int64_t wsize, con
       for (int64_t e = 0; e < per_co; ++e) sum[e] += part[e];
     }
     const int64_t taps = g.kh * g.kw;
-    for (int64_t t = 0; t < taps; ++t) {  // per tap along the channels: reads in a row, writes taps apart
+    for (int64_t t = 0; t < taps; ++t) {  // per tap along the channels: writes in a row, or taps apart
       const float* row = sum + (t / g.kw) * v.Kt + (t % g.kw) * v.Cip;
-      T* out = d + co * g.Ci * taps + t;
-      for (int64_t ci = 0; ci < g.Ci; ++ci) out[ci * taps] = narrow<T>(row[ci]);
+      if (cl) {
+        T* out = d + (co * taps + t) * g.Ci;
+        for (int64_t ci = 0; ci < g.Ci; ++ci) out[ci] = narrow<T>(row[ci]);
+      } else {
+        T* out = d + co * g.Ci * taps + t;
+        for (int64_t ci = 0; ci < g.Ci; ++ci) out[ci * taps] = narrow<T>(row[ci]);
+      }
     }
   }
 }
@@ -1434,7 +1470,7 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
     if (!written[s]) std::fill(wp + s * wsize, wp + (s + 1) * wsize, 0.f);  // no images (an empty batch)
   // (the lambdas call functions compiled for AVX2: they are not themselves)
   at::parallel_for(0, g.Co, 1, [&](int64_t c0, int64_t c1) {
-    sum_weight_groups<T>(wp, S, wsize, g, v, c0, c1, dw->data_ptr<T>());
+    sum_weight_groups<T>(wp, S, wsize, g, v, c0, c1, taps_last(*dw), dw->data_ptr<T>());
   });
 }
 

@@ -380,7 +380,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cpu(
   // Gradients not asked for come back as empty tensors (the Python wrapper turns them into None).
   const at::MemoryFormat mf = output_format(x);
   at::Tensor dx = at::empty({need_x ? g.N : 0, g.Ci, g.H, g.W}, x.options());
-  at::Tensor dw = at::empty({need_w ? g.Co : 0, g.Ci, g.kh, g.kw}, weight.options());
+  at::Tensor dw = at::empty({need_w ? g.Co : 0, g.Ci, g.kh, g.kw}, weight.options().memory_format(output_format(weight)));
   at::Tensor db = at::empty({need_b ? g.Co : 0}, weight.options());
   if (!need_x && !need_w && !need_b) return {in_format(dx, mf), dw, db};
   const at::Tensor gy = grad_out.to(x.scalar_type());

@@ -177,11 +177,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cuda(
   at::Tensor dx = at::empty({need_x ? g.N : 0, g.Ci, g.H, g.W}, x.options().memory_format(kCL));
   at::Tensor dw = at::empty({need_w ? g.Co : 0, g.Ci, g.kh, g.kw}, weight.options());
   at::Tensor db = at::empty({need_b ? g.Co : 0}, weight.options());
+  const at::MemoryFormat wf = output_format(weight);
   if (g.N == 0) {  // no outputs: zero gradients
     dw.zero_(), db.zero_();
-    return {in_format(dx, mf), dw, db};
+    return {in_format(dx, mf), in_format(dw, wf), db};
   }
-  if (!need_x && !need_w && !need_b) return {in_format(dx, mf), dw, db};
+  if (!need_x && !need_w && !need_b) return {in_format(dx, mf), in_format(dw, wf), db};
   const auto dt = x.scalar_type();
   const bool tf32 = use_tf32(dt);
   const at::Tensor gy = nhwc(grad_out, dt);
@@ -209,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_maxpool_backward_cuda(
   const at::Tensor ws = at::empty({conv_relu_maxpool_backward_workspace_bytes(a)}, x.options().dtype(at::kByte));
   a.workspace = ws.data_ptr();
   C10_CUDA_CHECK(launch_conv_relu_maxpool_backward(a, c10::cuda::getCurrentCUDAStream()));
-  return {in_format(dx, mf), dw, db};
+  return {in_format(dx, mf), in_format(dw, wf), db};
 }
 
 }  // namespace crm
