@@ -128,18 +128,22 @@ def test_gradcheck(name):
     assert torch.autograd.gradcheck(f, inputs)
 
 
-@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last", "channels_last_weight"))
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64), ids=str)
 def test_opcheck(dtype, layout):
+    """opcheck in each layout; grad_weight comes back in the weight's layout."""
     c = SPECIAL["conv2_5x5_p2_pool3s2"]
     x, w, b = _cuda(*gaussian_inputs(c, dtype))
-    if layout == "channels_last":
+    if layout != "contiguous":
         x = x.to(memory_format=torch.channels_last)
+    wf = torch.channels_last if layout == "channels_last_weight" else torch.contiguous_format
+    w = w.contiguous(memory_format=wf)
     args = [list(a) for a in c.args()]
     torch.library.opcheck(FWD, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *args))
     out, code = FWD(x.detach(), w.detach(), b.detach(), *args)
     g = torch.randn_like(out)
     torch.library.opcheck(BWD, (g, x.detach(), w.detach(), code, *args, [True, True, True]))
+    assert BWD(g, x.detach(), w.detach(), code, *args, [True, True, True])[1].is_contiguous(memory_format=wf)
 
 
 def test_layouts_and_formats():
