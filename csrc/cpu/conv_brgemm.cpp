@@ -440,9 +440,7 @@ const CT* weight_rows(const T* s, int64_t batch, int64_t R, int64_t C) {
 // Whether the weights' taps run innermost but for the channels (channels_last, as a model moved
 // to it holds them): then each (co, ky, kx) is a row of Ci values as they lie, and the packers read
 // them in that order instead of transposing an NCHW copy.
-inline bool taps_last(const at::Tensor& w) {
-  return !w.is_contiguous() && w.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
+inline bool taps_last(const at::Tensor& w) { return output_format(w) == at::MemoryFormat::ChannelsLast; }
 
 // The n values of s in the product type CT: s itself, or converted into the calling thread's scratch.
 template <typename T, typename CT>
@@ -474,12 +472,13 @@ void pack_rows(int64_t K, int64_t nb, bool vnni, const Row& row, CT* b) {
 }
 
 // Channels-last weights in the product type with unpadded channels hold row co of each block as B
-// wants its column: K values, kernel row after kernel row, VNNI's pairs side by side. Then the
-// block is its nb x K slab transposed 32 bits at a time (a pair, or a float), in one pass.
+// wants its column: K values, kernel row after kernel row, VNNI's pairs side by side (K is even with
+// VNNI, so K == kh Kt leaves no pair padded). Then the block is its nb x K slab transposed 32 bits
+// at a time (a pair, or a float), in one pass.
 template <typename T, typename CT>
 bool pack_as_words(const at::Tensor& w, const Geometry& g, const View& v, int64_t K, bool vnni) {
-  return std::is_same_v<T, CT> && sizeof(CT) == (vnni ? 2 : 4) && v.Cip == g.Ci && K == g.kh * v.Kt &&
-         K % (vnni ? 2 : 1) == 0 && reinterpret_cast<uintptr_t>(w.const_data_ptr()) % 4 == 0;
+  return taps_last(w) && std::is_same_v<T, CT> && sizeof(CT) == (vnni ? 2 : 4) && v.Cip == g.Ci &&
+         K == g.kh * v.Kt && reinterpret_cast<uintptr_t>(w.const_data_ptr()) % 4 == 0;
 }
 
 void transpose_words(const void* w, const Geometry& g, const View& v, int64_t K, bool vnni, void* p) {
@@ -509,7 +508,7 @@ const CT* pack_forward(const at::Tensor& w, const Geometry& g, const View& v, bo
   const RowConv c = forward_conv(g, v);
   const int64_t K = stacked_k(c, vnni), rows = vnni && v.Kt % 2 ? 1 : g.kh;  // packed pieces of a block
   CT* p = scratch<CT>(kWeights, v.t.blocks(g.Co) * v.t.nb * K);
-  if (cl && pack_as_words<T, CT>(w, g, v, K, vnni)) {
+  if (pack_as_words<T, CT>(w, g, v, K, vnni)) {
     transpose_words(w.const_data_ptr<T>(), g, v, K, vnni, p);
     return p;
   }
