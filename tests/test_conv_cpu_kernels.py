@@ -9,6 +9,7 @@ results that do not depend on the thread count.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from pathlib import Path
@@ -20,8 +21,8 @@ import torch.nn.functional as F
 import pyalexnet  # noqa: F401  (registers torch.ops.pyalexnet)
 from pyalexnet import _C
 from pyalexnet.ops import conv_relu_maxpool
-from test_conv_relu_maxpool import (Cfg, SPECIAL, check, draw_cfg, exact_inputs, gaussian, gaussian_inputs,
-                                    nonzero_ints, reference, run)
+from test_conv_relu_maxpool import (CONV_TOL, Cfg, SPECIAL, assert_close_scaled, check, draw_cfg, eager, exact_inputs,
+                                    gaussian, gaussian_inputs, nonzero_ints, reference, run)
 
 FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
 BWD = torch.ops.pyalexnet.conv_relu_maxpool_backward.default
@@ -144,6 +145,16 @@ def test_block_edges(brgemm, name, dtype):
     x, w, b = exact_inputs(c, dtype)
     grad_out = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype)
     check(c, x, w, b, grad_out, what=f"{name} {dtype}")
+
+
+@pytest.mark.parametrize("name", [n for n, c in WIDE.items() if c.k == (3, 3) and c.stride == (1, 1)])
+def test_block_edges_direct_float32(brgemm, monkeypatch, name):
+    """The 3x3 stride-1 cases again on the direct products, which float32 takes at 16 or more
+    channels only with PYALEXNET_CPU_WINOGRAD=0 (or for non-finite values)."""
+    monkeypatch.setenv("PYALEXNET_CPU_WINOGRAD", "0")
+    c = WIDE[name]
+    x, w, b = exact_inputs(c, torch.float32)
+    check(c, x, w, b, nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, torch.float32), what=name)
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
@@ -305,3 +316,93 @@ def test_thread_count_does_not_change_results(brgemm, dtype):
                     assert torch.equal(a, e), f"{c} {what}: differs between thread counts"
     finally:
         torch.set_num_threads(before)
+
+
+# float32 3x3 stride-1 convs with 16 or more channels each way take the Winograd F(2x2, 3x3) forward:
+# pooled and unpooled, odd edges (tiles past the last row and column), output channels past a
+# block, padding 0-2, one image whose blocks are shared among the threads' items, and images cut
+# into bands.
+WINOGRAD = {
+    "pooled_odd_rows_blocks": Cfg(3, 20, 9, 12, 70, (3, 3), padding=(1, 1)),
+    "unpooled_odd": Cfg(2, 16, 7, 7, 17, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "no_padding_pool2": Cfg(2, 24, 8, 11, 33, (3, 3), pool_kernel=(2, 2), pool_stride=(2, 2)),
+    "padding2_bands": Cfg(1, 48, 30, 31, 64, (3, 3), padding=(2, 2)),
+    "rectangular_padding": Cfg(2, 16, 10, 9, 20, (3, 3), padding=(2, 0), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "one_row_blocks_split": Cfg(1, 16, 3, 6, 130, (3, 3), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "unpooled_bands": Cfg(2, 16, 33, 8, 16, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "pool_stride3_bands": Cfg(1, 16, 40, 9, 24, (3, 3), padding=(1, 1), pool_kernel=(3, 3), pool_stride=(3, 3)),
+}
+
+
+def forward_with(monkeypatch, winograd: bool, x, w, b, c: Cfg):
+    monkeypatch.setenv("PYALEXNET_CPU_WINOGRAD", "1" if winograd else "0")
+    return FWD(x, w, b, *c.args())
+
+
+@pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
+@pytest.mark.parametrize("name", WINOGRAD)
+def test_winograd_forward_exact(brgemm, monkeypatch, name, channels_last):
+    """Exact inputs: the transforms' halves and quarters and the sums stay exact, so the Winograd
+    forward gives the direct products' output and codes bit for bit, and the float64 reference;
+    the backward (through its codes) with it."""
+    c = WINOGRAD[name]
+    x, w, b = exact_inputs(c, torch.float32)
+    if channels_last:
+        x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
+    got = forward_with(monkeypatch, True, x, w, b, c)
+    direct = forward_with(monkeypatch, False, x, w, b, c)
+    for what, a, e in zip(("out", "codes"), got, direct):
+        assert torch.equal(a, e), f"{what}: Winograd and direct products differ"
+    monkeypatch.setenv("PYALEXNET_CPU_WINOGRAD", "1")
+    check(c, x, w, b, nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, torch.float32), what=name)
+
+
+@pytest.mark.parametrize("name", WINOGRAD)
+def test_winograd_forward_accuracy(brgemm, monkeypatch, name):
+    """Gaussian inputs: within float32's tolerance of float64, and at most twice as far from it as
+    PyTorch's own float32 result (or under 1e-6, relative); not the direct products' bits (so the
+    Winograd products did run)."""
+    c = WINOGRAD[name]
+    torch.manual_seed(0)
+    x, w, b = (t.float() for t in gaussian_inputs(c))
+    got = forward_with(monkeypatch, True, x, w, b, c)[0]
+    direct = forward_with(monkeypatch, False, x, w, b, c)[0]
+    ref = reference(x, w, b, torch.zeros_like(got.double()), *c.args())[0]
+    assert_close_scaled(got, ref, CONV_TOL[torch.float32], name)
+    err, eager_err = (((t.double() - ref).norm() / ref.norm()).item() for t in (got, eager(x, w, b, *c.args())))
+    assert err <= max(2 * eager_err, 1e-6), f"relative error {err:.2e}, PyTorch's {eager_err:.2e}"
+    assert not torch.equal(got, direct)
+
+
+def test_winograd_results_do_not_depend_on_the_batch(brgemm, monkeypatch):
+    """The bands an image is cut into depend on the batch (a small batch is cut finer); the tiles
+    do not: each image's output and codes are the same bits alone and in a batch of 8."""
+    monkeypatch.setenv("PYALEXNET_CPU_WINOGRAD", "1")
+    for c in (WINOGRAD["unpooled_bands"], WINOGRAD["pool_stride3_bands"]):
+        torch.manual_seed(0)
+        x, w, b = (t.float() for t in gaussian_inputs(Cfg(8, *dataclasses.astuple(c)[1:])))
+        out, code = FWD(x, w, b, *c.args())
+        for n in (0, 5):
+            one = FWD(x[n:n + 1], w, b, *c.args())
+            assert torch.equal(one[0], out[n:n + 1]) and torch.equal(one[1], code[n:n + 1]), n
+
+
+@pytest.mark.parametrize("where", ("nan", "inf", "huge_input", "huge_weight"))
+def test_winograd_non_finite_takes_the_direct_products(brgemm, monkeypatch, where):
+    """The transforms would spread a NaN or an infinity over whole tiles, and could overflow on
+    huge values: such bands (or, for a weight, the whole call) take the direct products, whose
+    NaNs cover exactly the outputs whose window holds one. Images 0 and 2 of 3 hold the value;
+    image 1 stays on the Winograd products."""
+    c = Cfg(3, 16, 12, 11, 40, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1))
+    x, w, b = exact_inputs(c, torch.float32)
+    value = {"nan": float("nan"), "inf": float("inf"), "huge_input": 3e30, "huge_weight": 3e30}[where]
+    if where == "huge_weight":
+        w[3, 5, 1, 2] = value
+    else:
+        x[0, 2, 5, 4] = x[2, 7, 11, 10] = value
+    got = forward_with(monkeypatch, True, x, w, b, c)
+    direct = forward_with(monkeypatch, False, x, w, b, c)
+    for what, a, e in zip(("out", "codes"), got, direct):
+        assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.nan_to_num(), e.nan_to_num()), what
+    ref = eager(x.double(), w.double(), b.double(), *c.args())
+    assert torch.equal(got[0].isnan(), ref.isnan()) and torch.equal(got[0].isinf(), ref.isinf())

@@ -36,6 +36,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -244,8 +245,8 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
   kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles,
-  kUnpoolSums,
-  kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT,  // the calling thread's, shared
+  kUnpoolSums, kWinogradInput, kWinogradSink,
+  kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kWinogradWeights,  // the calling thread's, shared
   kSlots
 };
 template <typename E>
@@ -876,14 +877,220 @@ PYA_VECTOR void forward_band(const at::Tensor& x, const CT* wp, const Geometry& 
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Forward, float32 3x3 stride 1: Winograd F(2x2, 3x3)
+// ---------------------------------------------------------------------------------------------
+
+// Each 2x2 tile of conv outputs from its 4x4 input tile d with 16 products instead of 36 (Lavin and
+// Gray, "Fast Algorithms for Convolutional Neural Networks"): Y = A^T [(G g G^T) . (B^T d B)] A.
+// Per transform element e (16 of them), the products of all tiles over the input channels are one
+// brgemm: M = tiles, K = Ci, N = a block of output channels. The float32 products are 2.25x fewer
+// (less the tiles past an odd edge); the transforms are additions. The error against float64 grows
+// (about 1.2-2x the direct sums' on random inputs), which float32 leaves far below what its
+// results are compared at; bfloat16 products would not (measured: bench/results/2026-12-05g-*).
+// Non-finite or huge inputs or weights take the direct products instead, so that a NaN or an
+// infinity reaches exactly the outputs whose window holds it (the transforms would spread it over
+// whole tiles).
+constexpr int64_t kWinogradMinChannels = 16;
+constexpr int64_t kWinogradBytes = int64_t(512) << 10;  // a band's transformed input, in L2
+constexpr float kWinogradHuge = 1e30f;                  // |value| past which the sums could overflow
+
+bool winograd_off() {
+  const char* v = std::getenv("PYALEXNET_CPU_WINOGRAD");
+  return v != nullptr && std::string(v) == "0";
+}
+
+// For float32 inputs multiplied in float32 (the caller's test).
+bool winograd_applies(const Geometry& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.Ci >= kWinogradMinChannels &&
+         g.Co >= kWinogradMinChannels && !winograd_off();
+}
+
+// Whether every value of s is finite and below kWinogradHuge in magnitude: the largest magnitude's
+// bits (an infinity's or a NaN's are above any finite value's), as integers so that it vectorises.
+PYA_VECTOR inline bool tame(const float* s, int64_t n) {
+  const uint32_t* b = reinterpret_cast<const uint32_t*>(s);
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, b[i] & 0x7FFFFFFFu);
+  uint32_t huge;
+  std::memcpy(&huge, &kWinogradHuge, 4);
+  return m < huge;
+}
+
+// U = G g G^T of every (ci, co), per block j of t.nb output channels (nb wide) and element e: Ci x nb
+// at u + j 16 Ci t.nb + e Ci nb. From w's rows of Co values (weight_rows).
+PYA_VECTOR void winograd_weights(const float* wt, const Geometry& g, const Tiling& t, bool cl, int64_t ci0, int64_t ci1,
+                                 float* u) {
+  const auto row = [&](int64_t ci, int64_t ky, int64_t kx) {
+    return wt + (cl ? (ky * 3 + kx) * g.Ci + ci : (ci * 3 + ky) * 3 + kx) * g.Co;
+  };
+  for (int64_t ci = ci0; ci < ci1; ++ci)
+    for (int64_t j = 0; j < t.blocks(g.Co); ++j) {
+      const int64_t nb = t.width(g.Co, j), es = g.Ci * nb;
+      float* __restrict d = u + j * 16 * g.Ci * t.nb + ci * nb;
+      for (int64_t kx = 0; kx < 3; ++kx) {  // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2, into
+        const float* __restrict k0 = row(ci, 0, kx) + j * t.nb;  // column kx of each 4-row of d
+        const float* __restrict k1 = row(ci, 1, kx) + j * t.nb;
+        const float* __restrict k2 = row(ci, 2, kx) + j * t.nb;
+        float* __restrict h = d + kx * es;  // (a, kx) at element 4 a + kx, kx < 3: overwritten below
+        for (int64_t n = 0; n < nb; ++n) {
+          h[n] = k0[n];
+          h[4 * es + n] = 0.5f * (k0[n] + k1[n] + k2[n]);
+          h[8 * es + n] = 0.5f * (k0[n] - k1[n] + k2[n]);
+          h[12 * es + n] = k2[n];
+        }
+      }
+      for (int64_t a = 0; a < 4; ++a) {  // (G g) G^T, the same on each row, in place
+        float* __restrict r = d + 4 * a * es;
+        for (int64_t n = 0; n < nb; ++n) {
+          const float h0 = r[n], h1 = r[es + n], h2 = r[2 * es + n];
+          r[n] = h0;
+          r[es + n] = 0.5f * (h0 + h1 + h2);
+          r[2 * es + n] = 0.5f * (h0 - h1 + h2);
+          r[3 * es + n] = h2;
+        }
+      }
+    }
+}
+
+// The transformed weights of a call in the calling thread's scratch, or nullptr where a weight is
+// not tame (the call then runs the direct products).
+const float* winograd_pack(const at::Tensor& w, const Geometry& g, const Tiling& t) {
+  const float* wt = weight_rows<float, float>(w.const_data_ptr<float>(), 1, g.Co, g.Ci * 9);
+  if (!tame(wt, g.Co * g.Ci * 9)) return nullptr;
+  float* u = scratch<float>(kWinogradWeights, t.blocks(g.Co) * 16 * g.Ci * t.nb);
+  const bool cl = taps_last(w);
+  at::parallel_for(0, g.Ci, 8, [&](int64_t c0, int64_t c1) { winograd_weights(wt, g, t, cl, c0, c1, u); });
+  return u;
+}
+
+// V = B^T d B of each tile of a band (tr x tw tiles, d from the padded input xp: rows of wpd
+// columns of C channels) into v: element e's tiles x C at v + e T C.
+PYA_VECTOR void winograd_input(const float* xp, int64_t wpd, int64_t C, int64_t tr, int64_t tw, float* v) {
+  const int64_t T = tr * tw, es = T * C;
+  for (int64_t ty = 0; ty < tr; ++ty)
+    for (int64_t tx = 0; tx < tw; ++tx) {
+      const float* __restrict d = xp + (2 * ty * wpd + 2 * tx) * C;
+      float* __restrict o = v + (ty * tw + tx) * C;
+#pragma GCC ivdep
+      for (int64_t c = 0; c < C; ++c) {
+        float r[4][4];
+        for (int64_t i = 0; i < 4; ++i) {  // d B, row by row
+          const float* s = d + i * wpd * C + c;
+          const float x0 = s[0], x1 = s[C], x2 = s[2 * C], x3 = s[3 * C];
+          r[i][0] = x0 - x2, r[i][1] = x1 + x2, r[i][2] = x2 - x1, r[i][3] = x1 - x3;
+        }
+        for (int64_t j = 0; j < 4; ++j) {  // B^T (d B)
+          o[j * es + c] = r[0][j] - r[2][j];
+          o[(4 + j) * es + c] = r[1][j] + r[2][j];
+          o[(8 + j) * es + c] = r[2][j] - r[1][j];
+          o[(12 + j) * es + c] = r[1][j] - r[3][j];
+        }
+      }
+    }
+}
+
+// Y = A^T m A of each tile (m: element e's tiles x nb at mb + e T nb) into the band's conv rows
+// (acc: R x Wc x nb); the outputs of a tile past row R or column Wc are dropped.
+PYA_VECTOR void winograd_output(const float* mb, int64_t tr, int64_t tw, int64_t nb, int64_t R, int64_t Wc, float* acc) {
+  const int64_t T = tr * tw, es = T * nb;
+  float* sink = scratch<float>(kWinogradSink, nb);
+  for (int64_t ty = 0; ty < tr; ++ty)
+    for (int64_t tx = 0; tx < tw; ++tx) {
+      const float* __restrict m = mb + (ty * tw + tx) * nb;
+      float* __restrict y[2][2];
+      for (int64_t a = 0; a < 2; ++a)
+        for (int64_t b = 0; b < 2; ++b) {
+          const int64_t r = 2 * ty + a, q = 2 * tx + b;
+          y[a][b] = r < R && q < Wc ? acc + (r * Wc + q) * nb : sink;
+        }
+#pragma GCC ivdep
+      for (int64_t c = 0; c < nb; ++c) {
+        float s[2][4];
+        for (int64_t j = 0; j < 4; ++j) {  // A^T m
+          const float m0 = m[j * es + c], m1 = m[(4 + j) * es + c], m2 = m[(8 + j) * es + c], m3 = m[(12 + j) * es + c];
+          s[0][j] = m0 + m1 + m2, s[1][j] = m1 - m2 - m3;
+        }
+        for (int64_t a = 0; a < 2; ++a) {  // (A^T m) A
+          y[a][0][c] = s[a][0] + s[a][1] + s[a][2];
+          y[a][1][c] = s[a][1] - s[a][2] - s[a][3];
+        }
+      }
+    }
+}
+
+// Bands of pooled rows whose transformed input (16 values a tile and channel) fits kWinogradBytes,
+// cut further while the batch gives the threads fewer than 8 items. Every band starts on an even
+// conv row, so that each conv value comes from the same tile (the same sums) however the image is
+// cut: results do not depend on the batch.
+int64_t winograd_band_size(const Geometry& g) {
+  const int64_t tw = (g.Wc + 1) / 2, tile_row = 16 * tw * g.Ci * 4;  // bytes of a row of tiles
+  const auto bytes = [&](int64_t B) { return (band_rows(B, g.pkh, g.psh) + 1) / 2 * tile_row; };
+  int64_t B = g.Hp;
+  while (B > 1 && bytes(B) > kWinogradBytes) B = (B + 1) / 2;
+  while (B > 1 && g.N * ((g.Hp + B - 1) / B) < 8) B = (B + 1) / 2;
+  if (B < g.Hp && B * g.psh % 2) B = B == 1 ? 2 : B - 1;
+  return B;
+}
+
+// Pooled rows [p0, p0 + np) of image n, output-channel blocks [j0, j1). False where the band's input
+// is not tame: nothing written, the caller runs the direct products.
+bool winograd_band(const at::Tensor& x, const float* u, const Geometry& g, const View& v, const Output& o, int64_t n,
+                   int64_t p0, int64_t np, int64_t j0, int64_t j1) {
+  const int64_t r0 = band_first_row(p0, g.psh), R = band_rows(np, g.pkh, g.psh);
+  const int64_t tr = (R + 1) / 2, tw = (g.Wc + 1) / 2, T = tr * tw;
+  View wv = v;
+  wv.Wpd = 2 * tw + 2, wv.Cip = g.Ci;
+  const int64_t rows_in = 2 * tr + 2;
+  float* xp = scratch<float>(kInput, rows_in * wv.Wpd * g.Ci);
+  fill_input<float, float>(x, n, g, wv, r0, rows_in, xp);
+  if (!tame(xp, rows_in * wv.Wpd * g.Ci)) return false;
+  float* vt = scratch<float>(kWinogradInput, 16 * T * g.Ci);
+  winograd_input(xp, wv.Wpd, g.Ci, tr, tw, vt);
+  float* mb = scratch<float>(kProduct, 16 * T * v.t.nb);
+  float* acc = scratch<float>(kAcc, R * g.Wc * v.t.nb);
+  for (int64_t j = j0; j < j1; ++j) {
+    const int64_t nb = v.t.width(g.Co, j);
+    const float* uj = u + j * 16 * g.Ci * v.t.nb;
+    for (int64_t e = 0; e < 16; ++e)
+      cb::brgemm(T, nb, g.Ci, g.Ci, nb, nb, false, vt + e * T * g.Ci, uj + e * g.Ci * nb, mb + e * T * nb, false);
+    winograd_output(mb, tr, tw, nb, R, g.Wc, acc);
+    epilogue<float>(acc, g, o, n, j * v.t.nb, nb, p0, np, r0);
+  }
+  return true;
+}
+
+// The whole forward on Winograd's products; false (nothing written) where a weight is not tame.
+// Items: (image, band, group of output-channel blocks), the groups only where images and bands give
+// the threads too few items (each group transforms its band's input again). A band whose input is
+// not tame runs the direct products (its first group, over all blocks).
+bool winograd_forward(const at::Tensor& x, const at::Tensor& w, const Geometry& g, const View& v, const Output& o) {
+  const float* u = winograd_pack(w, g, v.t);
+  if (u == nullptr) return false;
+  const int64_t B = winograd_band_size(g), bands = (g.Hp + B - 1) / B, J = v.t.blocks(g.Co);
+  const int64_t S = std::clamp<int64_t>(4 * at::get_num_threads() / (g.N * bands), 1, J), per = (J + S - 1) / S;
+  std::once_flag packed;
+  const float* wp = nullptr;
+  for_each_item(g.N * bands * S, false, [&](int64_t i) {
+    const int64_t n = i / (bands * S), p0 = (i / S % bands) * B, s = i % S, np = std::min(B, g.Hp - p0);
+    if (winograd_band(x, u, g, v, o, n, p0, np, s * per, std::min(J, (s + 1) * per)) || s > 0) return;
+    std::call_once(packed, [&] { wp = pack_forward<float, float>(w, g, v, false); });
+    forward_band<float, float>(x, wp, g, v, false, o, n, p0, np);
+  });
+  return true;
+}
+
 template <typename T, typename CT>
 void forward_impl(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b, const Geometry& g,
                   at::Tensor& out, at::Tensor& code, bool vnni) {
   const View v = view_of(g, vnni, true);
-  const CT* wp = pack_forward<T, CT>(w, g, v, vnni);
   const at::Tensor bias = b ? b->to(at::kFloat).contiguous() : at::zeros({g.Co}, x.options().dtype(at::kFloat));
   const Output o{bias.const_data_ptr<float>(), static_cast<char*>(out.data_ptr()), out.strides(),
                  code.data_ptr<uint8_t>(), code.strides()};
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<CT, float>) {
+    if (winograd_applies(g) && winograd_forward(x, w, g, v, o)) return;
+  }
+  const CT* wp = pack_forward<T, CT>(w, g, v, vnni);
   const int64_t B = band_size(g, forward_conv(g, v)), bands = (g.Hp + B - 1) / B;
   for_each_item(g.N * bands, vnni, [&](int64_t i) {
     const int64_t n = i / bands, p0 = (i % bands) * B;
