@@ -339,22 +339,30 @@ def forward_with(monkeypatch, winograd: bool, x, w, b, c: Cfg):
     return FWD(x, w, b, *c.args())
 
 
+def backward_with(monkeypatch, winograd: bool, g, x, w, code, c: Cfg):
+    monkeypatch.setenv("PYALEXNET_CPU_WINOGRAD", "1" if winograd else "0")
+    return BWD(g, x, w, code, *c.args(), [True, True, True])
+
+
 @pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
 @pytest.mark.parametrize("name", WINOGRAD)
-def test_winograd_forward_exact(brgemm, monkeypatch, name, channels_last):
+def test_winograd_exact(brgemm, monkeypatch, name, channels_last):
     """Exact inputs: the transforms' halves and quarters and the sums stay exact, so the Winograd
-    forward gives the direct products' output and codes bit for bit, and the float64 reference;
-    the backward (through its codes) with it."""
+    forward and data gradient give the direct products' output, codes and gradients bit for bit,
+    and the float64 reference."""
     c = WINOGRAD[name]
     x, w, b = exact_inputs(c, torch.float32)
     if channels_last:
         x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
+    g = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, torch.float32)
     got = forward_with(monkeypatch, True, x, w, b, c)
     direct = forward_with(monkeypatch, False, x, w, b, c)
-    for what, a, e in zip(("out", "codes"), got, direct):
+    got += backward_with(monkeypatch, True, g, x, w, got[1], c)
+    direct += backward_with(monkeypatch, False, g, x, w, direct[1], c)
+    for what, a, e in zip(("out", "codes", "grad_x", "grad_weight", "grad_bias"), got, direct):
         assert torch.equal(a, e), f"{what}: Winograd and direct products differ"
     monkeypatch.setenv("PYALEXNET_CPU_WINOGRAD", "1")
-    check(c, x, w, b, nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, torch.float32), what=name)
+    check(c, x, w, b, g, what=name)
 
 
 @pytest.mark.parametrize("name", WINOGRAD)
@@ -371,6 +379,25 @@ def test_winograd_forward_accuracy(brgemm, monkeypatch, name):
     assert_close_scaled(got, ref, CONV_TOL[torch.float32], name)
     err, eager_err = (((t.double() - ref).norm() / ref.norm()).item() for t in (got, eager(x, w, b, *c.args())))
     assert err <= max(2 * eager_err, 1e-6), f"relative error {err:.2e}, PyTorch's {eager_err:.2e}"
+    assert not torch.equal(got, direct)
+
+
+@pytest.mark.parametrize("name", WINOGRAD)
+def test_winograd_data_gradient_accuracy(brgemm, monkeypatch, name):
+    """Gaussian inputs and gradient, the codes given: dx within float32's tolerance of the float64
+    backward through the same codes, at most twice as far from it as the direct products' (or under
+    1e-6, relative), and not their bits (so the Winograd products did run)."""
+    c = WINOGRAD[name]
+    torch.manual_seed(0)
+    x, w, b = (t.float() for t in gaussian_inputs(c))
+    code = FWD(x, w, b, *c.args())[1]
+    g = gaussian(c.N, c.Co, *c.out_size(), dtype=torch.float32)
+    got = backward_with(monkeypatch, True, g, x, w, code, c)[0]
+    direct = backward_with(monkeypatch, False, g, x, w, code, c)[0]
+    ref = BWD(g.double(), x.double(), w.double(), code, *c.args(), [True, False, False])[0]
+    assert_close_scaled(got, ref, CONV_TOL[torch.float32], name)
+    err, direct_err = (((t.double() - ref).norm() / ref.norm()).item() for t in (got, direct))
+    assert err <= max(2 * direct_err, 1e-6), f"relative error {err:.2e}, the direct products' {direct_err:.2e}"
     assert not torch.equal(got, direct)
 
 
@@ -391,8 +418,8 @@ def test_winograd_results_do_not_depend_on_the_batch(brgemm, monkeypatch):
 def test_winograd_non_finite_takes_the_direct_products(brgemm, monkeypatch, where):
     """The transforms would spread a NaN or an infinity over whole tiles, and could overflow on
     huge values: such bands (or, for a weight, the whole call) take the direct products, whose
-    NaNs cover exactly the outputs whose window holds one. Images 0 and 2 of 3 hold the value;
-    image 1 stays on the Winograd products."""
+    NaNs cover exactly the outputs whose window holds one. Images 0 and 2 of 3 hold the value (in
+    the input, then in the incoming gradient); image 1 stays on the Winograd products."""
     c = Cfg(3, 16, 12, 11, 40, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1))
     x, w, b = exact_inputs(c, torch.float32)
     value = {"nan": float("nan"), "inf": float("inf"), "huge_input": 3e30, "huge_weight": 3e30}[where]
@@ -406,3 +433,15 @@ def test_winograd_non_finite_takes_the_direct_products(brgemm, monkeypatch, wher
         assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.nan_to_num(), e.nan_to_num()), what
     ref = eager(x.double(), w.double(), b.double(), *c.args())
     assert torch.equal(got[0].isnan(), ref.isnan()) and torch.equal(got[0].isinf(), ref.isinf())
+    # the data gradient: the value in the incoming gradient of images 0 and 2 (or the weight)
+    x, w, b = exact_inputs(c, torch.float32)
+    if where == "huge_weight":
+        w[3, 5, 1, 2] = value
+    code = forward_with(monkeypatch, False, x, w, b, c)[1]
+    g = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, torch.float32)
+    if where != "huge_weight":
+        g[0, 2, 5, 4] = g[2, 7, 11, 10] = value
+    got = backward_with(monkeypatch, True, g, x, w, code, c)
+    direct = backward_with(monkeypatch, False, g, x, w, code, c)
+    for what, a, e in zip(("grad_x", "grad_weight", "grad_bias"), got, direct):
+        assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.nan_to_num(), e.nan_to_num()), what

@@ -245,7 +245,7 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
   kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles,
-  kUnpoolSums, kWinogradInput, kWinogradSink,
+  kUnpoolSums, kWinogradInput, kWinogradOut, kWinogradSink,
   kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kWinogradWeights,  // the calling thread's, shared
   kSlots
 };
@@ -917,21 +917,20 @@ PYA_VECTOR inline bool tame(const float* s, int64_t n) {
   return m < huge;
 }
 
-// U = G g G^T of every (ci, co), per block j of t.nb output channels (nb wide) and element e: Ci x nb
-// at u + j 16 Ci t.nb + e Ci nb. From w's rows of Co values (weight_rows).
-PYA_VECTOR void winograd_weights(const float* wt, const Geometry& g, const Tiling& t, bool cl, int64_t ci0, int64_t ci1,
+// U = G g G^T of every pair (c, o) of a conv's Cin input and Cout output channels, per block j of
+// t.nb output channels (nb wide) and element e: Cin x nb at u + j 16 Cin t.nb + e Cin nb. row(c,
+// ky, kx): the Cout weights of input channel c at tap (ky, kx), contiguous.
+template <typename Row>
+PYA_VECTOR void winograd_weights(const Row& row, int64_t Cin, int64_t Cout, const Tiling& t, int64_t c0, int64_t c1,
                                  float* u) {
-  const auto row = [&](int64_t ci, int64_t ky, int64_t kx) {
-    return wt + (cl ? (ky * 3 + kx) * g.Ci + ci : (ci * 3 + ky) * 3 + kx) * g.Co;
-  };
-  for (int64_t ci = ci0; ci < ci1; ++ci)
-    for (int64_t j = 0; j < t.blocks(g.Co); ++j) {
-      const int64_t nb = t.width(g.Co, j), es = g.Ci * nb;
-      float* __restrict d = u + j * 16 * g.Ci * t.nb + ci * nb;
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t j = 0; j < t.blocks(Cout); ++j) {
+      const int64_t nb = t.width(Cout, j), es = Cin * nb;
+      float* __restrict d = u + j * 16 * Cin * t.nb + c * nb;
       for (int64_t kx = 0; kx < 3; ++kx) {  // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2, into
-        const float* __restrict k0 = row(ci, 0, kx) + j * t.nb;  // column kx of each 4-row of d
-        const float* __restrict k1 = row(ci, 1, kx) + j * t.nb;
-        const float* __restrict k2 = row(ci, 2, kx) + j * t.nb;
+        const float* __restrict k0 = row(c, 0, kx) + j * t.nb;  // column kx of each 4-row of d
+        const float* __restrict k1 = row(c, 1, kx) + j * t.nb;
+        const float* __restrict k2 = row(c, 2, kx) + j * t.nb;
         float* __restrict h = d + kx * es;  // (a, kx) at element 4 a + kx, kx < 3: overwritten below
         for (int64_t n = 0; n < nb; ++n) {
           h[n] = k0[n];
@@ -953,15 +952,33 @@ PYA_VECTOR void winograd_weights(const float* wt, const Geometry& g, const Tilin
     }
 }
 
-// The transformed weights of a call in the calling thread's scratch, or nullptr where a weight is
-// not tame (the call then runs the direct products).
-const float* winograd_pack(const at::Tensor& w, const Geometry& g, const Tiling& t) {
-  const float* wt = weight_rows<float, float>(w.const_data_ptr<float>(), 1, g.Co, g.Ci * 9);
-  if (!tame(wt, g.Co * g.Ci * 9)) return nullptr;
-  float* u = scratch<float>(kWinogradWeights, t.blocks(g.Co) * 16 * g.Ci * t.nb);
-  const bool cl = taps_last(w);
-  at::parallel_for(0, g.Ci, 8, [&](int64_t c0, int64_t c1) { winograd_weights(wt, g, t, cl, c0, c1, u); });
+// The transformed weights of a call in the calling thread's scratch (wt: the n weights row(c, ky,
+// kx) points into), or nullptr where a weight is not tame (the call then runs the direct products).
+template <typename Row>
+const float* winograd_pack(const float* wt, int64_t n, const Row& row, int64_t Cin, int64_t Cout, const Tiling& t) {
+  if (!tame(wt, n)) return nullptr;
+  float* u = scratch<float>(kWinogradWeights, t.blocks(Cout) * 16 * Cin * t.nb);
+  at::parallel_for(0, Cin, 8, [&](int64_t c0, int64_t c1) { winograd_weights(row, Cin, Cout, t, c0, c1, u); });
   return u;
+}
+
+// The forward's: w's rows of Co values (weight_rows), (ci, ky, kx) or, channels last, (ky, kx, ci).
+const float* winograd_pack_forward(const at::Tensor& w, const Geometry& g, const Tiling& t) {
+  const float* wt = weight_rows<float, float>(w.const_data_ptr<float>(), 1, g.Co, g.Ci * 9);
+  const bool cl = taps_last(w);
+  return winograd_pack(wt, g.Co * g.Ci * 9, [&](int64_t ci, int64_t ky, int64_t kx) {
+    return wt + (cl ? (ky * 3 + kx) * g.Ci + ci : (ci * 3 + ky) * 3 + kx) * g.Co;
+  }, g.Ci, g.Co, t);
+}
+
+// The data gradient's: the flipped weights from output channel co to input channels (rows of Ci
+// values per (co, ky, kx): a channels-last weight as it lies, else transposed), as pack_flipped's.
+const float* winograd_pack_flipped(const at::Tensor& w, const Geometry& g, const Tiling& t) {
+  const float* ws = w.const_data_ptr<float>();
+  const float* wt = taps_last(w) ? ws : weight_rows<float, float>(ws, g.Co, g.Ci, 9);
+  return winograd_pack(wt, g.Co * g.Ci * 9, [&](int64_t co, int64_t ky, int64_t kx) {
+    return wt + ((co * 3 + 2 - ky) * 3 + 2 - kx) * g.Ci;
+  }, g.Co, g.Ci, t);
 }
 
 // V = B^T d B of each tile of a band (tr x tw tiles, d from the padded input xp: rows of wpd
@@ -1033,30 +1050,42 @@ int64_t winograd_band_size(const Geometry& g) {
   return B;
 }
 
+// The products of a band's tiles (vt: element e's tr x tw tiles x Cin at vt + e T Cin) with U's
+// blocks [j0, j1) of Cout output channels, each block's conv values brought back into acc (R rows
+// of Wout columns x nb, channels last), then done(j, acc).
+template <typename Done>
+void winograd_products(const float* vt, int64_t tr, int64_t tw, int64_t Cin, const float* u, int64_t Cout,
+                       const Tiling& t, int64_t j0, int64_t j1, int64_t R, int64_t Wout, const Done& done) {
+  const int64_t T = tr * tw;
+  float* mb = scratch<float>(kProduct, 16 * T * t.nb);
+  float* acc = scratch<float>(kWinogradOut, R * Wout * t.nb);
+  for (int64_t j = j0; j < j1; ++j) {
+    const int64_t nb = t.width(Cout, j);
+    const float* uj = u + j * 16 * Cin * t.nb;
+    for (int64_t e = 0; e < 16; ++e)
+      cb::brgemm(T, nb, Cin, Cin, nb, nb, false, vt + e * T * Cin, uj + e * Cin * nb, mb + e * T * nb, false);
+    winograd_output(mb, tr, tw, nb, R, Wout, acc);
+    done(j, acc);
+  }
+}
+
 // Pooled rows [p0, p0 + np) of image n, output-channel blocks [j0, j1). False where the band's input
 // is not tame: nothing written, the caller runs the direct products.
 bool winograd_band(const at::Tensor& x, const float* u, const Geometry& g, const View& v, const Output& o, int64_t n,
                    int64_t p0, int64_t np, int64_t j0, int64_t j1) {
   const int64_t r0 = band_first_row(p0, g.psh), R = band_rows(np, g.pkh, g.psh);
-  const int64_t tr = (R + 1) / 2, tw = (g.Wc + 1) / 2, T = tr * tw;
+  const int64_t tr = (R + 1) / 2, tw = (g.Wc + 1) / 2;
   View wv = v;
   wv.Wpd = 2 * tw + 2, wv.Cip = g.Ci;
   const int64_t rows_in = 2 * tr + 2;
   float* xp = scratch<float>(kInput, rows_in * wv.Wpd * g.Ci);
   fill_input<float, float>(x, n, g, wv, r0, rows_in, xp);
   if (!tame(xp, rows_in * wv.Wpd * g.Ci)) return false;
-  float* vt = scratch<float>(kWinogradInput, 16 * T * g.Ci);
+  float* vt = scratch<float>(kWinogradInput, 16 * tr * tw * g.Ci);
   winograd_input(xp, wv.Wpd, g.Ci, tr, tw, vt);
-  float* mb = scratch<float>(kProduct, 16 * T * v.t.nb);
-  float* acc = scratch<float>(kAcc, R * g.Wc * v.t.nb);
-  for (int64_t j = j0; j < j1; ++j) {
-    const int64_t nb = v.t.width(g.Co, j);
-    const float* uj = u + j * 16 * g.Ci * v.t.nb;
-    for (int64_t e = 0; e < 16; ++e)
-      cb::brgemm(T, nb, g.Ci, g.Ci, nb, nb, false, vt + e * T * g.Ci, uj + e * g.Ci * nb, mb + e * T * nb, false);
-    winograd_output(mb, tr, tw, nb, R, g.Wc, acc);
-    epilogue<float>(acc, g, o, n, j * v.t.nb, nb, p0, np, r0);
-  }
+  winograd_products(vt, tr, tw, g.Ci, u, g.Co, v.t, j0, j1, R, g.Wc, [&](int64_t j, const float* acc) {
+    epilogue<float>(acc, g, o, n, j * v.t.nb, v.t.width(g.Co, j), p0, np, r0);
+  });
   return true;
 }
 
@@ -1065,7 +1094,7 @@ bool winograd_band(const at::Tensor& x, const float* u, const Geometry& g, const
 // the threads too few items (each group transforms its band's input again). A band whose input is
 // not tame runs the direct products (its first group, over all blocks).
 bool winograd_forward(const at::Tensor& x, const at::Tensor& w, const Geometry& g, const View& v, const Output& o) {
-  const float* u = winograd_pack(w, g, v.t);
+  const float* u = winograd_pack_forward(w, g, v.t);
   if (u == nullptr) return false;
   const int64_t B = winograd_band_size(g), bands = (g.Hp + B - 1) / B, J = v.t.blocks(g.Co);
   const int64_t S = std::clamp<int64_t>(4 * at::get_num_threads() / (g.N * bands), 1, J), per = (J + S - 1) / S;
@@ -1122,6 +1151,12 @@ std::vector<CT> pack_backward(const T* w, const Geometry& g, const View& v, bool
   return p;
 }
 
+// pack_flipped's blocks, packed by the first thread that needs them.
+struct Flipped {
+  std::once_flag once;
+  const void* blocks = nullptr;
+};
+
 struct Backward {
   const Geometry& g;
   const View& v;
@@ -1130,9 +1165,12 @@ struct Backward {
   const uint8_t* code;     // N x Co x Hp x Wcode, strides cs
   c10::IntArrayRef cs;
   const at::Tensor& x;
+  const at::Tensor* w;
   const void* wb;          // pack_flipped's or pack_backward's blocks, or nullptr without dx
   at::Tensor* dx;          // element type T, any strides, or nullptr
   bool need_w;
+  const float* wu;         // the data gradient's Winograd weights (winograd_pack_flipped), or nullptr
+  Flipped* flipped;        // pack_flipped's blocks, packed on first need where wu is set
 };
 
 // v where keep, else +0 (a NaN too), by a bit mask rather than a branch.
@@ -1415,9 +1453,42 @@ PYA_VECTOR void data_gradient_flipped(const Backward& k, int64_t n, const float*
   float* acc = scratch<float>(kProduct, band_acc_size(conv, g.H));
   T* dx = k.dx->data_ptr<T>() + n * k.dx->stride(0);
   const int64_t sC = k.dx->stride(1), sH = k.dx->stride(2), sW = k.dx->stride(3);
-  conv_band(conv, dyp, static_cast<const CT*>(k.wb), g.H, k.vnni, acc, [&](int64_t j, const float* a) {
+  const void* wb = k.wb;
+  if (k.flipped) {  // the Winograd products' fallback
+    std::call_once(k.flipped->once, [&] { k.flipped->blocks = pack_flipped<T, CT>(*k.w, g, k.v, k.vnni); });
+    wb = k.flipped->blocks;
+  }
+  conv_band(conv, dyp, static_cast<const CT*>(wb), g.H, k.vnni, acc, [&](int64_t j, const float* a) {
     store_block(a, g.H, g.W, k.v.t.width(g.Ci, j), dx + j * k.v.t.nb * sC, sC, sH, sW);
   });
+}
+
+// dx of image n on Winograd's products (k.wu set): the convolution of dY, padded by 2 - p, with the
+// flipped weights, bands of tile rows whose transformed input fits kWinogradBytes. False (nothing
+// written) where dY is not tame.
+template <typename T>
+PYA_VECTOR bool winograd_data_gradient(const Backward& k, int64_t n, const float* dY) {
+  const Geometry& g = k.g;
+  const int64_t top = 2 - g.ph, left = 2 - g.pw, th = (g.H + 1) / 2, tw = (g.W + 1) / 2, wq = 2 * tw + 2;
+  const int64_t rows = 2 * th + 2, Co = g.Co;
+  float* dyp = scratch<float>(kGradIn, rows * wq * Co);
+  std::fill(dyp, dyp + rows * wq * Co, 0.f);
+  for (int64_t r = std::max<int64_t>(0, -top); r < std::min(g.Hc, rows - top); ++r)
+    for (int64_t c = std::max<int64_t>(0, -left); c < std::min(g.Wc, wq - left); ++c)
+      std::memcpy(dyp + ((r + top) * wq + c + left) * Co, dY + (r * g.Wc + c) * k.v.Cop, Co * 4);
+  if (!tame(dyp, rows * wq * Co)) return false;
+  const int64_t band = std::max<int64_t>(kWinogradBytes / (16 * tw * Co * 4), 1);
+  T* dx = k.dx->data_ptr<T>() + n * k.dx->stride(0);
+  const int64_t sC = k.dx->stride(1), sH = k.dx->stride(2), sW = k.dx->stride(3);
+  for (int64_t ty = 0; ty < th; ty += band) {
+    const int64_t tr = std::min(band, th - ty), R = std::min(2 * tr, g.H - 2 * ty);
+    float* vt = scratch<float>(kWinogradInput, 16 * tr * tw * Co);
+    winograd_input(dyp + 2 * ty * wq * Co, wq, Co, tr, tw, vt);
+    winograd_products(vt, tr, tw, Co, k.wu, g.Ci, k.v.t, 0, k.v.t.blocks(g.Ci), R, g.W, [&](int64_t j, const float* a) {
+      store_block(a, R, g.W, k.v.t.width(g.Ci, j), dx + j * k.v.t.nb * sC + 2 * ty * sH, sC, sH, sW);
+    });
+  }
+  return true;
 }
 
 // dx of image n: per conv row and kernel row, dY's row x W^T (Wc x Kt), added at the patches' places
@@ -1570,7 +1641,11 @@ PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, const We
       dYc = c;
     }
   }
-  if (k.dx && flipped) {
+  if (k.dx && k.wu) {
+    if constexpr (std::is_same_v<CT, float>) {
+      if (!winograd_data_gradient<T>(k, n, dY)) data_gradient_flipped<T, CT>(k, n, dY);
+    }
+  } else if (k.dx && flipped) {
     data_gradient_flipped<T, CT>(k, n, dY);
   } else if (k.dx) {
     data_gradient<T, CT>(k, n, dYc);
@@ -1633,13 +1708,21 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
   const View v = view_of(g, vnni, false);
   std::vector<CT> strided;  // pack_backward's
   const CT* wb = nullptr;
-  if (dx && flipped_data_gradient(g)) {
+  const float* wu = nullptr;
+  Flipped lazy;
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<CT, float>) {
+    if (dx && flipped_data_gradient(g) && winograd_applies(g)) wu = winograd_pack_flipped(w, g, v.t);
+  }
+  if (wu) {
+    // packed only for an image whose dY is not tame
+  } else if (dx && flipped_data_gradient(g)) {
     wb = pack_flipped<T, CT>(w, g, v, vnni);
   } else if (dx) {
     strided = pack_backward<T, CT>(w.contiguous().const_data_ptr<T>(), g, v, vnni);
     wb = strided.data();
   }
-  const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), code.strides(), x, wb, dx, dw != nullptr};
+  const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), code.strides(), x, &w, wb, dx, dw != nullptr, wu,
+                   wu ? &lazy : nullptr};
   // The calling thread's scratch: per image its bias-gradient row; the S groups' dw copies.
   const int64_t S = dw ? weight_groups(g, v) : 0, wsize = g.kh * g.Co * v.Kt;
   float* bp = scratch<float>(kWeightGroups, g.N * g.Co + S * wsize);
