@@ -320,8 +320,8 @@ def test_thread_count_does_not_change_results(brgemm, dtype):
 
 # float32 3x3 stride-1 convs with 16 or more channels each way take the Winograd F(2x2, 3x3) forward:
 # pooled and unpooled, odd edges (tiles past the last row and column), output channels past a
-# block, padding 0-2, one image whose blocks are shared among the threads' items, and images cut
-# into bands.
+# block, padding 0-2, one image whose blocks are shared among the threads' items, images cut into
+# bands, and a batch whose weight gradient takes two ranges of images.
 WINOGRAD = {
     "pooled_odd_rows_blocks": Cfg(3, 20, 9, 12, 70, (3, 3), padding=(1, 1)),
     "unpooled_odd": Cfg(2, 16, 7, 7, 17, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
@@ -331,6 +331,9 @@ WINOGRAD = {
     "one_row_blocks_split": Cfg(1, 16, 3, 6, 130, (3, 3), pool_kernel=(1, 1), pool_stride=(1, 1)),
     "unpooled_bands": Cfg(2, 16, 33, 8, 16, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
     "pool_stride3_bands": Cfg(1, 16, 40, 9, 24, (3, 3), padding=(1, 1), pool_kernel=(3, 3), pool_stride=(3, 3)),
+    # the weight gradient's transforms past one range (16 MiB: 7 of these images), so its products
+    # add a second range's to the first's
+    "weight_gradient_ranges": Cfg(10, 32, 32, 32, 96, (3, 3), padding=(1, 1)),
 }
 
 
@@ -383,22 +386,23 @@ def test_winograd_forward_accuracy(brgemm, monkeypatch, name):
 
 
 @pytest.mark.parametrize("name", WINOGRAD)
-def test_winograd_data_gradient_accuracy(brgemm, monkeypatch, name):
-    """Gaussian inputs and gradient, the codes given: dx within float32's tolerance of the float64
-    backward through the same codes, at most twice as far from it as the direct products' (or under
-    1e-6, relative), and not their bits (so the Winograd products did run)."""
+def test_winograd_gradient_accuracy(brgemm, monkeypatch, name):
+    """Gaussian inputs and gradient, the codes given: dx and dw within float32's tolerance of the
+    float64 backward through the same codes, at most twice as far from it as the direct products'
+    (or under 1e-6, relative), and not their bits (so the Winograd products did run)."""
     c = WINOGRAD[name]
     torch.manual_seed(0)
     x, w, b = (t.float() for t in gaussian_inputs(c))
     code = FWD(x, w, b, *c.args())[1]
     g = gaussian(c.N, c.Co, *c.out_size(), dtype=torch.float32)
-    got = backward_with(monkeypatch, True, g, x, w, code, c)[0]
-    direct = backward_with(monkeypatch, False, g, x, w, code, c)[0]
-    ref = BWD(g.double(), x.double(), w.double(), code, *c.args(), [True, False, False])[0]
-    assert_close_scaled(got, ref, CONV_TOL[torch.float32], name)
-    err, direct_err = (((t.double() - ref).norm() / ref.norm()).item() for t in (got, direct))
-    assert err <= max(2 * direct_err, 1e-6), f"relative error {err:.2e}, the direct products' {direct_err:.2e}"
-    assert not torch.equal(got, direct)
+    got = backward_with(monkeypatch, True, g, x, w, code, c)
+    direct = backward_with(monkeypatch, False, g, x, w, code, c)
+    ref = BWD(g.double(), x.double(), w.double(), code, *c.args(), [True, True, False])
+    for what, a, d, r in zip(("grad_x", "grad_weight"), got, direct, ref):
+        assert_close_scaled(a, r, CONV_TOL[torch.float32], f"{name} {what}")
+        err, direct_err = (((t.double() - r).norm() / r.norm()).item() for t in (a, d))
+        assert err <= max(2 * direct_err, 1e-6), f"{what}: relative error {err:.2e}, the direct products' {direct_err:.2e}"
+        assert not torch.equal(a, d), what
 
 
 def test_winograd_results_do_not_depend_on_the_batch(brgemm, monkeypatch):

@@ -245,8 +245,9 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
   kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles,
-  kUnpoolSums, kWinogradInput, kWinogradOut, kWinogradSink,
-  kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kWinogradWeights,  // the calling thread's, shared
+  kUnpoolSums, kWinogradInput, kWinogradOut, kWinogradSink, kWinogradDy,
+  kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kWinogradWeights, kWinogradSums,  // the calling
+  // thread's, shared
   kSlots
 };
 template <typename E>
@@ -982,9 +983,8 @@ const float* winograd_pack_flipped(const at::Tensor& w, const Geometry& g, const
 }
 
 // V = B^T d B of each tile of a band (tr x tw tiles, d from the padded input xp: rows of wpd
-// columns of C channels) into v: element e's tiles x C at v + e T C.
-PYA_VECTOR void winograd_input(const float* xp, int64_t wpd, int64_t C, int64_t tr, int64_t tw, float* v) {
-  const int64_t T = tr * tw, es = T * C;
+// columns of C channels) into v: element e's tiles x C at v + e es.
+PYA_VECTOR void winograd_input(const float* xp, int64_t wpd, int64_t C, int64_t tr, int64_t tw, float* v, int64_t es) {
   for (int64_t ty = 0; ty < tr; ++ty)
     for (int64_t tx = 0; tx < tw; ++tx) {
       const float* __restrict d = xp + (2 * ty * wpd + 2 * tx) * C;
@@ -1082,7 +1082,7 @@ bool winograd_band(const at::Tensor& x, const float* u, const Geometry& g, const
   fill_input<float, float>(x, n, g, wv, r0, rows_in, xp);
   if (!tame(xp, rows_in * wv.Wpd * g.Ci)) return false;
   float* vt = scratch<float>(kWinogradInput, 16 * tr * tw * g.Ci);
-  winograd_input(xp, wv.Wpd, g.Ci, tr, tw, vt);
+  winograd_input(xp, wv.Wpd, g.Ci, tr, tw, vt, tr * tw * g.Ci);
   winograd_products(vt, tr, tw, g.Ci, u, g.Co, v.t, j0, j1, R, g.Wc, [&](int64_t j, const float* acc) {
     epilogue<float>(acc, g, o, n, j * v.t.nb, v.t.width(g.Co, j), p0, np, r0);
   });
@@ -1483,7 +1483,7 @@ PYA_VECTOR bool winograd_data_gradient(const Backward& k, int64_t n, const float
   for (int64_t ty = 0; ty < th; ty += band) {
     const int64_t tr = std::min(band, th - ty), R = std::min(2 * tr, g.H - 2 * ty);
     float* vt = scratch<float>(kWinogradInput, 16 * tr * tw * Co);
-    winograd_input(dyp + 2 * ty * wq * Co, wq, Co, tr, tw, vt);
+    winograd_input(dyp + 2 * ty * wq * Co, wq, Co, tr, tw, vt, tr * tw * Co);
     winograd_products(vt, tr, tw, Co, k.wu, g.Ci, k.v.t, 0, k.v.t.blocks(g.Ci), R, g.W, [&](int64_t j, const float* a) {
       store_block(a, R, g.W, k.v.t.width(g.Ci, j), dx + j * k.v.t.nb * sC + 2 * ty * sH, sC, sH, sW);
     });
@@ -1622,10 +1622,107 @@ std::vector<std::pair<int64_t, int64_t>> weight_blocks(const Geometry& g, const 
   return b;
 }
 
+// The weight gradient on Winograd's products (float32 3x3 stride 1, x and the incoming gradient
+// tame): the adjoint of the forward's transforms, dW = G^T [(B^T d B) . (A dY A^T)] G summed over
+// the tiles of the conv output. Per element e, P_e (Co x Ci) += Y_e^T V_e over a range of images'
+// tiles: one product per (e, block of output channels), K = the range's tiles, no copies of dw to
+// add up. V is the forward's input transform (tile-major); Y_e^T dY's, transposed (channel-major).
+struct WinogradWeightInputs {
+  float* v;    // 16 x ld x Ci: image i's tiles at rows [i T, (i + 1) T)
+  float* y;    // 16 x Co x ld: image i's at columns [i T, (i + 1) T)
+  int64_t ld;  // the range's tiles
+};
+
+inline int64_t winograd_tiles(const Geometry& g) { return (g.Hc + 1) / 2 * ((g.Wc + 1) / 2); }
+
+// Images a range: their transforms within kWinogradRangeBytes (an image past that takes the direct
+// products).
+constexpr int64_t kWinogradRangeBytes = int64_t(16) << 20;
+inline int64_t winograd_image_bytes(const Geometry& g) { return 16 * winograd_tiles(g) * (g.Ci + g.Co) * 4; }
+int64_t winograd_range(const Geometry& g) {
+  return std::clamp<int64_t>(kWinogradRangeBytes / winograd_image_bytes(g), 1, std::max<int64_t>(g.N, 1));
+}
+
+// Image n's (slot i of its range) transforms: its input's, padded as the conv reads it, and dY's
+// (P x Cop, channels last): A dY A^T with A = [[1, 0], [1, 1], [1, -1], [0, -1]], each element's
+// tiles x Co then transposed into y.
+PYA_VECTOR void winograd_weight_inputs(const Backward& k, int64_t n, int64_t i, const WinogradWeightInputs& wi,
+                                       const float* dY) {
+  const Geometry& g = k.g;
+  const int64_t th = (g.Hc + 1) / 2, tw = (g.Wc + 1) / 2, T = th * tw, Co = g.Co, es = T * Co;
+  View wv = k.v;
+  wv.Wpd = 2 * tw + 2, wv.Cip = g.Ci;
+  float* xp = scratch<float>(kInput, (2 * th + 2) * wv.Wpd * g.Ci);
+  fill_input<float, float>(k.x, n, g, wv, 0, 2 * th + 2, xp);
+  winograd_input(xp, wv.Wpd, g.Ci, th, tw, wi.v + i * T * g.Ci, wi.ld * g.Ci);
+  float* yt = scratch<float>(kWinogradDy, 16 * es);
+  float* zero = scratch<float>(kWinogradSink, Co);
+  std::fill(zero, zero + Co, 0.f);
+  for (int64_t ty = 0; ty < th; ++ty)
+    for (int64_t tx = 0; tx < tw; ++tx) {
+      const float* __restrict d[2][2];
+      for (int64_t a = 0; a < 2; ++a)
+        for (int64_t b = 0; b < 2; ++b) {
+          const int64_t r = 2 * ty + a, q = 2 * tx + b;
+          d[a][b] = r < g.Hc && q < g.Wc ? dY + (r * g.Wc + q) * k.v.Cop : zero;
+        }
+      float* __restrict o = yt + (ty * tw + tx) * Co;
+#pragma GCC ivdep
+      for (int64_t c = 0; c < Co; ++c) {
+        const float y00 = d[0][0][c], y01 = d[0][1][c], y10 = d[1][0][c], y11 = d[1][1][c];
+        const float p[4] = {y00, y00 + y10, y00 - y10, -y10}, q[4] = {y01, y01 + y11, y01 - y11, -y11};  // A y
+        for (int64_t a = 0; a < 4; ++a) {  // (A y) A^T
+          o[(4 * a) * es + c] = p[a];
+          o[(4 * a + 1) * es + c] = p[a] + q[a];
+          o[(4 * a + 2) * es + c] = p[a] - q[a];
+          o[(4 * a + 3) * es + c] = -q[a];
+        }
+      }
+    }
+  for (int64_t e = 0; e < 16; ++e) transpose_rows(yt + e * es, Co, Co, 0, T, wi.y + e * Co * wi.ld + i * T, wi.ld);
+}
+
+// Item q of a range: element e = q / blocks, output channels of block j = q % blocks: P_e's rows
+// (p + e Co Ci: Co x Ci) = (first) or += Y_e^T V_e.
+void winograd_weight_products(const WinogradWeightInputs& wi, const Geometry& g, const Tiling& t, int64_t q, bool first,
+                              float* p) {
+  const int64_t e = q / t.blocks(g.Co), co0 = q % t.blocks(g.Co) * t.nb, nb = t.width(g.Co, q % t.blocks(g.Co));
+  cb::brgemm(nb, g.Ci, wi.ld, wi.ld, g.Ci, g.Ci, !first, wi.y + (e * g.Co + co0) * wi.ld, wi.v + e * wi.ld * g.Ci,
+             p + (e * g.Co + co0) * g.Ci, false);
+}
+
+// Output channels [co0, co1) of dw = G^T P G (G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2,
+// 1/2, 1]]), in dw's layout (channels last where cl).
+template <typename T>
+PYA_VECTOR void winograd_weight_gradient(const float* p, const Geometry& g, int64_t co0, int64_t co1, bool cl, T* d) {
+  const int64_t es = g.Co * g.Ci;
+  for (int64_t co = co0; co < co1; ++co)
+    for (int64_t ci = 0; ci < g.Ci; ++ci) {
+      const float* s = p + co * g.Ci + ci;
+      float h[3][4], w[3][3];
+      for (int64_t b = 0; b < 4; ++b) {  // G^T P
+        const float p0 = s[b * es], p1 = s[(4 + b) * es], p2 = s[(8 + b) * es], p3 = s[(12 + b) * es];
+        h[0][b] = p0 + 0.5f * (p1 + p2), h[1][b] = 0.5f * (p1 - p2), h[2][b] = 0.5f * (p1 + p2) + p3;
+      }
+      for (int64_t ky = 0; ky < 3; ++ky) {  // (G^T P) G
+        w[ky][0] = h[ky][0] + 0.5f * (h[ky][1] + h[ky][2]);
+        w[ky][1] = 0.5f * (h[ky][1] - h[ky][2]);
+        w[ky][2] = 0.5f * (h[ky][1] + h[ky][2]) + h[ky][3];
+      }
+      for (int64_t ky = 0; ky < 3; ++ky)
+        for (int64_t kx = 0; kx < 3; ++kx)
+          d[cl ? ((co * 3 + ky) * 3 + kx) * g.Ci + ci : ((co * g.Ci + ci) * 3 + ky) * 3 + kx] = narrow<T>(w[ky][kx]);
+    }
+}
+
+// Whether every value of t is finite and below kWinogradHuge in magnitude.
+bool tame_tensor(const at::Tensor& t) { return t.numel() == 0 || t.abs().amax().item<float>() < kWinogradHuge; }
+
 // Image n (slot i of its range): un-pooling (its bias-gradient row db), the data gradient, and its
 // weight-gradient inputs.
 template <typename T, typename CT>
-PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, const WeightInputs<CT>& wi, float* db) {
+PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, const WeightInputs<CT>& wi,
+                               const WinogradWeightInputs* ww, float* db) {
   const View& v = k.v;
   float* dY = scratch<float>(kAcc, v.P * v.Cop);
   if (is_bitmask(k.g.pkh, k.g.pkw) && k.g.psh == 1 && k.g.psw == 1) unmask<T>(k, n, dY, db);
@@ -1650,7 +1747,11 @@ PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, const We
   } else if (k.dx) {
     data_gradient<T, CT>(k, n, dYc);
   }
-  if (k.need_w) weight_gradient_inputs<T, CT>(k, n, i, wi, dYc);
+  if (ww) {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<CT, float>) winograd_weight_inputs(k, n, i, *ww, dY);
+  } else if (k.need_w) {
+    weight_gradient_inputs<T, CT>(k, n, i, wi, dYc);
+  }
 }
 
 // Images a range: their weight-gradient inputs (4 bytes a value, whatever the type: fixed by the
@@ -1702,6 +1803,42 @@ PYA_VECTOR void sum_weight_groups(const float* wp, int64_t S, int64_t wsize, con
   }
 }
 
+// db from the images' rows (bp: N x Co).
+template <typename T>
+void bias_gradient(const float* bp, const Geometry& g, at::Tensor& db) {
+  T* d = db.data_ptr<T>();
+  for (int64_t co = 0; co < g.Co; ++co) {
+    float sum = 0.f;
+    for (int64_t n = 0; n < g.N; ++n) sum += bp[n * g.Co + co];
+    d[co] = static_cast<T>(sum);
+  }
+}
+
+// The backward with the weight gradient on Winograd's products: per range, its images (un-pooling,
+// dx, the transforms), then the (element, output-channel block) products; then dw from P.
+template <typename T, typename CT>
+void winograd_backward(const Backward& k, at::Tensor* dw, at::Tensor* db) {
+  const Geometry& g = k.g;
+  const int64_t T_ = winograd_tiles(g), range = winograd_range(g), items = 16 * k.v.t.blocks(g.Co);
+  float* bp = scratch<float>(kWeightGroups, g.N * g.Co);
+  std::fill(bp, bp + g.N * g.Co, 0.f);
+  float* p = scratch<float>(kWinogradSums, 16 * g.Co * g.Ci);
+  if (g.N == 0) std::fill(p, p + 16 * g.Co * g.Ci, 0.f);
+  const WeightInputs<CT> none{nullptr, nullptr, 0};
+  float* vs = scratch<float>(kRangeInputs, 16 * range * T_ * g.Ci);
+  float* ys = scratch<float>(kRangeGradT, 16 * g.Co * range * T_);
+  for (int64_t r0 = 0; r0 < g.N; r0 += range) {
+    const int64_t nr = std::min(range, g.N - r0);
+    const WinogradWeightInputs ww{vs, ys, nr * T_};
+    for_each_item(nr, false, [&](int64_t i) { backward_image<T, CT>(k, r0 + i, i, none, &ww, bp + (r0 + i) * g.Co); });
+    for_each_item(items, false, [&](int64_t q) { winograd_weight_products(ww, g, k.v.t, q, r0 == 0, p); });
+  }
+  if (db) bias_gradient<T>(bp, g, *db);
+  at::parallel_for(0, g.Co, 1, [&](int64_t c0, int64_t c1) {
+    winograd_weight_gradient<T>(p, g, c0, c1, taps_last(*dw), dw->data_ptr<T>());
+  });
+}
+
 template <typename T, typename CT>
 void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& code,
                    const Geometry& g, at::Tensor* dx, at::Tensor* dw, at::Tensor* db, bool vnni) {
@@ -1723,6 +1860,9 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
   }
   const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), code.strides(), x, &w, wb, dx, dw != nullptr, wu,
                    wu ? &lazy : nullptr};
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<CT, float>) {
+    if (dw && winograd_applies(g) && winograd_image_bytes(g) <= kWinogradRangeBytes && tame_tensor(x) && tame_tensor(gy)) return winograd_backward<T, CT>(k, dw, db);
+  }
   // The calling thread's scratch: per image its bias-gradient row; the S groups' dw copies.
   const int64_t S = dw ? weight_groups(g, v) : 0, wsize = g.kh * g.Co * v.Kt;
   float* bp = scratch<float>(kWeightGroups, g.N * g.Co + S * wsize);
@@ -1737,7 +1877,7 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
     const int64_t nr = std::min(range, g.N - r0);
     // images one by one, then dw's (column block, group) pairs over this range's images
     const WeightInputs<CT> r{wi.xps, wi.dYt, nr * v.Pe};
-    for_each_item(nr, vnni, [&](int64_t i) { backward_image<T, CT>(k, r0 + i, i, r, bp + (r0 + i) * g.Co); });
+    for_each_item(nr, vnni, [&](int64_t i) { backward_image<T, CT>(k, r0 + i, i, r, nullptr, bp + (r0 + i) * g.Co); });
     if (!dw) continue;
     for_each_item(static_cast<int64_t>(wblocks.size()) * S, vnni, [&](int64_t q) {
       const int64_t s = q % S, i0 = s * nr / S, i1 = (s + 1) * nr / S;
@@ -1746,14 +1886,7 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
     });
     for (int64_t s = 0; s < S; ++s) written[s] |= (s + 1) * nr / S > s * nr / S;
   }
-  if (db) {
-    T* d = db->data_ptr<T>();
-    for (int64_t co = 0; co < g.Co; ++co) {
-      float sum = 0.f;
-      for (int64_t n = 0; n < g.N; ++n) sum += bp[n * g.Co + co];
-      d[co] = static_cast<T>(sum);
-    }
-  }
+  if (db) bias_gradient<T>(bp, g, *db);
   if (!dw) return;
   for (int64_t s = 0; s < S; ++s)
     if (!written[s]) std::fill(wp + s * wsize, wp + (s + 1) * wsize, 0.f);  // no images (an empty batch)
