@@ -318,22 +318,23 @@ def test_thread_count_does_not_change_results(brgemm, dtype):
         torch.set_num_threads(before)
 
 
-# float32 3x3 stride-1 convs with 16 or more channels each way take the Winograd F(2x2, 3x3) forward:
-# pooled and unpooled, odd edges (tiles past the last row and column), output channels past a
-# block, padding 0-2, one image whose blocks are shared among the threads' items, images cut into
-# bands, and a batch whose weight gradient takes two ranges of images.
+# float32 3x3 stride-1 convs with enough channels (forward: 16 in, 24 out; backward: 48 in, 32 out)
+# take the Winograd F(2x2, 3x3) products: pooled and unpooled, odd edges (tiles past the last row
+# and column), output channels past a block, padding 0-2, one image whose blocks are shared among
+# the threads' items, images cut into bands, and a batch whose weight gradient takes two ranges of
+# images.
 WINOGRAD = {
-    "pooled_odd_rows_blocks": Cfg(3, 20, 9, 12, 70, (3, 3), padding=(1, 1)),
-    "unpooled_odd": Cfg(2, 16, 7, 7, 17, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
-    "no_padding_pool2": Cfg(2, 24, 8, 11, 33, (3, 3), pool_kernel=(2, 2), pool_stride=(2, 2)),
+    "pooled_odd_rows_blocks": Cfg(3, 48, 9, 12, 70, (3, 3), padding=(1, 1)),
+    "unpooled_odd": Cfg(2, 48, 7, 7, 33, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "no_padding_pool2": Cfg(2, 50, 8, 11, 33, (3, 3), pool_kernel=(2, 2), pool_stride=(2, 2)),
     "padding2_bands": Cfg(1, 48, 30, 31, 64, (3, 3), padding=(2, 2)),
-    "rectangular_padding": Cfg(2, 16, 10, 9, 20, (3, 3), padding=(2, 0), pool_kernel=(1, 1), pool_stride=(1, 1)),
-    "one_row_blocks_split": Cfg(1, 16, 3, 6, 130, (3, 3), pool_kernel=(1, 1), pool_stride=(1, 1)),
-    "unpooled_bands": Cfg(2, 16, 33, 8, 16, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
-    "pool_stride3_bands": Cfg(1, 16, 40, 9, 24, (3, 3), padding=(1, 1), pool_kernel=(3, 3), pool_stride=(3, 3)),
-    # the weight gradient's transforms past one range (16 MiB: 7 of these images), so its products
+    "rectangular_padding": Cfg(2, 48, 10, 9, 40, (3, 3), padding=(2, 0), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "one_row_blocks_split": Cfg(1, 48, 3, 6, 130, (3, 3), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "unpooled_bands": Cfg(2, 48, 33, 8, 32, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "pool_stride3_bands": Cfg(1, 48, 40, 9, 32, (3, 3), padding=(1, 1), pool_kernel=(3, 3), pool_stride=(3, 3)),
+    # the weight gradient's transforms past one range (16 MiB: 6 of these images), so its products
     # add a second range's to the first's
-    "weight_gradient_ranges": Cfg(10, 32, 32, 32, 96, (3, 3), padding=(1, 1)),
+    "weight_gradient_ranges": Cfg(10, 48, 32, 32, 96, (3, 3), padding=(1, 1)),
 }
 
 
@@ -424,7 +425,7 @@ def test_winograd_non_finite_takes_the_direct_products(brgemm, monkeypatch, wher
     huge values: such bands (or, for a weight, the whole call) take the direct products, whose
     NaNs cover exactly the outputs whose window holds one. Images 0 and 2 of 3 hold the value (in
     the input, then in the incoming gradient); image 1 stays on the Winograd products."""
-    c = Cfg(3, 16, 12, 11, 40, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1))
+    c = Cfg(3, 48, 12, 11, 40, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1))
     x, w, b = exact_inputs(c, torch.float32)
     value = {"nan": float("nan"), "inf": float("inf"), "huge_input": 3e30, "huge_weight": 3e30}[where]
     if where == "huge_weight":
@@ -449,3 +450,19 @@ def test_winograd_non_finite_takes_the_direct_products(brgemm, monkeypatch, wher
     direct = backward_with(monkeypatch, False, g, x, w, code, c)
     for what, a, e in zip(("grad_x", "grad_weight", "grad_bias"), got, direct):
         assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.nan_to_num(), e.nan_to_num()), what
+
+
+@pytest.mark.parametrize("ci,co,forward,backward", [(16, 16, False, False), (16, 24, True, False), (64, 16, False, False),
+                                                    (47, 64, True, False), (48, 32, True, True), (48, 31, True, False)])
+def test_winograd_only_with_enough_channels(brgemm, monkeypatch, ci, co, forward, backward):
+    """Few channels leave the transforms too large a share: the forward takes the Winograd products
+    from 16 input and 24 output channels, the backward (both gradients) from 48 and 32. Gaussian
+    inputs: the two products differ in their last bits exactly where the Winograd ones run."""
+    c = Cfg(2, ci, 8, 8, co, (3, 3), padding=(1, 1))
+    torch.manual_seed(0)
+    x, w, b = (t.float() for t in gaussian_inputs(c))
+    got, direct = (forward_with(monkeypatch, on, x, w, b, c) for on in (True, False))
+    assert torch.equal(got[0], direct[0]) != forward
+    g = gaussian(c.N, c.Co, *c.out_size(), dtype=torch.float32)
+    got, direct = (backward_with(monkeypatch, on, g, x, w, direct[1], c) for on in (True, False))
+    assert torch.equal(got[0], direct[0]) != backward and torch.equal(got[1], direct[1]) != backward

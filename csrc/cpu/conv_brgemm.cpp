@@ -892,7 +892,9 @@ PYA_VECTOR void forward_band(const at::Tensor& x, const CT* wp, const Geometry& 
 // Non-finite or huge inputs or weights take the direct products instead, so that a NaN or an
 // infinity reaches exactly the outputs whose window holds it (the transforms would spread it over
 // whole tiles).
-constexpr int64_t kWinogradMinChannels = 16;
+// Fewer channels leave the transforms (memory passes over 4x the input and the conv output) too
+// large a share: measured on Zen 4 at 2 threads, bench/results/2026-12-05g-cpu-winograd.md.
+constexpr int64_t kWinogradForwardCi = 16, kWinogradForwardCo = 24, kWinogradBackwardCi = 48, kWinogradBackwardCo = 32;
 constexpr int64_t kWinogradBytes = int64_t(512) << 10;  // a band's transformed input, in L2
 constexpr float kWinogradHuge = 1e30f;                  // |value| past which the sums could overflow
 
@@ -901,10 +903,12 @@ bool winograd_off() {
   return v != nullptr && std::string(v) == "0";
 }
 
-// For float32 inputs multiplied in float32 (the caller's test).
-bool winograd_applies(const Geometry& g) {
-  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.Ci >= kWinogradMinChannels &&
-         g.Co >= kWinogradMinChannels && !winograd_off();
+// For float32 inputs multiplied in float32 (the caller's test); the backward's choice holds for both
+// of its gradients.
+bool winograd_applies(const Geometry& g, bool forward) {
+  const bool wide = forward ? g.Ci >= kWinogradForwardCi && g.Co >= kWinogradForwardCo
+                            : g.Ci >= kWinogradBackwardCi && g.Co >= kWinogradBackwardCo;
+  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && wide && !winograd_off();
 }
 
 // Whether every value of s is finite and below kWinogradHuge in magnitude: the largest magnitude's
@@ -1117,7 +1121,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const std::optional<
   const Output o{bias.const_data_ptr<float>(), static_cast<char*>(out.data_ptr()), out.strides(),
                  code.data_ptr<uint8_t>(), code.strides()};
   if constexpr (std::is_same_v<T, float> && std::is_same_v<CT, float>) {
-    if (winograd_applies(g) && winograd_forward(x, w, g, v, o)) return;
+    if (winograd_applies(g, true) && winograd_forward(x, w, g, v, o)) return;
   }
   const CT* wp = pack_forward<T, CT>(w, g, v, vnni);
   const int64_t B = band_size(g, forward_conv(g, v)), bands = (g.Hp + B - 1) / B;
@@ -1848,7 +1852,7 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
   const float* wu = nullptr;
   Flipped lazy;
   if constexpr (std::is_same_v<T, float> && std::is_same_v<CT, float>) {
-    if (dx && flipped_data_gradient(g) && winograd_applies(g)) wu = winograd_pack_flipped(w, g, v.t);
+    if (dx && flipped_data_gradient(g) && winograd_applies(g, false)) wu = winograd_pack_flipped(w, g, v.t);
   }
   if (wu) {
     // packed only for an image whose dY is not tame
@@ -1861,7 +1865,7 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
   const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), code.strides(), x, &w, wb, dx, dw != nullptr, wu,
                    wu ? &lazy : nullptr};
   if constexpr (std::is_same_v<T, float> && std::is_same_v<CT, float>) {
-    if (dw && winograd_applies(g) && winograd_image_bytes(g) <= kWinogradRangeBytes && tame_tensor(x) && tame_tensor(gy)) return winograd_backward<T, CT>(k, dw, db);
+    if (dw && winograd_applies(g, false) && winograd_image_bytes(g) <= kWinogradRangeBytes && tame_tensor(x) && tame_tensor(gy)) return winograd_backward<T, CT>(k, dw, db);
   }
   // The calling thread's scratch: per image its bias-gradient row; the S groups' dw copies.
   const int64_t S = dw ? weight_groups(g, v) : 0, wsize = g.kh * g.Co * v.Kt;
