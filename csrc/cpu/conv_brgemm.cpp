@@ -1719,8 +1719,17 @@ PYA_VECTOR void winograd_weight_gradient(const float* p, const Geometry& g, int6
     }
 }
 
-// Whether every value of t is finite and below kWinogradHuge in magnitude.
-bool tame_tensor(const at::Tensor& t) { return t.numel() == 0 || t.abs().amax().item<float>() < kWinogradHuge; }
+// Whether every value of t (float32) is finite and below kWinogradHuge in magnitude: in place, on all
+// threads, where its elements are dense (any order), else through a reduction.
+bool tame_tensor(const at::Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) return t.numel() == 0 || t.abs().amax().item<float>() < kWinogradHuge;
+  const float* s = t.const_data_ptr<float>();
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, t.numel(), int64_t(1) << 16, [&](int64_t i0, int64_t i1) {
+    if (!tame(s + i0, i1 - i0)) ok = false;
+  });
+  return ok;
+}
 
 // Image n (slot i of its range): un-pooling (its bias-gradient row db), the data gradient, and its
 // weight-gradient inputs.
