@@ -932,26 +932,28 @@ PYA_VECTOR void winograd_weights(const Row& row, int64_t Cin, int64_t Cout, cons
     for (int64_t j = 0; j < t.blocks(Cout); ++j) {
       const int64_t nb = t.width(Cout, j), es = Cin * nb;
       float* __restrict d = u + j * 16 * Cin * t.nb + c * nb;
-      for (int64_t kx = 0; kx < 3; ++kx) {  // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2, into
-        const float* __restrict k0 = row(c, 0, kx) + j * t.nb;  // column kx of each 4-row of d
-        const float* __restrict k1 = row(c, 1, kx) + j * t.nb;
-        const float* __restrict k2 = row(c, 2, kx) + j * t.nb;
-        float* __restrict h = d + kx * es;  // (a, kx) at element 4 a + kx, kx < 3: overwritten below
-        for (int64_t n = 0; n < nb; ++n) {
-          h[n] = k0[n];
-          h[4 * es + n] = 0.5f * (k0[n] + k1[n] + k2[n]);
-          h[8 * es + n] = 0.5f * (k0[n] - k1[n] + k2[n]);
-          h[12 * es + n] = k2[n];
+      const float* __restrict k00 = row(c, 0, 0) + j * t.nb;
+      const float* __restrict k01 = row(c, 0, 1) + j * t.nb;
+      const float* __restrict k02 = row(c, 0, 2) + j * t.nb;
+      const float* __restrict k10 = row(c, 1, 0) + j * t.nb;
+      const float* __restrict k11 = row(c, 1, 1) + j * t.nb;
+      const float* __restrict k12 = row(c, 1, 2) + j * t.nb;
+      const float* __restrict k20 = row(c, 2, 0) + j * t.nb;
+      const float* __restrict k21 = row(c, 2, 1) + j * t.nb;
+      const float* __restrict k22 = row(c, 2, 2) + j * t.nb;
+#pragma GCC ivdep
+      for (int64_t n = 0; n < nb; ++n) {
+        const float k[3][3] = {{k00[n], k01[n], k02[n]}, {k10[n], k11[n], k12[n]}, {k20[n], k21[n], k22[n]}};
+        float h[4][3];
+        for (int64_t kx = 0; kx < 3; ++kx) {  // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2
+          h[0][kx] = k[0][kx], h[1][kx] = 0.5f * (k[0][kx] + k[1][kx] + k[2][kx]);
+          h[2][kx] = 0.5f * (k[0][kx] - k[1][kx] + k[2][kx]), h[3][kx] = k[2][kx];
         }
-      }
-      for (int64_t a = 0; a < 4; ++a) {  // (G g) G^T, the same on each row, in place
-        float* __restrict r = d + 4 * a * es;
-        for (int64_t n = 0; n < nb; ++n) {
-          const float h0 = r[n], h1 = r[es + n], h2 = r[2 * es + n];
-          r[n] = h0;
-          r[es + n] = 0.5f * (h0 + h1 + h2);
-          r[2 * es + n] = 0.5f * (h0 - h1 + h2);
-          r[3 * es + n] = h2;
+        for (int64_t a = 0; a < 4; ++a) {  // (G g) G^T, the same on each row
+          d[4 * a * es + n] = h[a][0];
+          d[(4 * a + 1) * es + n] = 0.5f * (h[a][0] + h[a][1] + h[a][2]);
+          d[(4 * a + 2) * es + n] = 0.5f * (h[a][0] - h[a][1] + h[a][2]);
+          d[(4 * a + 3) * es + n] = h[a][2];
         }
       }
     }
