@@ -246,8 +246,8 @@ inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
 enum Slot {
   kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles,
   kUnpoolSums, kWinogradInput, kWinogradOut, kWinogradSink, kWinogradDy,
-  kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kWinogradWeights, kWinogradSums,  // the calling
-  // thread's, shared
+  // the calling thread's, shared
+  kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kWinogradWeights, kWinogradSums,
   kSlots
 };
 template <typename E>
@@ -879,19 +879,19 @@ PYA_VECTOR void forward_band(const at::Tensor& x, const CT* wp, const Geometry& 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward, float32 3x3 stride 1: Winograd F(2x2, 3x3)
+// float32 3x3 stride 1: Winograd F(2x2, 3x3), the forward here, the gradients with the backward
 // ---------------------------------------------------------------------------------------------
 
 // Each 2x2 tile of conv outputs from its 4x4 input tile d with 16 products instead of 36 (Lavin and
 // Gray, "Fast Algorithms for Convolutional Neural Networks"): Y = A^T [(G g G^T) . (B^T d B)] A.
 // Per transform element e (16 of them), the products of all tiles over the input channels are one
 // brgemm: M = tiles, K = Ci, N = a block of output channels. The float32 products are 2.25x fewer
-// (less the tiles past an odd edge); the transforms are additions. The error against float64 grows
-// (about 1.2-2x the direct sums' on random inputs), which float32 leaves far below what its
-// results are compared at; bfloat16 products would not (measured: bench/results/2026-12-05g-*).
-// Non-finite or huge inputs or weights take the direct products instead, so that a NaN or an
-// infinity reaches exactly the outputs whose window holds it (the transforms would spread it over
-// whole tiles).
+// (less the tiles past an odd edge); the transforms are additions. Against float64 the output is as
+// close as the direct products', the gradients 1.2-2.6x further off, far inside float32's
+// tolerances; bfloat16 products would cost 2.5x PyTorch's own error
+// (bench/results/2026-12-05g-cpu-winograd.md). Non-finite or huge inputs or weights take the direct
+// products instead, so that a NaN or an infinity reaches exactly the outputs whose window holds it
+// (the transforms would spread it over whole tiles).
 // Fewer channels leave the transforms (memory passes over 4x the input and the conv output) too
 // large a share: measured on Zen 4 at 2 threads, bench/results/2026-12-05g-cpu-winograd.md.
 constexpr int64_t kWinogradForwardCi = 16, kWinogradForwardCo = 24, kWinogradBackwardCi = 48, kWinogradBackwardCo = 32;
