@@ -5,7 +5,8 @@ test_conv_relu_maxpool.py tests the op through whichever kernel the machine pick
 once with the portable kernel forced). Here: which kernel and which tiling run where; random
 geometries in every dtype on the brgemm kernel specifically, in both of its tilings (whatever this
 CPU would choose) and both layouts; the two kernels bit-identical where the conv values are exact;
-results that do not depend on the thread count.
+results that do not depend on the thread count; float32's Winograd products (3x3, stride 1) against
+the direct ones.
 """
 from __future__ import annotations
 
@@ -352,8 +353,8 @@ def backward_with(monkeypatch, winograd: bool, g, x, w, code, c: Cfg):
 @pytest.mark.parametrize("name", WINOGRAD)
 def test_winograd_exact(brgemm, monkeypatch, name, channels_last):
     """Exact inputs: the transforms' halves and quarters and the sums stay exact, so the Winograd
-    forward and data gradient give the direct products' output, codes and gradients bit for bit,
-    and the float64 reference."""
+    forward, data gradient and weight gradient give the direct products' output, codes and
+    gradients bit for bit, and the float64 reference."""
     c = WINOGRAD[name]
     x, w, b = exact_inputs(c, torch.float32)
     if channels_last:
