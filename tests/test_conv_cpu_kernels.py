@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import pyalexnet  # noqa: F401  (registers torch.ops.pyalexnet)
 from pyalexnet import _C
 from pyalexnet.ops import conv_relu_maxpool
-from test_conv_relu_maxpool import (CONV_TOL, Cfg, SPECIAL, assert_close_scaled, check, draw_cfg, eager, exact_inputs,
+from test_conv_relu_maxpool import (CONV_TOL, NO_GRAD, Cfg, SPECIAL, assert_close_scaled, check, draw_cfg, eager, exact_inputs,
                                     gaussian, gaussian_inputs, nonzero_ints, reference, run)
 
 FWD = torch.ops.pyalexnet.conv_relu_maxpool_forward.default
@@ -319,8 +319,8 @@ def test_thread_count_does_not_change_results(brgemm, dtype):
         torch.set_num_threads(before)
 
 
-# float32 3x3 stride-1 convs with enough channels (forward: 16 in, 24 out; backward: 48 in, 32 out)
-# take the Winograd F(2x2, 3x3) products: pooled and unpooled, odd edges (tiles past the last row
+# float32 3x3 stride-1 convs with enough channels (forward: 16 in, 24 out, no pooling window;
+# backward: 48 in, 32 out) take the Winograd F(2x2, 3x3) products: pooled and unpooled, odd edges (tiles past the last row
 # and column), output channels past a block, padding 0-2, one image whose blocks are shared among
 # the threads' items, images cut into bands, and a batch whose weight gradient takes two ranges of
 # images.
@@ -370,7 +370,7 @@ def test_winograd_exact(brgemm, monkeypatch, name, channels_last):
     check(c, x, w, b, g, what=name)
 
 
-@pytest.mark.parametrize("name", WINOGRAD)
+@pytest.mark.parametrize("name", [n for n, c in WINOGRAD.items() if c.pool_kernel == (1, 1)])
 def test_winograd_forward_accuracy(brgemm, monkeypatch, name):
     """Gaussian inputs: within float32's tolerance of float64, and at most twice as far from it as
     PyTorch's own float32 result (or under 1e-6, relative); not the direct products' bits (so the
@@ -453,13 +453,15 @@ def test_winograd_non_finite_takes_the_direct_products(brgemm, monkeypatch, wher
         assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.nan_to_num(), e.nan_to_num()), what
 
 
-@pytest.mark.parametrize("ci,co,forward,backward", [(16, 16, False, False), (16, 24, True, False), (64, 16, False, False),
-                                                    (47, 64, True, False), (48, 32, True, True), (48, 31, True, False)])
-def test_winograd_only_with_enough_channels(brgemm, monkeypatch, ci, co, forward, backward):
+@pytest.mark.parametrize("ci,co,pool,forward,backward", [
+    (16, 16, 1, False, False), (16, 24, 1, True, False), (64, 16, 1, False, False), (47, 64, 1, True, False),
+    (48, 32, 1, True, True), (48, 31, 1, True, False), (48, 32, 2, False, True), (64, 64, 3, False, True)])
+def test_winograd_only_with_enough_channels(brgemm, monkeypatch, ci, co, pool, forward, backward):
     """Few channels leave the transforms too large a share: the forward takes the Winograd products
-    from 16 input and 24 output channels, the backward (both gradients) from 48 and 32. Gaussian
-    inputs: the two products differ in their last bits exactly where the Winograd ones run."""
-    c = Cfg(2, ci, 8, 8, co, (3, 3), padding=(1, 1))
+    from 16 input and 24 output channels without a pooling window, the backward (both gradients)
+    from 48 and 32. Gaussian inputs: the two products differ in their last bits exactly where the
+    Winograd ones run."""
+    c = Cfg(2, ci, 8, 8, co, (3, 3), padding=(1, 1), pool_kernel=(pool, pool), pool_stride=(min(pool, 2),) * 2)
     torch.manual_seed(0)
     x, w, b = (t.float() for t in gaussian_inputs(c))
     got, direct = (forward_with(monkeypatch, on, x, w, b, c) for on in (True, False))
@@ -467,3 +469,20 @@ def test_winograd_only_with_enough_channels(brgemm, monkeypatch, ci, co, forward
     g = gaussian(c.N, c.Co, *c.out_size(), dtype=torch.float32)
     got, direct = (backward_with(monkeypatch, on, g, x, w, direct[1], c) for on in (True, False))
     assert torch.equal(got[0], direct[0]) != backward and torch.equal(got[1], direct[1]) != backward
+
+
+@pytest.mark.parametrize("pool", ((2, 2), (3, 2)))
+def test_pooling_ties_stay_exact(brgemm, monkeypatch, pool):
+    """A flat region of the input makes exactly equal conv values; a pooling window among them must
+    pick the first (as the direct products do, summing every position alike), not whichever a
+    rounding favours: float32 pooled layers keep the direct products forward, whatever the
+    Winograd setting. Constant images, so every interior window is a tie."""
+    c = Cfg(2, 64, 12, 12, 64, (3, 3), padding=(1, 1), pool_kernel=pool, pool_stride=(2, 2))
+    torch.manual_seed(0)
+    x = torch.full((c.N, c.Ci, c.H, c.W), 0.7) * torch.rand(1, c.Ci, 1, 1)
+    w, b = torch.randn(c.Co, c.Ci, 3, 3) / 24, torch.zeros(c.Co)
+    got = forward_with(monkeypatch, True, x, w, b, c)
+    direct = forward_with(monkeypatch, False, x, w, b, c)
+    assert torch.equal(got[0], direct[0]) and torch.equal(got[1], direct[1])
+    interior = direct[1][:, :, 1:-1, 1:-1]
+    assert ((interior == 0) | (interior == NO_GRAD)).all()  # the first of each tie (or no gradient)
