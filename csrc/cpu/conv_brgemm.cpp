@@ -1079,20 +1079,27 @@ void winograd_products(const float* vt, int64_t tr, int64_t tw, int64_t Cin, con
   }
 }
 
+// Image n's padded input under tr rows of tw tiles from conv row r0 (2 tr + 2 rows of 2 tw + 2
+// columns of Ci channels, as the conv reads them), in the calling thread's scratch.
+float* winograd_padded_input(const at::Tensor& x, int64_t n, const Geometry& g, const View& v, int64_t r0, int64_t tr,
+                             int64_t tw) {
+  View wv = v;
+  wv.Wpd = 2 * tw + 2, wv.Cip = g.Ci;
+  float* xp = scratch<float>(kInput, (2 * tr + 2) * wv.Wpd * g.Ci);
+  fill_input<float, float>(x, n, g, wv, r0, 2 * tr + 2, xp);
+  return xp;
+}
+
 // Pooled rows [p0, p0 + np) of image n, output-channel blocks [j0, j1). False where the band's input
 // is not tame: nothing written, the caller runs the direct products.
 bool winograd_band(const at::Tensor& x, const float* u, const Geometry& g, const View& v, const Output& o, int64_t n,
                    int64_t p0, int64_t np, int64_t j0, int64_t j1) {
   const int64_t r0 = band_first_row(p0, g.psh), R = band_rows(np, g.pkh, g.psh);
   const int64_t tr = (R + 1) / 2, tw = (g.Wc + 1) / 2;
-  View wv = v;
-  wv.Wpd = 2 * tw + 2, wv.Cip = g.Ci;
-  const int64_t rows_in = 2 * tr + 2;
-  float* xp = scratch<float>(kInput, rows_in * wv.Wpd * g.Ci);
-  fill_input<float, float>(x, n, g, wv, r0, rows_in, xp);
-  if (!tame(xp, rows_in * wv.Wpd * g.Ci)) return false;
+  const float* xp = winograd_padded_input(x, n, g, v, r0, tr, tw);
+  if (!tame(xp, (2 * tr + 2) * (2 * tw + 2) * g.Ci)) return false;
   float* vt = scratch<float>(kWinogradInput, 16 * tr * tw * g.Ci);
-  winograd_input(xp, wv.Wpd, g.Ci, tr, tw, vt, tr * tw * g.Ci);
+  winograd_input(xp, 2 * tw + 2, g.Ci, tr, tw, vt, tr * tw * g.Ci);
   winograd_products(vt, tr, tw, g.Ci, u, g.Co, v.t, j0, j1, R, g.Wc, [&](int64_t j, const float* acc) {
     epilogue<float>(acc, g, o, n, j * v.t.nb, v.t.width(g.Co, j), p0, np, r0);
   });
@@ -1660,11 +1667,8 @@ PYA_VECTOR void winograd_weight_inputs(const Backward& k, int64_t n, int64_t i, 
                                        const float* dY) {
   const Geometry& g = k.g;
   const int64_t th = (g.Hc + 1) / 2, tw = (g.Wc + 1) / 2, T = th * tw, Co = g.Co, es = T * Co;
-  View wv = k.v;
-  wv.Wpd = 2 * tw + 2, wv.Cip = g.Ci;
-  float* xp = scratch<float>(kInput, (2 * th + 2) * wv.Wpd * g.Ci);
-  fill_input<float, float>(k.x, n, g, wv, 0, 2 * th + 2, xp);
-  winograd_input(xp, wv.Wpd, g.Ci, th, tw, wi.v + i * T * g.Ci, wi.ld * g.Ci);
+  winograd_input(winograd_padded_input(k.x, n, g, k.v, 0, th, tw), 2 * tw + 2, g.Ci, th, tw, wi.v + i * T * g.Ci,
+                 wi.ld * g.Ci);
   float* yt = scratch<float>(kWinogradDy, 16 * es);
   float* zero = scratch<float>(kWinogradSink, Co);
   std::fill(zero, zero + Co, 0.f);
