@@ -125,7 +125,7 @@ WIDE = {  # past one block (32 or 64 wide) of output channels, input channels, a
     "one_column": Cfg(2, 4, 9, 1, 5, (3, 1), padding=(1, 0), pool_kernel=(2, 1), pool_stride=(1, 1)),
     # the weight gradient's products over several images (K = images x positions): 19 images in 4
     # groups, 25 positions (odd: a VNNI zero column per image), then 225 positions, 2 images a
-    # product, so that groups of 3 end on a product of one image
+    # product, so that groups of 5 end on a product of one image
     "images_per_product": Cfg(19, 8, 5, 5, 12, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
     "images_per_product_partial": Cfg(19, 4, 15, 15, 6, (3, 3), padding=(1, 1)),
     # short kernel rows (3 x 20 input channels forward, 3 x 40 output channels in the data

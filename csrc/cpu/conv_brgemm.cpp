@@ -1788,14 +1788,19 @@ int64_t range_images(const Geometry& g, const View& v, bool need_w) {
 }
 
 // Groups of images that sum their weight gradients in their own float32 copy (added up in group
-// order at the end), fixed by the shape alone: the threads share (column block, group) items, so
-// one group (no copies) where dw has 8 column blocks or more, else enough groups for 8 items,
-// within ~16 MiB of copies.
+// order at the end), fixed by the shape alone: the threads share (column block, group) items, at
+// least kWeightItems of them where the copies fit ~16 MiB and a range gives each group
+// kGroupImages images. Fewer, long items leave a thread idle at the end of a range while the other
+// finishes its last one (27 blocks over 2 threads): with 8 items at least, bfloat16 backward ran
+// 7-11% slower; groups of 1-2 images (ImageNet conv1, 10 images a range) cost 7%
+// (bench/results/2026-12-05j-cpu-weight-gradient-items.md).
+constexpr int64_t kWeightItems = 48, kGroupImages = 4;
 int64_t weight_groups(const Geometry& g, const View& v) {
   const int64_t nb = static_cast<int64_t>(weight_blocks(g, v).size());
   const int64_t bytes = std::max<int64_t>(g.kh * g.Co * v.Kt * 4, 1);
   const int64_t cap = std::clamp<int64_t>((int64_t(16) << 20) / bytes, 1, 8);
-  return std::max<int64_t>(1, std::min({cap, g.N, (8 + nb - 1) / nb}));
+  const int64_t per_group = std::max<int64_t>(range_images(g, v, true) / kGroupImages, 1);
+  return std::max<int64_t>(1, std::min({cap, g.N, per_group, (kWeightItems + nb - 1) / nb}));
 }
 
 // Output channels [c0, c1) of dw (Co, Ci, kh, kw; channels last where cl) from the S groups' float32
