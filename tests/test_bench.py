@@ -244,7 +244,10 @@ def test_presets_and_filters():
     assert cfg.variants == ["cifar", "imagenet"] and not cfg.layers and cfg.compile_for(1, torch.float32)
     assert (16384, 131072) in cfg.shapes and cfg.sets_for(2**30) == 1
     llc = machine.last_level_cache_bytes()
-    assert cfg.sets is None and cfg.sets_for(llc // 4) == 8 and cfg.sets_for(llc) == 2 and cfg.sets_for(1) == 64
+    one_set = 256 * 2**20  # a set larger than this is timed alone (some hosts report a larger LLC)
+    assert cfg.sets is None and cfg.sets_for(1) == 64
+    assert cfg.sets_for(llc // 4) == (8 if llc // 4 <= one_set else 1)
+    assert cfg.sets_for(llc) == (2 if llc <= one_set else 1)
     assert compare.parse(["--device", "cpu", "--sets", "3"])[1].sets_for(1) == 3
     with pytest.raises(SystemExit):
         compare.parse(["--sections", "conv,nope"])

@@ -55,7 +55,8 @@ def brgemm(monkeypatch, request):
 
 def test_kernel_choice(monkeypatch):
     """float64 always portable; float32 on brgemm where AVX2 + FMA are; bfloat16 multiplied as
-    bfloat16 with AVX-512 (core: F, BW, VL, DQ), float16 with AVX512-FP16, else in float32;
+    bfloat16 with AVX-512 (core: F, BW, VL, DQ), float16 with AMX-FP16 (whose kernel reads B in VNNI
+    pairs, as ours is packed; AVX512-FP16's alone reads it plainly), else in float32;
     PYALEXNET_CPU_PORTABLE=1 forces the portable kernel for every dtype, "0" or "" does not."""
     monkeypatch.delenv("PYALEXNET_CPU_PORTABLE", raising=False)
     flags = cpu_flags()
@@ -67,7 +68,7 @@ def test_kernel_choice(monkeypatch):
     avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
     assert got["float32"] == "brgemm-f32"
     assert got["bfloat16"] == ("brgemm-bf16" if avx512 else "brgemm-f32")
-    assert got["float16"] == ("brgemm-f16" if avx512 and "avx512_fp16" in flags else "brgemm-f32")
+    assert got["float16"] == ("brgemm-f16" if avx512 and "amx_fp16" in flags else "brgemm-f32")
     for off in ("0", ""):
         monkeypatch.setenv("PYALEXNET_CPU_PORTABLE", off)
         assert _C.cpu_conv_kernel("float32") == "brgemm-f32"

@@ -100,18 +100,34 @@ bool cpu_has_f32_kernel() {
 #endif
 }
 
-// Whether the micro-kernel takes 16-bit VNNI inputs on this CPU: it refuses (throws) where not.
+inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
+  return vnni ? ((k >> 1) * nb + n) * 2 + (k & 1) : k * nb + n;
+}
+
+// Whether the micro-kernel multiplies 16-bit inputs with B in our VNNI layout (K in interleaved
+// pairs) on this CPU. It refuses (throws) where it has no 16-bit kernel; where its kernel wants
+// another layout of B (float16 on AVX512-FP16 without AMX-FP16 reads B plainly), the products come
+// out wrong: small integers, exact in every type, tell.
 template <typename CT>
 bool runs_16bit() {
+  constexpr int64_t M = 2, N = 16, K = 4;
+  std::vector<CT> a(M * K), b(K * N);
+  std::vector<float> c(M * N, 0.f), expect(M * N, 0.f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) a[m * K + k] = CT(float(m + 2 * k + 1));
+  auto b_kn = [](int64_t k, int64_t n) { return float((5 * k + n) % 7 - 3); };
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) b[b_index(k, n, N, true)] = CT(b_kn(k, n));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) expect[m * N + n] += float(a[m * K + k]) * b_kn(k, n);
   try {
-    std::vector<CT> a(2, CT(1.f)), b(2 * 16, CT(1.f));
-    std::vector<float> c(16, 0.f);
-    cb::brgemm(1, 16, 2, 2, 16, 16, false, a.data(), b.data(), c.data(), true);
+    cb::brgemm(M, N, K, K, N, N, false, a.data(), b.data(), c.data(), true);
     cb::brgemm_release(true);
-    return c[0] == 2.f && c[15] == 2.f;
   } catch (const c10::Error&) {
     return false;
   }
+  return c == expect;
 }
 
 std::optional<Mul> multiply_in(at::ScalarType dt) {
@@ -237,10 +253,6 @@ RowConv forward_conv(const Geometry& g, const View& v) {
 }
 
 // Where element (k, n) of a K x nb matrix B lives: row-major, or in VNNI pairs of k.
-inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
-  return vnni ? ((k >> 1) * nb + n) * 2 + (k & 1) : k * nb + n;
-}
-
 // Per-thread scratch, kept from call to call (fresh pages would cost page faults each call). Every
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
