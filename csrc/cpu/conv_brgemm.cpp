@@ -37,6 +37,7 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <new>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -219,6 +220,28 @@ inline int64_t stacked_k(const RowConv& c, bool vnni) {
   return vnni ? (K + 1) / 2 * 2 : K;
 }
 
+// AMX multiplies tiles of 16 rows, and each B tile it loads (from L2: a kernel row's B block is
+// 74 KiB at K = 576) serves every row of the product: a conv row of Wo < 16 columns starves it
+// (micro-kernel alone, K = 576: 0.77 TFLOP/s a core at M = 7, 1.55 at M = 64). With columns sw = 1
+// apart, the rows of G conv rows lie at one stride in the padded input, so one product of
+// M = (G - 1) step + Wo rows (up to 64) covers them, the step - Wo columns between computed and
+// dropped. Where the micro-kernel runs on AMX (oneDNN packs B only there), or where
+// PYALEXNET_CPU_MERGE_ROWS=1 forces it ("0": never), so that the tests run both on any CPU.
+bool amx_16bit() {
+  static const bool amx = cb::could_pack(at::kBFloat16);
+  return amx;
+}
+
+int64_t merged_rows(const RowConv& c, bool vnni) {
+  const char* e = std::getenv("PYALEXNET_CPU_MERGE_ROWS");
+  const std::string s = e ? e : "";
+  TORCH_CHECK(s.empty() || s == "0" || s == "1", "PYALEXNET_CPU_MERGE_ROWS must be '0', '1' or unset, not '", s, "'");
+  const bool on = s.empty() ? vnni && amx_16bit() : s == "1";
+  if (!on || c.sw != 1 || c.row % c.C != 0 || c.Wo >= 16) return 1;
+  const int64_t step = c.sh * (c.row / c.C);  // pixels from one conv row's first column to the next's
+  return 1 + (64 - c.Wo) / step;
+}
+
 // The micro-kernel's view of a conv, forward or backward. Channels padded to even for VNNI pairs
 // (Cip in, Cop out) where K holds them: input channels in the forward's unstacked products (a
 // kernel row's Kt values straight from the input), output channels backward; Kt: K of one kernel
@@ -253,19 +276,34 @@ RowConv forward_conv(const Geometry& g, const View& v) {
 }
 
 // Where element (k, n) of a K x nb matrix B lives: row-major, or in VNNI pairs of k.
+// A vector whose data starts on a cache line, as the micro-kernel's operands should: AMX loads and
+// stores tile rows of 64 bytes, and a row that straddles two lines costs two.
+template <typename E>
+struct LineAllocator {
+  using value_type = E;
+  LineAllocator() = default;
+  template <typename U>
+  LineAllocator(const LineAllocator<U>&) {}
+  E* allocate(size_t n) { return static_cast<E*>(::operator new(n * sizeof(E), std::align_val_t{64})); }
+  void deallocate(E* p, size_t) { ::operator delete(p, std::align_val_t{64}); }
+  bool operator==(const LineAllocator&) const { return true; }
+};
+template <typename E>
+using Lines = std::vector<E, LineAllocator<E>>;
+
 // Per-thread scratch, kept from call to call (fresh pages would cost page faults each call). Every
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
   kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles,
-  kUnpoolSums, kWinogradInput, kWinogradOut, kWinogradSink, kWinogradDy,
+  kUnpoolSums, kMergedRows, kWinogradInput, kWinogradOut, kWinogradSink, kWinogradDy,
   // the calling thread's, shared
   kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kWinogradWeights, kWinogradSums,
   kSlots
 };
 template <typename E>
 E* scratch(Slot slot, int64_t n) {
-  thread_local std::vector<E> buffers[kSlots];
-  std::vector<E>& b = buffers[slot];
+  thread_local Lines<E> buffers[kSlots];
+  Lines<E>& b = buffers[slot];
   if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
   return b.data();
 }
@@ -591,12 +629,43 @@ int64_t stack_rows(const RowConv& c, int64_t R) {
 // when stacked.
 inline int64_t band_acc_size(const RowConv& c, int64_t R) { return (stacked(c) ? c.t.blocks(c.Co) : 1) * R * c.Wo * c.t.nb; }
 
+// conv_band where merged_rows(c, vnni) = G > 1: per block, groups of up to G conv rows that read the
+// same kernel rows, each group one product per kernel row into rows of `step` columns, whose first
+// Wo columns then go to acc.
+template <typename CT, typename Done>
+PYA_VECTOR void conv_band_merged(const RowConv& c, const CT* xp, const CT* w, int64_t R, bool vnni, float* acc,
+                                 const Done& done) {
+  const int64_t Kt = c.Kt(), G = merged_rows(c, vnni), step = c.sh * (c.row / c.C);
+  float* sums = scratch<float>(kMergedRows, ((G - 1) * step + c.Wo) * c.t.nb);
+  for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) {
+    const int64_t nb = c.t.width(c.Co, j);
+    const CT* bj = w + j * stacked_k(c, vnni) * c.t.nb;
+    for (int64_t r0 = 0, n = 1; r0 < R; r0 += n) {
+      const int64_t first = c.first_tap(r0), end = c.end_tap(r0);
+      for (n = 1; n < G && r0 + n < R && c.first_tap(r0 + n) == first && c.end_tap(r0 + n) == end;) ++n;
+      float* out = acc + r0 * c.Wo * nb;
+      if (first >= end) {  // conv rows over padding alone
+        std::fill(out, out + n * c.Wo * nb, 0.f);
+        continue;
+      }
+      float* s = n == 1 ? out : sums;
+      for (int64_t ky = first; ky < end; ++ky)
+        cb::brgemm((n - 1) * step + c.Wo, nb, Kt, c.C, nb, nb, ky > first, xp + (r0 * c.sh + ky) * c.row,
+                   bj + ky * nb * Kt, s, vnni);
+      for (int64_t r = 1; r < n; ++r) std::copy(s + r * step * nb, s + (r * step + c.Wo) * nb, out + r * c.Wo * nb);
+      if (n > 1) std::copy(s, s + c.Wo * nb, out);
+    }
+    done(j, acc);
+  }
+}
+
 // Conv rows [0, R) of a band (xp: its padded input from the first conv row's first input row), into
 // acc (per block: R x Wo x nb, channels last); done(j, acc_j) once block j's rows are complete.
 template <typename CT, typename Done>
 PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R, bool vnni, float* acc,
                           const Done& done) {
   const int64_t Kt = c.Kt(), K = c.kh * Kt;
+  if (!stacked(c) && merged_rows(c, vnni) > 1) return conv_band_merged(c, xp, w, R, vnni, acc, done);
   if (!stacked(c)) {
     for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) {
       const int64_t nb = c.t.width(c.Co, j);
@@ -1163,9 +1232,9 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const std::optional<
 // B of the data-gradient products: per kernel row ky and block j of Kt's columns, Cop x nb
 // (output channel -> (kx, ci)).
 template <typename T, typename CT>
-std::vector<CT> pack_backward(const T* w, const Geometry& g, const View& v, bool vnni) {
+Lines<CT> pack_backward(const T* w, const Geometry& g, const View& v, bool vnni) {
   const int64_t nj = v.t.blocks(v.Kt), blk = v.Cop * v.t.nb;
-  std::vector<CT> p(static_cast<size_t>(g.kh * nj * blk), CT(0.f));
+  Lines<CT> p(static_cast<size_t>(g.kh * nj * blk), CT(0.f));
   at::parallel_for(0, g.kh * nj, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t ky = q / nj, j = q % nj, nb = v.t.width(v.Kt, j);
@@ -1883,7 +1952,7 @@ template <typename T, typename CT>
 void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& code,
                    const Geometry& g, at::Tensor* dx, at::Tensor* dw, at::Tensor* db, bool vnni) {
   const View v = view_of(g, vnni, false);
-  std::vector<CT> strided;  // pack_backward's
+  Lines<CT> strided;  // pack_backward's
   const CT* wb = nullptr;
   const float* wu = nullptr;
   Flipped lazy;
