@@ -4,8 +4,7 @@ default where it runs) and the portable one (float64, other CPUs, PYALEXNET_CPU_
 test_conv_relu_maxpool.py tests the op through whichever kernel the machine picks (CI also runs it
 once with the portable kernel forced). Here: which kernel and which tiling run where; random
 geometries in every dtype on the brgemm kernel specifically, in both of its tilings (whatever this
-CPU would choose), with short conv rows merged into one product (AMX CPUs' 16-bit default) and both
-layouts; the two kernels bit-identical where the conv values are exact;
+CPU would choose), with AMX's shapes (AMX CPUs' 16-bit default) and both layouts; the two kernels bit-identical where the conv values are exact;
 results that do not depend on the thread count; float32's Winograd products (3x3, stride 1) against
 the direct ones.
 """
@@ -44,16 +43,17 @@ def brgemm_here() -> bool:
 needs_brgemm = pytest.mark.skipif(not brgemm_here(), reason="the brgemm kernel needs an x86 CPU with AVX2 and FMA")
 
 
-@pytest.fixture(params=("wide", "narrow", "wide-merged"))
+@pytest.fixture(params=("wide", "narrow", "wide-amx"))
 def brgemm(monkeypatch, request):
     """The brgemm kernel, in each of its two tilings whatever this CPU would choose, and the wide one
-    with short conv rows merged into one product (what AMX CPUs run in 16-bit types) in every dtype."""
+    with AMX's shapes (short conv rows merged into one product, the weight gradient's K in whole
+    tiles and a tail: what AMX CPUs run in 16-bit types) in every dtype."""
     monkeypatch.delenv("PYALEXNET_CPU_PORTABLE", raising=False)
     if not brgemm_here():
         pytest.skip("the brgemm kernel needs an x86 CPU with AVX2 and FMA")
-    tiling, merged = request.param.split("-")[0], request.param.endswith("-merged")
+    tiling, amx = request.param.split("-")[0], request.param.endswith("-amx")
     monkeypatch.setenv("PYALEXNET_CPU_TILING", tiling)
-    monkeypatch.setenv("PYALEXNET_CPU_MERGE_ROWS", "1" if merged else "0")
+    monkeypatch.setenv("PYALEXNET_CPU_AMX_SHAPES", "1" if amx else "0")
     assert _C.cpu_conv_tiling() == tiling
 
 
@@ -145,14 +145,14 @@ WIDE = {  # past one block (32 or 64 wide) of output channels, input channels, a
 
 
 @needs_brgemm
-def test_merge_rows_setting_refused(monkeypatch):
-    """PYALEXNET_CPU_MERGE_ROWS takes '0', '1' or nothing: a conv whose short rows it would merge
-    refuses anything else."""
+def test_amx_shapes_setting_refused(monkeypatch):
+    """PYALEXNET_CPU_AMX_SHAPES takes '0', '1' or nothing: a conv on the brgemm kernel refuses
+    anything else."""
     monkeypatch.delenv("PYALEXNET_CPU_PORTABLE", raising=False)
     monkeypatch.setenv("PYALEXNET_CPU_TILING", "wide")
-    monkeypatch.setenv("PYALEXNET_CPU_MERGE_ROWS", "yes")
+    monkeypatch.setenv("PYALEXNET_CPU_AMX_SHAPES", "yes")
     c = WIDE["co_blocks_ci_blocks"]  # 7 columns a conv row, 390 values a kernel row: merged
-    with pytest.raises(RuntimeError, match="PYALEXNET_CPU_MERGE_ROWS must be '0', '1' or unset, not 'yes'"):
+    with pytest.raises(RuntimeError, match="PYALEXNET_CPU_AMX_SHAPES must be '0', '1' or unset, not 'yes'"):
         conv_relu_maxpool(*exact_inputs(c, torch.float32), *c.args())
 
 

@@ -220,24 +220,32 @@ inline int64_t stacked_k(const RowConv& c, bool vnni) {
   return vnni ? (K + 1) / 2 * 2 : K;
 }
 
-// AMX multiplies tiles of 16 rows, and each B tile it loads (from L2: a kernel row's B block is
-// 74 KiB at K = 576) serves every row of the product: a conv row of Wo < 16 columns starves it
-// (micro-kernel alone, K = 576: 0.77 TFLOP/s a core at M = 7, 1.55 at M = 64). With columns sw = 1
-// apart, the rows of G conv rows lie at one stride in the padded input, so one product of
-// M = (G - 1) step + Wo rows (up to 64) covers them, the step - Wo columns between computed and
-// dropped. Where the micro-kernel runs on AMX (oneDNN packs B only there), or where
-// PYALEXNET_CPU_MERGE_ROWS=1 forces it ("0": never), so that the tests run both on any CPU.
+// Shapes for AMX. oneDNN's micro-kernel runs on AMX where the CPU has it (it packs B only there),
+// and AMX wants two things of a product (micro-kernel alone, bfloat16, N = 64):
+// - K in whole tiles of 32 values: K = 448 or 480 runs at 1.3-1.4 TFLOP/s a core, while K between
+//   them runs at 0.16-1.0 (452: 0.30). The weight gradient's K (conv positions) takes its tail
+//   apart (weight_gradient).
+// - Many rows. AMX multiplies tiles of 16 rows, and each tile of B it loads (from L2: a kernel row's
+//   B block is 74 KiB at K = 576) serves every row of the product: M = 7 runs at 0.77, M = 64 at
+//   1.55. With columns sw = 1 apart, the rows of G conv rows of Wo < 16 columns lie at one stride in
+//   the padded input, so one product of M = (G - 1) step + Wo rows (up to 64) covers them, the
+//   step - Wo columns between computed and dropped (merged_rows).
+// PYALEXNET_CPU_AMX_SHAPES=1 forces both in every type ("0": never), so that the tests run them on
+// any CPU.
 bool amx_16bit() {
   static const bool amx = cb::could_pack(at::kBFloat16);
   return amx;
 }
 
-int64_t merged_rows(const RowConv& c, bool vnni) {
-  const char* e = std::getenv("PYALEXNET_CPU_MERGE_ROWS");
+bool amx_shapes(bool vnni) {
+  const char* e = std::getenv("PYALEXNET_CPU_AMX_SHAPES");
   const std::string s = e ? e : "";
-  TORCH_CHECK(s.empty() || s == "0" || s == "1", "PYALEXNET_CPU_MERGE_ROWS must be '0', '1' or unset, not '", s, "'");
-  const bool on = s.empty() ? vnni && amx_16bit() : s == "1";
-  if (!on || c.sw != 1 || c.row % c.C != 0 || c.Wo >= 16) return 1;
+  TORCH_CHECK(s.empty() || s == "0" || s == "1", "PYALEXNET_CPU_AMX_SHAPES must be '0', '1' or unset, not '", s, "'");
+  return s.empty() ? vnni && amx_16bit() : s == "1";
+}
+
+int64_t merged_rows(const RowConv& c, bool vnni) {
+  if (!amx_shapes(vnni) || c.sw != 1 || c.row % c.C != 0 || c.Wo >= 16) return 1;
   const int64_t step = c.sh * (c.row / c.C);  // pixels from one conv row's first column to the next's
   return 1 + (64 - c.Wo) / step;
 }
@@ -249,12 +257,14 @@ int64_t merged_rows(const RowConv& c, bool vnni) {
 struct View {
   int64_t Cip, Cop, Kt, Wpd, Hpd, P, Pe;  // P: conv positions per image, Pe: P padded to even (VNNI)
   Tiling t;
+  int64_t kq;  // the weight gradient's K in multiples of kq (32 where amx_shapes, else 1) and a tail
 };
 
 View view_of(const Geometry& g, bool vnni, bool forward) {
   View v{};
   const Tiling t = tiling();
   v.t = t;
+  v.kq = amx_shapes(vnni) ? 32 : 1;
   const auto channels_in = [&](int64_t Cip) {
     v.Cip = Cip;
     v.Kt = g.kw * Cip;
@@ -295,7 +305,7 @@ using Lines = std::vector<E, LineAllocator<E>>;
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
   kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles,
-  kUnpoolSums, kMergedRows, kWinogradInput, kWinogradOut, kWinogradSink, kWinogradDy,
+  kUnpoolSums, kMergedRows, kWeightTail, kWinogradInput, kWinogradOut, kWinogradSink, kWinogradDy,
   // the calling thread's, shared
   kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kWinogradWeights, kWinogradSums,
   kSlots
@@ -1692,17 +1702,28 @@ template <typename T, typename CT>
 PYA_VECTOR void weight_gradient(const Backward& k, const WeightInputs<CT>& wi, int64_t i0, int64_t i1, int64_t t0,
                                 int64_t nb, float* dwc, bool first) {
   const View& v = k.v;
-  const int64_t chunk = chunk_images(v), Kw = k.g.kh * v.Kt;
-  CT* bb = scratch<CT>(kPatches, chunk * v.Pe * v.t.nb);
+  const int64_t chunk = chunk_images(v), Kw = k.g.kh * v.Kt, Co = k.g.Co, kq = v.kq;
+  CT* bb = scratch<CT>(kPatches, (chunk * v.Pe + kq) * v.t.nb);
+  bool add = !first;
   for (int64_t c = i0; c < i1; c += chunk) {
     const int64_t m = std::min(chunk, i1 - c);
     weight_patches(k, wi, c, m, t0, nb, bb);
-    const int64_t K = m * v.Pe, pieces = (K + kWeightK - 1) / kWeightK;
-    for (int64_t q = 0; q < pieces; ++q) {  // even cuts (VNNI pairs stay whole)
-      const int64_t k0 = q * K / pieces / 2 * 2, k1 = q + 1 == pieces ? K : (q + 1) * K / pieces / 2 * 2;
-      cb::brgemm(k.g.Co, nb, k1 - k0, wi.ld, nb, Kw, !(first && c == i0 && q == 0), wi.dYt + c * v.Pe + k0,
-                 bb + k0 * nb, dwc + t0, k.vnni);
+    const CT* a = wi.dYt + c * v.Pe;
+    const int64_t K = m * v.Pe, Km = K / kq * kq, pieces = (Km + kWeightK - 1) / kWeightK, cut = std::max<int64_t>(kq, 2);
+    for (int64_t q = 0; q < pieces; ++q, add = true) {  // cuts in multiples of kq (VNNI pairs stay whole)
+      const int64_t k0 = q * Km / pieces / cut * cut, k1 = q + 1 == pieces ? Km : (q + 1) * Km / pieces / cut * cut;
+      cb::brgemm(Co, nb, k1 - k0, wi.ld, nb, Kw, add, a + k0, bb + k0 * nb, dwc + t0, k.vnni);
     }
+    if (K == Km) continue;
+    // the tail: its columns of A and rows of B, zero-padded to one product of K = kq
+    CT* at = scratch<CT>(kWeightTail, Co * kq);
+    for (int64_t co = 0; co < Co; ++co) {
+      std::copy(a + co * wi.ld + Km, a + co * wi.ld + K, at + co * kq);
+      std::fill(at + co * kq + K - Km, at + (co + 1) * kq, CT(0.f));
+    }
+    std::fill(bb + K * nb, bb + (Km + kq) * nb, CT(0.f));  // (K is even with VNNI pairs: whole pairs)
+    cb::brgemm(Co, nb, kq, kq, nb, Kw, add, at, bb + Km * nb, dwc + t0, k.vnni);
+    add = true;
   }
 }
 
@@ -2023,7 +2044,7 @@ bool brgemm_backward_fits(const Geometry& g) {
   // per thread: dY (and its 16-bit copy), the un-pooling's tiles (a code byte and up to 4 gradient
   // bytes a value), the data gradient's padded input and sums, the patches (the data gradient's
   // stacked products and the weight gradient's share a slot)
-  const int64_t patches = std::max({m * v.Pe * v.t.nb * 4, int64_t(256) << 10, g.W * g.kh * g.kw * v.Cop * 4});
+  const int64_t patches = std::max({(m * v.Pe + v.kq) * v.t.nb * 4, int64_t(256) << 10, g.W * g.kh * g.kw * v.Cop * 4});
   const int64_t thread = v.P * v.Cop * 8 + g.Hp * g.Wp * unpool_width(v.Cop) * 5 +
                          (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 + g.H * g.W * v.t.blocks(g.Ci) * v.t.nb * 4 + patches;
   // shared: a range's weight-gradient inputs, the groups' dw copies, the bias-gradient rows
