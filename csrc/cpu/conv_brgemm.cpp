@@ -16,8 +16,8 @@
 // dY^T x patches over all images (K: several images' positions a product), its column blocks
 // shared by the threads, so that no thread keeps a copy of dw to be added up.
 // 16-bit inputs are multiplied as they are (VNNI pairs: K interleaved two by two in B) with float32
-// sums where the CPU has the instructions (bf16: AVX-512; f16: AMX-FP16, the one whose kernel reads B in VNNI pairs), else converted to
-// float32 on the way into the scratch rows.
+// sums where the CPU has the instructions (bf16: AVX-512; f16: AMX-FP16, whose kernel reads B in
+// VNNI pairs), else converted to float32 on the way into the scratch rows.
 // Threads: one parallel region per pass, whose threads take work items (image bands forward,
 // images, then dw's column blocks backward) from a shared counter, so a thread that the OS
 // preempts holds no fixed share of the work hostage. Which thread takes which item never changes a result.
