@@ -101,6 +101,7 @@ bool cpu_has_f32_kernel() {
 #endif
 }
 
+// Where element (k, n) of a K x nb matrix B lives: row-major, or in VNNI pairs of k.
 inline int64_t b_index(int64_t k, int64_t n, int64_t nb, bool vnni) {
   return vnni ? ((k >> 1) * nb + n) * 2 + (k & 1) : k * nb + n;
 }
@@ -285,7 +286,6 @@ RowConv forward_conv(const Geometry& g, const View& v) {
   return RowConv{g.kh, g.kw, g.sh, g.sw, v.Cip, v.Wpd * v.Cip, g.Wc, g.Co, v.t};
 }
 
-// Where element (k, n) of a K x nb matrix B lives: row-major, or in VNNI pairs of k.
 // A vector whose data starts on a cache line, as the micro-kernel's operands should: AMX loads and
 // stores tile rows of 64 bytes, and a row that straddles two lines costs two.
 template <typename E>
