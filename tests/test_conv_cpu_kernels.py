@@ -4,8 +4,8 @@ default where it runs) and the portable one (float64, other CPUs, PYALEXNET_CPU_
 test_conv_relu_maxpool.py tests the op through whichever kernel the machine picks (CI also runs it
 once with the portable kernel forced). Here: which kernel and which tiling run where; random
 geometries in every dtype on the brgemm kernel specifically, in both of its tilings (whatever this
-CPU would choose), with AMX's shapes (AMX CPUs' 16-bit default) and both layouts; the two kernels bit-identical where the conv values are exact;
-results that do not depend on the thread count; float32's Winograd products (3x3, stride 1) against
+CPU would choose), with AMX's shapes (AMX CPUs' 16-bit default) and both layouts; the two kernels
+bit-identical where the conv values are exact; results that do not depend on the thread count; float32's Winograd products (3x3, stride 1) against
 the direct ones.
 """
 from __future__ import annotations

@@ -169,6 +169,7 @@ void with_types(at::ScalarType dt, const F& f) {
 struct Tiling {
   int64_t nb;
   bool stack_all;
+  bool amx = false;  // AMX's shapes (amx_shapes): set per op by view_of
   int64_t blocks(int64_t n) const { return (n + nb - 1) / nb; }
   int64_t width(int64_t n, int64_t j) const { return std::min(nb, n - j * nb); }
 };
@@ -245,8 +246,11 @@ bool amx_shapes(bool vnni) {
   return s.empty() ? vnni && amx_16bit() : s == "1";
 }
 
-int64_t merged_rows(const RowConv& c, bool vnni) {
-  if (!amx_shapes(vnni) || c.sw != 1 || c.row % c.C != 0 || c.Wo >= 16) return 1;
+// The weight gradient's K in multiples of kTileK (and a tail) where amx.
+constexpr int64_t kTileK = 32;
+
+int64_t merged_rows(const RowConv& c) {
+  if (!c.t.amx || c.sw != 1 || c.row % c.C != 0 || c.Wo >= 16) return 1;
   const int64_t step = c.sh * (c.row / c.C);  // pixels from one conv row's first column to the next's
   return 1 + (64 - c.Wo) / step;
 }
@@ -258,14 +262,13 @@ int64_t merged_rows(const RowConv& c, bool vnni) {
 struct View {
   int64_t Cip, Cop, Kt, Wpd, Hpd, P, Pe;  // P: conv positions per image, Pe: P padded to even (VNNI)
   Tiling t;
-  int64_t kq;  // the weight gradient's K in multiples of kq (32 where amx_shapes, else 1) and a tail
 };
 
 View view_of(const Geometry& g, bool vnni, bool forward) {
   View v{};
   const Tiling t = tiling();
   v.t = t;
-  v.kq = amx_shapes(vnni) ? 32 : 1;
+  v.t.amx = amx_shapes(vnni);
   const auto channels_in = [&](int64_t Cip) {
     v.Cip = Cip;
     v.Kt = g.kw * Cip;
@@ -639,13 +642,13 @@ int64_t stack_rows(const RowConv& c, int64_t R) {
 // when stacked.
 inline int64_t band_acc_size(const RowConv& c, int64_t R) { return (stacked(c) ? c.t.blocks(c.Co) : 1) * R * c.Wo * c.t.nb; }
 
-// conv_band where merged_rows(c, vnni) = G > 1: per block, groups of up to G conv rows that read the
+// conv_band where merged_rows(c) = G > 1: per block, groups of up to G conv rows that read the
 // same kernel rows, each group one product per kernel row into rows of `step` columns, whose first
 // Wo columns then go to acc.
 template <typename CT, typename Done>
-PYA_VECTOR void conv_band_merged(const RowConv& c, const CT* xp, const CT* w, int64_t R, bool vnni, float* acc,
-                                 const Done& done) {
-  const int64_t Kt = c.Kt(), G = merged_rows(c, vnni), step = c.sh * (c.row / c.C);
+PYA_VECTOR void conv_band_merged(const RowConv& c, const CT* xp, const CT* w, int64_t R, int64_t G, bool vnni,
+                                 float* acc, const Done& done) {
+  const int64_t Kt = c.Kt(), step = c.sh * (c.row / c.C);
   float* sums = scratch<float>(kMergedRows, ((G - 1) * step + c.Wo) * c.t.nb);
   for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) {
     const int64_t nb = c.t.width(c.Co, j);
@@ -662,8 +665,8 @@ PYA_VECTOR void conv_band_merged(const RowConv& c, const CT* xp, const CT* w, in
       for (int64_t ky = first; ky < end; ++ky)
         cb::brgemm((n - 1) * step + c.Wo, nb, Kt, c.C, nb, nb, ky > first, xp + (r0 * c.sh + ky) * c.row,
                    bj + ky * nb * Kt, s, vnni);
-      for (int64_t r = 1; r < n; ++r) std::copy(s + r * step * nb, s + (r * step + c.Wo) * nb, out + r * c.Wo * nb);
-      if (n > 1) std::copy(s, s + c.Wo * nb, out);
+      if (n > 1)
+        for (int64_t r = 0; r < n; ++r) std::copy(s + r * step * nb, s + (r * step + c.Wo) * nb, out + r * c.Wo * nb);
     }
     done(j, acc);
   }
@@ -675,7 +678,7 @@ template <typename CT, typename Done>
 PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R, bool vnni, float* acc,
                           const Done& done) {
   const int64_t Kt = c.Kt(), K = c.kh * Kt;
-  if (!stacked(c) && merged_rows(c, vnni) > 1) return conv_band_merged(c, xp, w, R, vnni, acc, done);
+  if (const int64_t G = stacked(c) ? 1 : merged_rows(c); G > 1) return conv_band_merged(c, xp, w, R, G, vnni, acc, done);
   if (!stacked(c)) {
     for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) {
       const int64_t nb = c.t.width(c.Co, j);
@@ -1702,7 +1705,7 @@ template <typename T, typename CT>
 PYA_VECTOR void weight_gradient(const Backward& k, const WeightInputs<CT>& wi, int64_t i0, int64_t i1, int64_t t0,
                                 int64_t nb, float* dwc, bool first) {
   const View& v = k.v;
-  const int64_t chunk = chunk_images(v), Kw = k.g.kh * v.Kt, Co = k.g.Co, kq = v.kq;
+  const int64_t chunk = chunk_images(v), Kw = k.g.kh * v.Kt, Co = k.g.Co, kq = v.t.amx ? kTileK : 1;
   CT* bb = scratch<CT>(kPatches, (chunk * v.Pe + kq) * v.t.nb);
   bool add = !first;
   for (int64_t c = i0; c < i1; c += chunk) {
@@ -2044,7 +2047,7 @@ bool brgemm_backward_fits(const Geometry& g) {
   // per thread: dY (and its 16-bit copy), the un-pooling's tiles (a code byte and up to 4 gradient
   // bytes a value), the data gradient's padded input and sums, the patches (the data gradient's
   // stacked products and the weight gradient's share a slot)
-  const int64_t patches = std::max({(m * v.Pe + v.kq) * v.t.nb * 4, int64_t(256) << 10, g.W * g.kh * g.kw * v.Cop * 4});
+  const int64_t patches = std::max({(m * v.Pe + kTileK) * v.t.nb * 4, int64_t(256) << 10, g.W * g.kh * g.kw * v.Cop * 4});
   const int64_t thread = v.P * v.Cop * 8 + g.Hp * g.Wp * unpool_width(v.Cop) * 5 +
                          (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 + g.H * g.W * v.t.blocks(g.Ci) * v.t.nb * 4 + patches;
   // shared: a range's weight-gradient inputs, the groups' dw copies, the bias-gradient rows
