@@ -503,3 +503,68 @@ def test_pooling_ties_stay_exact(brgemm, monkeypatch, pool):
     assert torch.equal(got[0], direct[0]) and torch.equal(got[1], direct[1])
     interior = direct[1][:, :, 1:-1, 1:-1]
     assert ((interior == 0) | (interior == NO_GRAD)).all()  # the first of each tie (or no gradient)
+
+
+FLAT = {  # the weight gradient over flat images (AMX's shapes, stride 1, kernel rows of >= 128 values):
+    # input rows W + pw positions apart, images whole 32-position tiles apart, each tap's products at
+    # its own offset
+    "channel_blocks_partial": Cfg(6, 70, 7, 9, 33, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+    "no_padding": Cfg(5, 48, 9, 12, 16, (2, 3), pool_kernel=(2, 2), pool_stride=(2, 2)),  # a position's first value is data
+    "uneven_padding": Cfg(3, 44, 10, 7, 24, (5, 3), padding=(1, 2)),
+    # 40 images: several groups of dw copies, each over products that span images; 70 output
+    # channels: two parts of rows
+    "many_images": Cfg(40, 48, 13, 13, 70, (3, 3), padding=(1, 1)),
+    "odd_channels_and_width": Cfg(4, 45, 11, 5, 7, (3, 3), padding=(2, 1), pool_kernel=(1, 1), pool_stride=(1, 1)),
+}
+
+
+def backward_amx(monkeypatch, amx: bool, g, x, w, code, c: Cfg):
+    monkeypatch.setenv("PYALEXNET_CPU_AMX_SHAPES", "1" if amx else "0")
+    return BWD(g, x, w, code, *c.args(), [True, True, True])
+
+
+@needs_brgemm
+@pytest.mark.parametrize("tiling", ("wide", "narrow"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("name", FLAT)
+def test_flat_weight_gradient_exact(monkeypatch, name, dtype, tiling):
+    """Exact inputs: the weight gradient over flat images (AMX's shapes) gives the per-patch products'
+    gradients bit for bit (float32 also the portable kernel's), whatever the padding, channel blocks
+    and images a product."""
+    monkeypatch.delenv("PYALEXNET_CPU_PORTABLE", raising=False)
+    monkeypatch.setenv("PYALEXNET_CPU_TILING", tiling)
+    monkeypatch.setenv("PYALEXNET_CPU_WINOGRAD", "0")
+    c = FLAT[name]
+    x, w, b = exact_inputs(c, dtype)
+    g = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype)
+    for x in (x, x.contiguous(memory_format=torch.channels_last)):
+        code = FWD(x, w, b, *c.args())[1]
+        flat = backward_amx(monkeypatch, True, g, x, w, code, c)
+        patches = backward_amx(monkeypatch, False, g, x, w, code, c)
+        for what, a, e in zip(("grad_x", "grad_weight", "grad_bias"), flat, patches):
+            assert torch.equal(a, e), what
+        if dtype == torch.float32:
+            monkeypatch.setenv("PYALEXNET_CPU_PORTABLE", "1")
+            assert torch.equal(flat[1], BWD(g, x, w, code, *c.args(), [True, True, True])[1])
+            monkeypatch.setenv("PYALEXNET_CPU_PORTABLE", "0")
+
+
+@needs_brgemm
+@pytest.mark.parametrize("value", (float("inf"), float("nan")), ids=("inf", "nan"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_flat_weight_gradient_non_finite_input(monkeypatch, dtype, value):
+    """Over flat images a tap also multiplies input values that its conv never reads by the zeros
+    between the conv rows: a non-finite input takes the per-patch products, whose NaNs stand exactly
+    where a conv reads the value (here the last pixel, which tap (0, 0) never reads)."""
+    monkeypatch.delenv("PYALEXNET_CPU_PORTABLE", raising=False)
+    monkeypatch.setenv("PYALEXNET_CPU_TILING", "wide")
+    monkeypatch.setenv("PYALEXNET_CPU_WINOGRAD", "0")
+    c = Cfg(3, 48, 9, 10, 16, (3, 3), padding=(1, 1), pool_kernel=(1, 1), pool_stride=(1, 1))
+    x, w, b = exact_inputs(c, dtype)
+    x[1, 2, -1, -1] = value
+    code = FWD(x, w, b, *c.args())[1]
+    g = nonzero_ints((c.N, c.Co, *c.out_size()), 4, -1, dtype)
+    flat = backward_amx(monkeypatch, True, g, x, w, code, c)[1]
+    patches = backward_amx(monkeypatch, False, g, x, w, code, c)[1]
+    assert torch.equal(flat.isnan(), patches.isnan()) and torch.equal(flat.nan_to_num(), patches.nan_to_num())
+    assert flat[:, 2, 0, 0].isfinite().all() and not flat[:, 2, 2, 2].isfinite().any()

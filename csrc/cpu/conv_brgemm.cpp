@@ -310,7 +310,7 @@ enum Slot {
   kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles,
   kUnpoolSums, kMergedRows, kWeightTail, kWinogradInput, kWinogradOut, kWinogradSink, kWinogradDy,
   // the calling thread's, shared
-  kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kWinogradWeights, kWinogradSums,
+  kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kFlatPairs, kWinogradWeights, kWinogradSums,
   kSlots
 };
 template <typename E>
@@ -1268,6 +1268,31 @@ struct Flipped {
   const void* blocks = nullptr;
 };
 
+// The weight gradient over flat images (AMX's shapes, stride 1): a range's padded inputs laid end to
+// end, rows of Rp = W + pw positions (a row's right padding is the next one's left) and images Ip
+// positions apart (whole tiles of kTileK; an image's bottom padding is the next one's top), so that
+// conv position (oy, ox) of image i is q = i Ip + oy Rp + ox and its tap (ky, kx) reads position
+// q + ky Rp + kx. Then each tap's dw block is ONE product over all the range's positions, with
+// A = dY^T (zeros at the positions that are no conv output) and B = the input itself (VNNI: its
+// positions paired from an even or an odd one, two copies made once per image), instead of a copy
+// of every position's patch per column block. It computes (H + ph) Rp / (Hc Wc) more products:
+// 1.15-1.35x for AlexNet's stride-1 layers. Only where the input is finite: 0 x inf at the
+// positions between would be NaN where the conv reads nothing.
+struct Flat {
+  int64_t Rp = 0, Ip = 0;
+  int64_t reach = 0;  // positions read past the last image's: the farthest tap and a VNNI pair's second
+  bool on() const { return Ip > 0; }
+};
+
+Flat flat_of(const Geometry& g, const View& v) {
+  Flat f;
+  if (!v.t.amx || short_rows(v.Kt) || g.sh != 1 || g.sw != 1 || g.ph >= g.kh || g.pw >= g.kw) return f;
+  f.Rp = g.W + g.pw;
+  f.Ip = ((g.H + g.ph) * f.Rp + kTileK - 1) / kTileK * kTileK;
+  f.reach = (g.kh - 1) * f.Rp + g.kw + 2;
+  return f;
+}
+
 struct Backward {
   const Geometry& g;
   const View& v;
@@ -1282,6 +1307,7 @@ struct Backward {
   bool need_w;
   const float* wu;         // the data gradient's Winograd weights (winograd_pack_flipped), or nullptr
   Flipped* flipped;        // pack_flipped's blocks, packed on first need where wu is set
+  Flat flat;               // the weight gradient over flat images where on
 };
 
 // v where keep, else +0 (a NaN too), by a bit mask rather than a branch.
@@ -1656,6 +1682,8 @@ struct WeightInputs {
   CT* xps;
   CT* dYt;
   int64_t ld;
+  CT* pairs = nullptr;  // over flat images with VNNI pairs: B's two copies per channel block (flat_pairs)
+  int64_t pn = 0;       // pairs a copy
 };
 
 template <typename T, typename CT>
@@ -1727,6 +1755,91 @@ PYA_VECTOR void weight_gradient(const Backward& k, const WeightInputs<CT>& wi, i
     std::fill(bb + K * nb, bb + (Km + kq) * nb, CT(0.f));  // (K is even with VNNI pairs: whole pairs)
     cb::brgemm(Co, nb, kq, kq, nb, Kw, add, at, bb + Km * nb, dwc + t0, k.vnni);
     add = true;
+  }
+}
+
+// Image i of the range (batch image n) over flat images: its padded input at positions
+// [i Ip, (i + 1) Ip) of xps (Cip channels a position; the padding is zeroed there), dY^T at columns
+// [i Ip, (i + 1) Ip) of dYt, zeros at the positions that are no conv output.
+template <typename T, typename CT>
+PYA_VECTOR void flat_inputs(const Backward& k, int64_t n, int64_t i, const WeightInputs<CT>& wi, const CT* dY) {
+  const Geometry& g = k.g;
+  const View& v = k.v;
+  const Flat& f = k.flat;
+  CT* xs = wi.xps + i * f.Ip * v.Cip;
+  std::fill(xs, xs + f.Ip * v.Cip, CT(0.f));
+  const T* base = k.x.const_data_ptr<T>() + n * k.x.stride(0);
+  const int64_t sC = k.x.stride(1), sH = k.x.stride(2), sW = k.x.stride(3);
+  for (int64_t y = 0; y < g.H; ++y) {
+    CT* d = xs + ((y + g.ph) * f.Rp + g.pw) * v.Cip;
+    const T* s = base + y * sH;
+    if constexpr (std::is_same_v<T, CT>) {
+      if (sC == 1 && sW == g.Ci && v.Cip == g.Ci) {  // channels last: one copy a row
+        std::memcpy(d, s, g.W * g.Ci * sizeof(CT));
+        continue;
+      }
+    }
+    if (sC == 1) {
+      for (int64_t x = 0; x < g.W; ++x)
+        for (int64_t c = 0; c < g.Ci; ++c) d[x * v.Cip + c] = static_cast<CT>(s[x * sW + c]);
+    } else {
+      for (int64_t c = 0; c < g.Ci; ++c)
+        for (int64_t x = 0; x < g.W; ++x) d[x * v.Cip + c] = static_cast<CT>(s[c * sC + x * sW]);
+    }
+  }
+  CT* dYt = wi.dYt + i * f.Ip;
+  for (int64_t co = 0; co < g.Co; ++co) {
+    CT* row = dYt + co * wi.ld;
+    for (int64_t oy = 0; oy < g.Hc; ++oy) std::fill(row + oy * f.Rp + g.Wc, row + (oy + 1) * f.Rp, CT(0.f));
+    std::fill(row + g.Hc * f.Rp, row + f.Ip, CT(0.f));
+  }
+  for (int64_t oy = 0; oy < g.Hc; ++oy)
+    transpose_rows(dY + oy * g.Wc * v.Cop, v.Cop, g.Co, 0, g.Wc, dYt + oy * f.Rp, wi.ld);
+}
+
+// Image i's pairs of positions (the range's last image: through the reach) as B's rows in VNNI
+// pairs: per channel block j two copies, pairs from even positions (e = 0) and from odd ones (e = 1).
+template <typename CT>
+PYA_VECTOR void flat_pairs(const Backward& k, const WeightInputs<CT>& wi, int64_t i, int64_t nr) {
+  const View& v = k.v;
+  const Flat& f = k.flat;
+  const int64_t p0 = i * f.Ip / 2, p1 = i + 1 < nr ? (i + 1) * f.Ip / 2 : wi.pn;
+  for (int64_t j = 0; j < v.t.blocks(v.Cip); ++j) {
+    const int64_t nb = v.t.width(v.Cip, j);
+    for (int64_t e = 0; e < 2; ++e) {
+      CT* d = wi.pairs + (2 * j + e) * wi.pn * 2 * v.t.nb;
+      const CT* s = wi.xps + j * v.t.nb;
+      for (int64_t p = p0; p < p1; ++p) interleave(s + (2 * p + e) * v.Cip, s + (2 * p + e + 1) * v.Cip, nb, d + p * 2 * nb);
+    }
+  }
+}
+
+// Input channels [j nb', j nb' + nb) of dw (Co x kh Kt, float32, in dwc; nb' = v.t.nb) = (first) or
+// += dY^T x the input at each tap's offset, over the positions of images [i0, i1) of the range:
+// products of K <= kWeightK in whole tiles of kTileK, all kh kw taps of a piece before the next
+// piece, so that the piece's A (dY^T, Co x K) and B (the input's pairs, shared by the taps but for
+// their offsets) are read from L2 and dw's columns stay there (bench/results/
+// 2026-12-06-intel-amx-flat-weight-gradient.md: taking the taps' blocks one after another over all
+// the pieces read A from L3 for each).
+template <typename CT>
+PYA_VECTOR void flat_weight_gradient(const Backward& k, const WeightInputs<CT>& wi, int64_t i0, int64_t i1, int64_t j,
+                                     int64_t c0, int64_t c1, float* dwc, bool first) {
+  const Geometry& g = k.g;
+  const View& v = k.v;
+  const Flat& f = k.flat;
+  const int64_t nb = v.t.width(v.Cip, j), q0 = i0 * f.Ip, K = (i1 - i0) * f.Ip, pieces = (K + kWeightK - 1) / kWeightK;
+  const int64_t Kw = g.kh * v.Kt;
+  for (int64_t q = 0; q < pieces; ++q) {
+    const int64_t k0 = q0 + q * K / pieces / kTileK * kTileK;
+    const int64_t k1 = q + 1 == pieces ? q0 + K : q0 + (q + 1) * K / pieces / kTileK * kTileK;
+    for (int64_t ky = 0; ky < g.kh; ++ky)
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const int64_t off = ky * f.Rp + kx, e = off & 1;
+        const CT* B = k.vnni ? wi.pairs + (2 * j + e) * wi.pn * 2 * v.t.nb + (k0 + off - e) / 2 * 2 * nb
+                             : wi.xps + (k0 + off) * v.Cip + j * v.t.nb;
+        cb::brgemm(c1 - c0, nb, k1 - k0, wi.ld, k.vnni ? nb : v.Cip, Kw, !first || q > 0, wi.dYt + c0 * wi.ld + k0, B,
+                   dwc + c0 * Kw + ky * v.Kt + kx * v.Cip + j * v.t.nb, k.vnni);
+      }
   }
 }
 
@@ -1846,6 +1959,27 @@ bool tame_tensor(const at::Tensor& t) {
   return ok;
 }
 
+// Whether every value of t (float32, bfloat16 or float16) is finite: its exponent bits not all ones,
+// on all threads, where its elements are dense (any order).
+template <typename U>
+PYA_VECTOR bool finite_bits(const U* s, int64_t n, U exponent) {
+  U seen = 0;
+  for (int64_t i = 0; i < n; ++i) seen |= static_cast<U>((s[i] & exponent) == exponent);
+  return seen == 0;
+}
+bool finite_tensor(const at::Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) return t.isfinite().all().item<bool>();
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, t.numel(), int64_t(1) << 16, [&](int64_t i0, int64_t i1) {
+    const bool f = t.element_size() == 4
+                       ? finite_bits(static_cast<const uint32_t*>(t.const_data_ptr()) + i0, i1 - i0, uint32_t(0x7f800000))
+                       : finite_bits(static_cast<const uint16_t*>(t.const_data_ptr()) + i0, i1 - i0,
+                                     uint16_t(t.scalar_type() == at::kBFloat16 ? 0x7f80 : 0x7c00));
+    if (!f) ok = false;
+  });
+  return ok;
+}
+
 // Image n (slot i of its range): un-pooling (its bias-gradient row db), the data gradient, and its
 // weight-gradient inputs.
 template <typename T, typename CT>
@@ -1877,6 +2011,8 @@ PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, const We
   }
   if (ww) {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<CT, float>) winograd_weight_inputs(k, n, i, *ww, dY);
+  } else if (k.need_w && k.flat.on()) {
+    flat_inputs<T, CT>(k, n, i, wi, dYc);
   } else if (k.need_w) {
     weight_gradient_inputs<T, CT>(k, n, i, wi, dYc);
   }
@@ -1885,10 +2021,11 @@ PYA_VECTOR void backward_image(const Backward& k, int64_t n, int64_t i, const We
 // Images a range: their weight-gradient inputs (4 bytes a value, whatever the type: fixed by the
 // shape alone) within 16 MiB, so that they are still in L3 when the weight gradient reads them, but
 // at least 8 images (the threads share a range's images); the whole batch without dw.
-int64_t range_images(const Geometry& g, const View& v, bool need_w) {
+// (Over flat images: the input, its two copies in VNNI pairs and dY^T, Ip positions each.)
+int64_t range_images(const Geometry& g, const View& v, bool need_w, const Flat& f) {
   const int64_t N = std::max<int64_t>(g.N, 1);
   if (!need_w) return N;
-  const int64_t per_image = (v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe) * 4;
+  const int64_t per_image = (f.on() ? (3 * v.Cip + g.Co) * f.Ip : v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe) * 4;
   return std::clamp<int64_t>((int64_t(16) << 20) / std::max<int64_t>(per_image, 1), std::min<int64_t>(8, N), N);
 }
 
@@ -1900,12 +2037,18 @@ int64_t range_images(const Geometry& g, const View& v, bool need_w) {
 // 7-11% slower; groups of 1-2 images (ImageNet conv1, 10 images a range) cost 7%
 // (bench/results/2026-12-05j-cpu-weight-gradient-items.md).
 constexpr int64_t kWeightItems = 48, kGroupImages = 4;
-int64_t weight_groups(const Geometry& g, const View& v) {
-  const int64_t nb = static_cast<int64_t>(weight_blocks(g, v).size());
+// Over flat images the items are (channel block, part of the output channels, group): parts of
+// kFlatRows rows write apart, and groups (copies to add up) only make up kFlatItems items at least.
+constexpr int64_t kFlatRows = 64, kFlatItems = 8;
+inline int64_t flat_parts(const Geometry& g) { return std::max<int64_t>((g.Co + kFlatRows - 1) / kFlatRows, 1); }
+
+int64_t weight_groups(const Geometry& g, const View& v, const Flat& f) {
+  const int64_t nb = f.on() ? v.t.blocks(v.Cip) * flat_parts(g) : static_cast<int64_t>(weight_blocks(g, v).size());
+  const int64_t items = f.on() ? kFlatItems : kWeightItems;
   const int64_t bytes = std::max<int64_t>(g.kh * g.Co * v.Kt * 4, 1);
   const int64_t cap = std::clamp<int64_t>((int64_t(16) << 20) / bytes, 1, 8);
-  const int64_t per_group = std::max<int64_t>(range_images(g, v, true) / kGroupImages, 1);
-  return std::max<int64_t>(1, std::min({cap, g.N, per_group, (kWeightItems + nb - 1) / nb}));
+  const int64_t per_group = std::max<int64_t>(range_images(g, v, true, f) / kGroupImages, 1);
+  return std::max<int64_t>(1, std::min({cap, g.N, per_group, (items + nb - 1) / nb}));
 }
 
 // Output channels [c0, c1) of dw (Co, Ci, kh, kw; channels last where cl) from the S groups' float32
@@ -1991,31 +2134,49 @@ void backward_impl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
     strided = pack_backward<T, CT>(w.contiguous().const_data_ptr<T>(), g, v, vnni);
     wb = strided.data();
   }
+  Flat flat = dw ? flat_of(g, v) : Flat{};
+  if (flat.on() && !finite_tensor(x)) flat = Flat{};
   const Backward k{g, v, vnni, gy, code.const_data_ptr<uint8_t>(), code.strides(), x, &w, wb, dx, dw != nullptr, wu,
-                   wu ? &lazy : nullptr};
+                   wu ? &lazy : nullptr, flat};
   if constexpr (std::is_same_v<T, float> && std::is_same_v<CT, float>) {
     if (dw && winograd_applies(g, false) && winograd_image_bytes(g) <= kWinogradRangeBytes && tame_tensor(x) && tame_tensor(gy)) return winograd_backward<T, CT>(k, dw, db);
   }
   // The calling thread's scratch: per image its bias-gradient row; the S groups' dw copies.
-  const int64_t S = dw ? weight_groups(g, v) : 0, wsize = g.kh * g.Co * v.Kt;
+  const int64_t S = dw ? weight_groups(g, v, flat) : 0, wsize = g.kh * g.Co * v.Kt;
   float* bp = scratch<float>(kWeightGroups, g.N * g.Co + S * wsize);
   float* wp = bp + g.N * g.Co;
   std::fill(bp, bp + g.N * g.Co, 0.f);
-  const int64_t range = range_images(g, v, dw != nullptr), img = v.Hpd * v.Wpd * v.Cip;
-  const WeightInputs<CT> wi{dw ? scratch<CT>(kRangeInputs, range * img) : nullptr,
-                            dw ? scratch<CT>(kRangeGradT, g.Co * range * v.Pe) : nullptr, range * v.Pe};
-  const auto wblocks = dw ? weight_blocks(g, v) : decltype(weight_blocks(g, v))();
+  const int64_t range = range_images(g, v, dw != nullptr, flat);
+  const auto flat_pn = [&](int64_t nr) { return (nr * flat.Ip + flat.reach) / 2 + 1; };
+  const int64_t positions = flat.on() ? 2 * flat_pn(range) + 2 : range * v.Pe;  // a range's inputs and dY^T
+  const int64_t img = flat.on() ? 0 : v.Hpd * v.Wpd * v.Cip;
+  const WeightInputs<CT> wi{dw ? scratch<CT>(kRangeInputs, flat.on() ? positions * v.Cip : range * img) : nullptr,
+                            dw ? scratch<CT>(kRangeGradT, g.Co * positions) : nullptr, positions,
+                            flat.on() && vnni ? scratch<CT>(kFlatPairs, v.t.blocks(v.Cip) * 4 * flat_pn(range) * v.t.nb)
+                                              : nullptr};
+  const auto wblocks = dw && !flat.on() ? weight_blocks(g, v) : decltype(weight_blocks(g, v))();
   std::vector<char> written(S, 0);  // a group's copy written (by its first product)
   for (int64_t r0 = 0; r0 < g.N; r0 += range) {
     const int64_t nr = std::min(range, g.N - r0);
     // images one by one, then dw's (column block, group) pairs over this range's images
-    const WeightInputs<CT> r{wi.xps, wi.dYt, nr * v.Pe};
+    const WeightInputs<CT> r{wi.xps, wi.dYt, flat.on() ? nr * flat.Ip : nr * v.Pe, wi.pairs, flat.on() ? flat_pn(nr) : 0};
+    if (flat.on()) std::fill(r.xps + nr * flat.Ip * v.Cip, r.xps + (2 * r.pn + 2) * v.Cip, CT(0.f));  // the reach
     for_each_item(nr, vnni, [&](int64_t i) { backward_image<T, CT>(k, r0 + i, i, r, nullptr, bp + (r0 + i) * g.Co); });
     if (!dw) continue;
-    for_each_item(static_cast<int64_t>(wblocks.size()) * S, vnni, [&](int64_t q) {
+    if constexpr (sizeof(CT) == 2) {
+      if (flat.on()) for_each_item(nr, vnni, [&](int64_t i) { flat_pairs(k, r, i, nr); });
+    }
+    const int64_t parts = flat_parts(g), blocks = flat.on() ? v.t.blocks(v.Cip) * parts : static_cast<int64_t>(wblocks.size());
+    for_each_item(blocks * S, vnni, [&](int64_t q) {
       const int64_t s = q % S, i0 = s * nr / S, i1 = (s + 1) * nr / S;
-      const auto [t0, nb] = wblocks[q / S];
-      if (i1 > i0) weight_gradient<T, CT>(k, r, i0, i1, t0, nb, wp + s * wsize, !written[s]);
+      if (i1 <= i0) return;
+      if (flat.on()) {
+        const int64_t j = q / S / parts, c0 = q / S % parts * kFlatRows;
+        flat_weight_gradient<CT>(k, r, i0, i1, j, c0, std::min(c0 + kFlatRows, g.Co), wp + s * wsize, !written[s]);
+      } else {
+        const auto [t0, nb] = wblocks[q / S];
+        weight_gradient<T, CT>(k, r, i0, i1, t0, nb, wp + s * wsize, !written[s]);
+      }
     });
     for (int64_t s = 0; s < S; ++s) written[s] |= (s + 1) * nr / S > s * nr / S;
   }
@@ -2051,8 +2212,10 @@ bool brgemm_backward_fits(const Geometry& g) {
   const int64_t thread = v.P * v.Cop * 8 + g.Hp * g.Wp * unpool_width(v.Cop) * 5 +
                          (g.H + g.kh) * (g.W + g.kw) * v.Cop * 2 + g.H * g.W * v.t.blocks(g.Ci) * v.t.nb * 4 + patches;
   // shared: a range's weight-gradient inputs, the groups' dw copies, the bias-gradient rows
-  const int64_t shared = range_images(g, v, true) * (v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe) * 4 +
-                         weight_groups(g, v) * g.kh * g.Co * v.Kt * 4 + g.N * g.Co * 4;
+  const Flat f = flat_of(g, v);
+  const int64_t per_image = std::max(v.Hpd * v.Wpd * v.Cip + g.Co * v.Pe, (3 * v.Cip + g.Co) * f.Ip);
+  const int64_t shared = (range_images(g, v, true, f) + 1) * per_image * 4 + f.reach * (3 * v.Cip + g.Co) * 4 +
+                         weight_groups(g, v, f) * g.kh * g.Co * v.Kt * 4 + g.N * g.Co * 4;
   return thread + shared <= kBackwardScratchBytes;
 }
 
