@@ -308,7 +308,7 @@ using Lines = std::vector<E, LineAllocator<E>>;
 // user writes what it reads. One slot per use, whatever the element type.
 enum Slot {
   kAcc, kDxp, kProduct, kInput, kGradIn, kGradT, kPatches, kTileValues, kTileCodes, kTileChannels, kUnpoolTiles,
-  kUnpoolSums, kMergedRows, kWeightTail, kWinogradInput, kWinogradOut, kWinogradSink, kWinogradDy,
+  kUnpoolSums, kWeightTail, kWinogradInput, kWinogradOut, kWinogradSink, kWinogradDy,
   // the calling thread's, shared
   kWeightRows, kWeights, kWeightGroups, kRangeInputs, kRangeGradT, kFlatPairs, kWinogradWeights, kWinogradSums,
   kSlots
@@ -638,48 +638,74 @@ int64_t stack_rows(const RowConv& c, int64_t R) {
   return std::clamp<int64_t>(std::min(by_m, by_bytes), 1, std::max<int64_t>(R, 1));
 }
 
+// AMX multiplies 16 rows a tile, and a product whose last tile is partly filled can pay far more
+// than the rows it lacks (micro-kernel alone, bfloat16, N = 64, one thread: M = 27 at K = 320 ran
+// in 1.4x the time of M = 32; at K = 576, M = 49, 58 and 61 in 1.3-1.5x that of M = 64, while
+// M = 7, 17, 33, 40 and 56 took less time than the whole tiles: bench/results/
+// 2026-12-06-intel-amx-forward-rows.md). So where amx, an unstacked product whose last tile would
+// be more than half full computes it whole, the rows past M reading on into the input (its buffers
+// keep kTileRows rows of slack) and landing in the gaps between the band's conv rows, which lie
+// `pitch` positions apart.
+constexpr int64_t kTileRows = 16;
+inline int64_t whole_tiles(const RowConv& c, int64_t M) {
+  return c.t.amx && M % kTileRows > kTileRows / 2 ? (M + kTileRows - 1) / kTileRows * kTileRows : M;
+}
+
+// Positions from one conv row's first in a band's sums to the next's: Wo, the merged rows' step, or
+// whole tiles of rows.
+inline int64_t band_pitch(const RowConv& c) {
+  if (stacked(c)) return c.Wo;
+  if (merged_rows(c) > 1) return c.sh * (c.row / c.C);
+  return whole_tiles(c, c.Wo);
+}
+
 // float32 values of one band's conv rows: one block's (reused block after block), or all blocks'
-// when stacked.
-inline int64_t band_acc_size(const RowConv& c, int64_t R) { return (stacked(c) ? c.t.blocks(c.Co) : 1) * R * c.Wo * c.t.nb; }
+// when stacked; band_acc_size adds the rows a last product computes past them.
+inline int64_t band_rows_size(const RowConv& c, int64_t R) {
+  return (stacked(c) ? c.t.blocks(c.Co) * R * c.Wo : R * band_pitch(c)) * c.t.nb;
+}
+inline int64_t band_acc_size(const RowConv& c, int64_t R) { return band_rows_size(c, R) + kTileRows * c.t.nb; }
+
+// Values a band's padded input keeps past its rows for the rows past M (whole_tiles).
+inline int64_t input_slack(const RowConv& c) { return kTileRows * c.sw * c.C; }
 
 // conv_band where merged_rows(c) = G > 1: per block, groups of up to G conv rows that read the
-// same kernel rows, each group one product per kernel row into rows of `step` columns, whose first
-// Wo columns then go to acc.
+// same kernel rows, each group one product per kernel row over rows `step` positions apart (the
+// columns between computed and left in the gaps).
 template <typename CT, typename Done>
 PYA_VECTOR void conv_band_merged(const RowConv& c, const CT* xp, const CT* w, int64_t R, int64_t G, bool vnni,
                                  float* acc, const Done& done) {
-  const int64_t Kt = c.Kt(), step = c.sh * (c.row / c.C);
-  float* sums = scratch<float>(kMergedRows, ((G - 1) * step + c.Wo) * c.t.nb);
+  const int64_t Kt = c.Kt(), step = band_pitch(c);
   for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) {
     const int64_t nb = c.t.width(c.Co, j);
     const CT* bj = w + j * stacked_k(c, vnni) * c.t.nb;
     for (int64_t r0 = 0, n = 1; r0 < R; r0 += n) {
       const int64_t first = c.first_tap(r0), end = c.end_tap(r0);
       for (n = 1; n < G && r0 + n < R && c.first_tap(r0 + n) == first && c.end_tap(r0 + n) == end;) ++n;
-      float* out = acc + r0 * c.Wo * nb;
+      float* out = acc + r0 * step * nb;
+      const int64_t M = (n - 1) * step + c.Wo;
       if (first >= end) {  // conv rows over padding alone
-        std::fill(out, out + n * c.Wo * nb, 0.f);
+        std::fill(out, out + M * nb, 0.f);
         continue;
       }
-      float* s = n == 1 ? out : sums;
       for (int64_t ky = first; ky < end; ++ky)
-        cb::brgemm((n - 1) * step + c.Wo, nb, Kt, c.C, nb, nb, ky > first, xp + (r0 * c.sh + ky) * c.row,
-                   bj + ky * nb * Kt, s, vnni);
-      if (n > 1)
-        for (int64_t r = 0; r < n; ++r) std::copy(s + r * step * nb, s + (r * step + c.Wo) * nb, out + r * c.Wo * nb);
+        cb::brgemm(whole_tiles(c, M), nb, Kt, c.C, nb, nb, ky > first, xp + (r0 * c.sh + ky) * c.row, bj + ky * nb * Kt,
+                   out, vnni);
     }
-    done(j, acc);
+    done(j, acc, step);
   }
 }
 
-// Conv rows [0, R) of a band (xp: its padded input from the first conv row's first input row), into
-// acc (per block: R x Wo x nb, channels last); done(j, acc_j) once block j's rows are complete.
+// Conv rows [0, R) of a band (xp: its padded input from the first conv row's first input row, with
+// input_slack), into acc (per block: R rows of Wo x nb, channels last, band_pitch apart); done(j,
+// acc_j, pitch) once block j's rows are complete.
 template <typename CT, typename Done>
 PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R, bool vnni, float* acc,
                           const Done& done) {
   const int64_t Kt = c.Kt(), K = c.kh * Kt;
   if (const int64_t G = stacked(c) ? 1 : merged_rows(c); G > 1) return conv_band_merged(c, xp, w, R, G, vnni, acc, done);
   if (!stacked(c)) {
+    const int64_t pitch = band_pitch(c), M = whole_tiles(c, c.Wo);
     for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) {
       const int64_t nb = c.t.width(c.Co, j);
       const CT* bj = w + j * stacked_k(c, vnni) * c.t.nb;  // = K: Kt is even in VNNI pairs here
@@ -687,12 +713,12 @@ PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R
         for (int64_t r = 0; r < R; ++r) {
           const int64_t first = c.first_tap(r);
           if (ky < first || ky >= c.end_tap(r)) continue;  // padding rows only
-          cb::brgemm(c.Wo, nb, Kt, c.sw * c.C, nb, nb, ky > first, xp + (r * c.sh + ky) * c.row, bj + ky * nb * Kt,
-                     acc + r * c.Wo * nb, vnni);
+          cb::brgemm(M, nb, Kt, c.sw * c.C, nb, nb, ky > first, xp + (r * c.sh + ky) * c.row, bj + ky * nb * Kt,
+                     acc + r * pitch * nb, vnni);
         }
       for (int64_t r = 0; r < R; ++r)  // a conv row over padding alone
-        if (c.first_tap(r) >= c.end_tap(r)) std::fill(acc + r * c.Wo * nb, acc + (r + 1) * c.Wo * nb, 0.f);
-      done(j, acc);
+        if (c.first_tap(r) >= c.end_tap(r)) std::fill(acc + r * pitch * nb, acc + (r * pitch + c.Wo) * nb, 0.f);
+      done(j, acc, pitch);
     }
     return;
   }
@@ -712,7 +738,7 @@ PYA_VECTOR void conv_band(const RowConv& c, const CT* xp, const CT* w, int64_t R
                  acc + j * R * c.Wo * c.t.nb + r0 * c.Wo * nb, vnni);
     }
   }
-  for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) done(j, acc + j * R * c.Wo * c.t.nb);
+  for (int64_t j = 0; j < c.t.blocks(c.Co); ++j) done(j, acc + j * R * c.Wo * c.t.nb, c.Wo);
 }
 
 struct Output {
@@ -789,15 +815,15 @@ PYA_VECTOR void write_tile(const float* val, const uint8_t* cod, const Geometry&
 
 // One pooled output's window over n channels: the max of conv + bias by max_update's rule (first
 // maximum in row-major window order; a NaN wins), then pooled_value and pooled_code. s: the
-// window's first conv value, positions nb values apart, rows Wc positions apart.
-PYA_VECTOR inline void window_max(const float* s, int64_t nb, const Geometry& g, const float* bias, int64_t n, float* vt,
-                                  uint8_t* ct) {
+// window's first conv value, positions nb values apart, rows `pitch` positions apart.
+PYA_VECTOR inline void window_max(const float* s, int64_t nb, int64_t pitch, const Geometry& g, const float* bias, int64_t n,
+                                  float* vt, uint8_t* ct) {
   float m[kNbMax];
   int32_t at[kNbMax];
   for (int64_t c = 0; c < n; ++c) m[c] = -std::numeric_limits<float>::infinity(), at[c] = 0;
   for (int64_t dy = 0; dy < g.pkh; ++dy)
     for (int64_t dx = 0; dx < g.pkw; ++dx) {
-      const float* r = s + (dy * g.Wc + dx) * nb;
+      const float* r = s + (dy * pitch + dx) * nb;
       const int32_t pos = static_cast<int32_t>(dy * g.pkw + dx);
       for (int64_t c = 0; c < n; ++c) {
         const float x = r[c] + bias[c];
@@ -812,12 +838,12 @@ PYA_VECTOR inline void window_max(const float* s, int64_t nb, const Geometry& g,
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // window_max of 16 channels, the running maxima and their places in registers (8 lanes each).
 constexpr int64_t kPoolLanes = 16;
-PYA_VECTOR inline void window_max16(const float* s, int64_t nb, const Geometry& g, const float* bias, float* vt,
-                                    uint8_t* ct) {
+PYA_VECTOR inline void window_max16(const float* s, int64_t nb, int64_t pitch, const Geometry& g, const float* bias,
+                                    float* vt, uint8_t* ct) {
   const __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
   __m256 m0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), m1 = m0;
   __m256i a0 = _mm256_setzero_si256(), a1 = a0;
-  const int64_t pkh = g.pkh, pkw = g.pkw, Wc = g.Wc;
+  const int64_t pkh = g.pkh, pkw = g.pkw, Wc = pitch;
   for (int64_t dy = 0; dy < pkh; ++dy)
     for (int64_t dx = 0; dx < pkw; ++dx) {
       const float* r = s + (dy * Wc + dx) * nb;
@@ -866,12 +892,12 @@ PYA_VECTOR inline void store8(__m256 v, T* d) {
 // mask bit (x > 0) of 8 columns gathered per channel into its byte. No tiles. The channels past the
 // last whole 8 one at a time.
 template <typename T>
-PYA_VECTOR void relu_rows(const float* acc, const Geometry& g, const Output& o, int64_t n, int64_t c0, int64_t nb,
-                          int64_t p0, int64_t np, int64_t r0) {
+PYA_VECTOR void relu_rows(const float* acc, int64_t pitch, const Geometry& g, const Output& o, int64_t n, int64_t c0,
+                          int64_t nb, int64_t p0, int64_t np, int64_t r0) {
   const int64_t Wp = g.Wp, cw = g.Wcode(), n8 = nb / 8 * 8;
   const __m256 zero = _mm256_setzero_ps();
   for (int64_t p = 0; p < np; ++p) {
-    const float* row = acc + (p0 + p - r0) * g.Wc * nb;
+    const float* row = acc + (p0 + p - r0) * pitch * nb;
     T* out = reinterpret_cast<T*>(o.out) + n * o.os[0] + c0 + (p0 + p) * o.os[2];
     uint8_t* code = o.code + n * o.cs[0] + c0 + (p0 + p) * o.cs[2];
     for (int64_t c = 0; c < n8; c += 8) {
@@ -905,25 +931,25 @@ PYA_VECTOR void relu_rows(const float* acc, const Geometry& g, const Output& o, 
 #endif
 
 // The epilogue of channels [c0, c0 + nb) over pooled rows [p0, p0 + np) of image n, from their conv
-// rows (acc: from conv row r0, Wc x nb each). Per pooled output, vectorised over the channels: the
+// rows (acc: from conv row r0, `pitch` x nb values apart, the first Wc x nb of each the row). Per pooled output, vectorised over the channels: the
 // max over its window of conv + bias by max_update's rule (first maximum in row-major window order;
 // a NaN wins), then pooled_value and pooled_code (a 1x1 window: bias + ReLU, code 0 where the mask
 // bit is set), into a channels-last tile; then write_tile.
 template <typename T>
-PYA_VECTOR void epilogue(const float* acc, const Geometry& g, const Output& o, int64_t n, int64_t c0, int64_t nb, int64_t p0,
-              int64_t np, int64_t r0) {
+PYA_VECTOR void epilogue(const float* acc, int64_t pitch, const Geometry& g, const Output& o, int64_t n, int64_t c0,
+                         int64_t nb, int64_t p0, int64_t np, int64_t r0) {
   float* val = scratch<float>(kTileValues, np * g.Wp * nb);
   uint8_t* cod = scratch<uint8_t>(kTileCodes, np * g.Wp * nb);
   const float* bias = o.bias + c0;
   if (is_bitmask(g.pkh, g.pkw)) {  // no window: one conv value per output
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, at::BFloat16>) {
-      if (g.psh == 1 && g.psw == 1 && o.os[1] == 1 && o.cs[1] == 1) return relu_rows<T>(acc, g, o, n, c0, nb, p0, np, r0);
+      if (g.psh == 1 && g.psw == 1 && o.os[1] == 1 && o.cs[1] == 1) return relu_rows<T>(acc, pitch, g, o, n, c0, nb, p0, np, r0);
     }
 #endif
     for (int64_t p = 0; p < np; ++p)
       for (int64_t q = 0; q < g.Wp; ++q) {
-        const float* s = acc + ((window_start(p0 + p, g.psh) - r0) * g.Wc + window_start(q, g.psw)) * nb;
+        const float* s = acc + ((window_start(p0 + p, g.psh) - r0) * pitch + window_start(q, g.psw)) * nb;
         float* vt = val + (p * g.Wp + q) * nb;
         uint8_t* ct = cod + (p * g.Wp + q) * nb;
         for (int64_t c = 0; c < nb; ++c) {
@@ -937,21 +963,21 @@ PYA_VECTOR void epilogue(const float* acc, const Geometry& g, const Output& o, i
   const int64_t nv = kPoolLanes ? nb / kPoolLanes * kPoolLanes : 0;  // channels 16 at a time, then the rest
   for (int64_t p = 0; p < np; ++p)
     for (int64_t q = 0; q < g.Wp; ++q) {
-      const float* s = acc + ((window_start(p0 + p, g.psh) - r0) * g.Wc + window_start(q, g.psw)) * nb;
+      const float* s = acc + ((window_start(p0 + p, g.psh) - r0) * pitch + window_start(q, g.psw)) * nb;
       float* vt = val + (p * g.Wp + q) * nb;
       uint8_t* ct = cod + (p * g.Wp + q) * nb;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-      for (int64_t c = 0; c < nv; c += kPoolLanes) window_max16(s + c, nb, g, bias + c, vt + c, ct + c);
+      for (int64_t c = 0; c < nv; c += kPoolLanes) window_max16(s + c, nb, pitch, g, bias + c, vt + c, ct + c);
 #endif
-      if (nv < nb) window_max(s + nv, nb, g, bias + nv, nb - nv, vt + nv, ct + nv);
+      if (nv < nb) window_max(s + nv, nb, pitch, g, bias + nv, nb - nv, vt + nv, ct + nv);
     }
   write_tile<T>(val, cod, g, o, n, c0, nb, p0, np);
 }
 
-// Bands of B pooled rows: their conv rows' float32 sums (band_acc_size) within 192 KiB, in L2, and
+// Bands of B pooled rows: their conv rows' float32 sums (band_rows_size) within 192 KiB, in L2, and
 // a small batch still gives the threads 8 items. Fixed by the shape alone.
 int64_t band_size(const Geometry& g, const RowConv& c) {
-  const int64_t rows_fit = std::max<int64_t>((int64_t(192) << 10) / (band_acc_size(c, 1) * 4), 1);
+  const int64_t rows_fit = std::max<int64_t>((int64_t(192) << 10) / (band_rows_size(c, 1) * 4), 1);
   int64_t B = std::clamp<int64_t>((rows_fit - g.pkh) / g.psh + 1, 1, g.Hp);
   while (B > 1 && g.N * ((g.Hp + B - 1) / B) < 8) B = (B + 1) / 2;
   return B;
@@ -964,11 +990,11 @@ PYA_VECTOR void forward_band(const at::Tensor& x, const CT* wp, const Geometry& 
   RowConv c = forward_conv(g, v);
   c.lo = g.ph - r0 * g.sh, c.hi = g.ph + g.H - r0 * g.sh;
   const int64_t rows_in = (R - 1) * g.sh + g.kh;
-  CT* xp = scratch<CT>(kInput, rows_in * c.row);
+  CT* xp = scratch<CT>(kInput, rows_in * c.row + input_slack(c));
   fill_input<T, CT>(x, n, g, v, r0 * g.sh, rows_in, xp);
   float* acc = scratch<float>(kAcc, band_acc_size(c, R));
-  conv_band(c, xp, wp, R, vnni, acc, [&](int64_t j, const float* a) {
-    epilogue<T>(a, g, o, n, j * v.t.nb, v.t.width(g.Co, j), p0, np, r0);
+  conv_band(c, xp, wp, R, vnni, acc, [&](int64_t j, const float* a, int64_t pitch) {
+    epilogue<T>(a, pitch, g, o, n, j * v.t.nb, v.t.width(g.Co, j), p0, np, r0);
   });
 }
 
@@ -1195,7 +1221,7 @@ bool winograd_band(const at::Tensor& x, const float* u, const Geometry& g, const
   float* vt = scratch<float>(kWinogradInput, 16 * tr * tw * g.Ci);
   winograd_input(xp, 2 * tw + 2, g.Ci, tr, tw, vt, tr * tw * g.Ci);
   winograd_products(vt, tr, tw, g.Ci, u, g.Co, v.t, j0, j1, R, g.Wc, [&](int64_t j, const float* acc) {
-    epilogue<float>(acc, g, o, n, j * v.t.nb, v.t.width(g.Co, j), p0, np, r0);
+    epilogue<float>(acc, g.Wc, g, o, n, j * v.t.nb, v.t.width(g.Co, j), p0, np, r0);
   });
   return true;
 }
@@ -1555,18 +1581,20 @@ const CT* pack_flipped(const at::Tensor& w, const Geometry& g, const View& v, bo
   return p;
 }
 
-// An H x W x nb channels-last float32 block a into d (strides sC, sH, sW), as T.
+// An H x W x nb channels-last float32 block a (rows `pitch` positions apart) into d (strides sC, sH,
+// sW), as T.
 template <typename T>
-PYA_VECTOR void store_block(const float* a, int64_t H, int64_t W, int64_t nb, T* d, int64_t sC, int64_t sH, int64_t sW) {
+PYA_VECTOR void store_block(const float* a, int64_t pitch, int64_t H, int64_t W, int64_t nb, T* d, int64_t sC, int64_t sH,
+                            int64_t sW) {
   if (sC == 1) {
     for (int64_t iy = 0; iy < H; ++iy)
       for (int64_t ix = 0; ix < W; ++ix)
-        for (int64_t c = 0; c < nb; ++c) d[iy * sH + ix * sW + c] = narrow<T>(a[(iy * W + ix) * nb + c]);
+        for (int64_t c = 0; c < nb; ++c) d[iy * sH + ix * sW + c] = narrow<T>(a[(iy * pitch + ix) * nb + c]);
     return;
   }
   for (int64_t c = 0; c < nb; ++c)
     for (int64_t iy = 0; iy < H; ++iy)
-      for (int64_t ix = 0; ix < W; ++ix) d[c * sC + iy * sH + ix * sW] = narrow<T>(a[(iy * W + ix) * nb + c]);
+      for (int64_t ix = 0; ix < W; ++ix) d[c * sC + iy * sH + ix * sW] = narrow<T>(a[(iy * pitch + ix) * nb + c]);
 }
 
 template <typename T, typename CT>
@@ -1574,7 +1602,8 @@ PYA_VECTOR void data_gradient_flipped(const Backward& k, int64_t n, const float*
   const Geometry& g = k.g;
   const int64_t Cop = k.v.Cop, top = g.kh - 1 - g.ph, left = g.kw - 1 - g.pw;
   const int64_t Hq = g.H + g.kh - 1, Wq = g.W + g.kw - 1, row = Wq * Cop;
-  CT* dyp = scratch<CT>(kGradIn, Hq * row);
+  const RowConv conv{g.kh, g.kw, 1, 1, Cop, row, g.W, g.Ci, k.v.t, top, top + g.Hc};
+  CT* dyp = scratch<CT>(kGradIn, Hq * row + input_slack(conv));
   for (int64_t i = 0; i < Hq; ++i) {
     CT* d = dyp + i * row;
     std::fill(d, d + row, CT(0.f));
@@ -1586,7 +1615,6 @@ PYA_VECTOR void data_gradient_flipped(const Backward& k, int64_t n, const float*
       for (int64_t co = 0; co < Cop; ++co) dp[co] = narrow<CT>(s[co]);
     }
   }
-  const RowConv conv{g.kh, g.kw, 1, 1, Cop, row, g.W, g.Ci, k.v.t, top, top + g.Hc};
   float* acc = scratch<float>(kProduct, band_acc_size(conv, g.H));
   T* dx = k.dx->data_ptr<T>() + n * k.dx->stride(0);
   const int64_t sC = k.dx->stride(1), sH = k.dx->stride(2), sW = k.dx->stride(3);
@@ -1595,8 +1623,8 @@ PYA_VECTOR void data_gradient_flipped(const Backward& k, int64_t n, const float*
     std::call_once(k.flipped->once, [&] { k.flipped->blocks = pack_flipped<T, CT>(*k.w, g, k.v, k.vnni); });
     wb = k.flipped->blocks;
   }
-  conv_band(conv, dyp, static_cast<const CT*>(wb), g.H, k.vnni, acc, [&](int64_t j, const float* a) {
-    store_block(a, g.H, g.W, k.v.t.width(g.Ci, j), dx + j * k.v.t.nb * sC, sC, sH, sW);
+  conv_band(conv, dyp, static_cast<const CT*>(wb), g.H, k.vnni, acc, [&](int64_t j, const float* a, int64_t pitch) {
+    store_block(a, pitch, g.H, g.W, k.v.t.width(g.Ci, j), dx + j * k.v.t.nb * sC, sC, sH, sW);
   });
 }
 
@@ -1622,7 +1650,7 @@ PYA_VECTOR bool winograd_data_gradient(const Backward& k, int64_t n, const float
     float* vt = scratch<float>(kWinogradInput, 16 * tr * tw * Co);
     winograd_input(dyp + 2 * ty * wq * Co, wq, Co, tr, tw, vt, tr * tw * Co);
     winograd_products(vt, tr, tw, Co, k.wu, g.Ci, k.v.t, 0, k.v.t.blocks(g.Ci), R, g.W, [&](int64_t j, const float* a) {
-      store_block(a, R, g.W, k.v.t.width(g.Ci, j), dx + j * k.v.t.nb * sC + 2 * ty * sH, sC, sH, sW);
+      store_block(a, g.W, R, g.W, k.v.t.width(g.Ci, j), dx + j * k.v.t.nb * sC + 2 * ty * sH, sC, sH, sW);
     });
   }
   return true;
