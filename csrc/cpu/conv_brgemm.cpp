@@ -14,7 +14,8 @@
 // the forward convolution of the padded dY with the flipped weights (stride 1; else dY x W^T per
 // (conv row, kernel row), added into a padded channels-last dx). Then the weight gradient as
 // dY^T x patches over all images (K: several images' positions a product), its column blocks
-// shared by the threads, so that no thread keeps a copy of dw to be added up.
+// shared by the threads, so that no thread keeps a copy of dw to be added up; on AMX's shapes at
+// stride 1, dY^T x the input at each tap's offset over flat images instead (Flat).
 // 16-bit inputs are multiplied as they are (VNNI pairs: K interleaved two by two in B) with float32
 // sums where the CPU has the instructions (bf16: AVX-512; f16: AMX-FP16, whose kernel reads B in
 // VNNI pairs), else converted to float32 on the way into the scratch rows.
