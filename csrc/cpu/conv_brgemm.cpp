@@ -846,10 +846,10 @@ PYA_VECTOR inline void window_max16(const float* s, int64_t nb, int64_t pitch, c
   const __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
   __m256 m0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), m1 = m0;
   __m256i a0 = _mm256_setzero_si256(), a1 = a0;
-  const int64_t pkh = g.pkh, pkw = g.pkw, Wc = pitch;
+  const int64_t pkh = g.pkh, pkw = g.pkw;
   for (int64_t dy = 0; dy < pkh; ++dy)
     for (int64_t dx = 0; dx < pkw; ++dx) {
-      const float* r = s + (dy * Wc + dx) * nb;
+      const float* r = s + (dy * pitch + dx) * nb;
       const __m256i pos = _mm256_set1_epi32(static_cast<int32_t>(dy * pkw + dx));
       const __m256 x0 = _mm256_add_ps(_mm256_loadu_ps(r), b0), x1 = _mm256_add_ps(_mm256_loadu_ps(r + 8), b1);
       const __m256 t0 = _mm256_or_ps(_mm256_cmp_ps(x0, m0, _CMP_GT_OQ), _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
@@ -969,10 +969,11 @@ PYA_VECTOR void relu_rows(const float* acc, int64_t pitch, const Geometry& g, co
 #endif
 
 // The epilogue of channels [c0, c0 + nb) over pooled rows [p0, p0 + np) of image n, from their conv
-// rows (acc: from conv row r0, `pitch` x nb values apart, the first Wc x nb of each the row). Per pooled output, vectorised over the channels: the
-// max over its window of conv + bias by max_update's rule (first maximum in row-major window order;
-// a NaN wins), then pooled_value and pooled_code (a 1x1 window: bias + ReLU, code 0 where the mask
-// bit is set), into a channels-last tile; then write_tile.
+// rows (acc: from conv row r0, rows `pitch` x nb values apart, each row's first Wc x nb its values).
+// Per pooled output, vectorised over the channels: the max over its window of conv + bias by
+// max_update's rule (first maximum in row-major window order; a NaN wins), then pooled_value and
+// pooled_code (a 1x1 window: bias + ReLU, code 0 where the mask bit is set), into a channels-last
+// tile; then write_tile.
 template <typename T>
 PYA_VECTOR void epilogue(const float* acc, int64_t pitch, const Geometry& g, const Tiling& t, const Output& o, int64_t n,
                          int64_t c0, int64_t nb, int64_t p0, int64_t np, int64_t r0) {
@@ -982,7 +983,8 @@ PYA_VECTOR void epilogue(const float* acc, int64_t pitch, const Geometry& g, con
   if (is_bitmask(g.pkh, g.pkw)) {  // no window: one conv value per output
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, at::BFloat16>) {
-      if (g.psh == 1 && g.psw == 1 && o.os[1] == 1 && o.cs[1] == 1) return relu_rows<T>(acc, pitch, g, o, n, c0, nb, p0, np, r0);
+      if (g.psh == 1 && g.psw == 1 && o.os[1] == 1 && o.cs[1] == 1)
+        return relu_rows<T>(acc, pitch, g, o, n, c0, nb, p0, np, r0);
     }
 #endif
     for (int64_t p = 0; p < np; ++p)
@@ -1338,15 +1340,17 @@ struct Flipped {
   const void* blocks = nullptr;
 };
 
-// The weight gradient over flat images (AMX's shapes, stride 1): a range's padded inputs laid end to
+// The weight gradient over flat images (AMX's shapes, stride 1, kernel rows of >= 128 values (fewer
+// make products of a few columns: CIFAR conv1's took 1.9x the per-patch time), padding below the
+// kernel): a range's padded inputs laid end to
 // end, rows of Rp = W + pw positions (a row's right padding is the next one's left) and images Ip
 // positions apart (whole tiles of kTileK; an image's bottom padding is the next one's top), so that
 // conv position (oy, ox) of image i is q = i Ip + oy Rp + ox and its tap (ky, kx) reads position
 // q + ky Rp + kx. Then each tap's dw block is ONE product over all the range's positions, with
 // A = dY^T (zeros at the positions that are no conv output) and B = the input itself (VNNI: its
 // positions paired from an even or an odd one, two copies made once per image), instead of a copy
-// of every position's patch per column block. It computes (H + ph) Rp / (Hc Wc) more products:
-// 1.15-1.35x for AlexNet's stride-1 layers. Only where the input is finite: 0 x inf at the
+// of every position's patch per column block. It computes Ip / (Hc Wc) times the products:
+// 1.14-1.33x for AlexNet's layers that take it. Only where the input is finite: 0 x inf at the
 // positions between would be NaN where the conv reads nothing.
 struct Flat {
   int64_t Rp = 0, Ip = 0;
