@@ -899,7 +899,9 @@ PYA_AVX512 void pool_tile_avx512(const float* acc, int64_t pitch, const Geometry
         const __mmask16 pos = _mm512_cmp_ps_mask(m, zero, _CMP_GT_OQ);
         _mm512_storeu_ps(vt + c, _mm512_maskz_mov_ps(pos | _mm512_cmp_ps_mask(m, m, _CMP_UNORD_Q), m));
         const __m512i code = _mm512_mask_blend_epi32(pos, _mm512_set1_epi32(kNoGrad), at);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(ct + c), _mm512_cvtusepi32_epi8(code));
+        // (the masked form: the plain one's pass-through operand trips GCC 12's -Wmaybe-uninitialized)
+        const __m128i bytes = _mm512_mask_cvtusepi32_epi8(_mm_setzero_si128(), 0xFFFF, code);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(ct + c), bytes);
       }
       if (nv < nb) window_max(s + nv, nb, pitch, g, bias + nv, nb - nv, vt + nv, ct + nv);
     }
