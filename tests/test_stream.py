@@ -194,8 +194,11 @@ def test_a_tree_too_large_for_memory_is_streamed(tmp_path, monkeypatch, capsys):
 
 
 def slow_decode(path, max_pixels, transform):
+    """0.8 s an image: the pipeline limits the run even when the two steps (1.1 s each alone, the
+    first calls generating their micro-kernels) run twice as slowly beside other tests. At 0.3 s
+    the loop waited 58% of the epoch alone, 29% in CI beside another test."""
     import time
-    time.sleep(0.3)
+    time.sleep(0.8)
     return decode_file(path, max_pixels, transform)
 
 
