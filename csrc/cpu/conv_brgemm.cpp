@@ -345,6 +345,28 @@ PYA_VECTOR inline E narrow(float f) {
   }
 }
 
+// n pixels of an input row (s: the first one's first channel; channels sC apart, pixels sW apart)
+// into d, channels last in CT, Cip values a pixel (those past Ci zeros).
+template <typename T, typename CT>
+PYA_VECTOR void copy_pixels(const T* s, int64_t sC, int64_t sW, int64_t n, int64_t Ci, int64_t Cip, CT* d) {
+  if constexpr (std::is_same_v<T, CT>) {
+    if (sC == 1 && sW == Ci && Cip == Ci) {  // channels last, no channel padding: one copy
+      std::memcpy(d, s, n * Ci * sizeof(CT));
+      return;
+    }
+  }
+  if (sC == 1) {
+    for (int64_t j = 0; j < n; ++j, s += sW) {
+      CT* dp = d + j * Cip;
+      for (int64_t c = 0; c < Ci; ++c) dp[c] = static_cast<CT>(s[c]);
+      for (int64_t c = Ci; c < Cip; ++c) dp[c] = CT(0.f);
+    }
+    return;
+  }
+  for (int64_t c = 0; c < Cip; ++c)
+    for (int64_t j = 0; j < n; ++j) d[j * Cip + c] = c < Ci ? static_cast<CT>(s[c * sC + j * sW]) : CT(0.f);
+}
+
 // Padded rows [i0, i0 + rows) of image n, channels last, in CT: row i is input row i - ph, column j
 // input column j - pw; outside the image and channels past Ci are zeros.
 template <typename T, typename CT>
@@ -361,24 +383,7 @@ PYA_VECTOR void fill_input(const at::Tensor& x, int64_t n, const Geometry& g, co
     }
     std::fill(d, d + lo * v.Cip, CT(0.f));
     std::fill(d + hi * v.Cip, d + row, CT(0.f));
-    const T* s = base + iy * sH + (lo - g.pw) * sW;
-    if constexpr (std::is_same_v<T, CT>) {
-      if (sC == 1 && sW == g.Ci && v.Cip == g.Ci) {  // channels last, no channel padding: one copy
-        std::memcpy(d + lo * v.Cip, s, (hi - lo) * g.Ci * sizeof(CT));
-        continue;
-      }
-    }
-    if (sC == 1) {
-      for (int64_t j = lo; j < hi; ++j, s += sW) {
-        CT* dp = d + j * v.Cip;
-        for (int64_t c = 0; c < g.Ci; ++c) dp[c] = static_cast<CT>(s[c]);
-        for (int64_t c = g.Ci; c < v.Cip; ++c) dp[c] = CT(0.f);
-      }
-      continue;
-    }
-    for (int64_t c = 0; c < v.Cip; ++c)
-      for (int64_t j = lo; j < hi; ++j)
-        d[j * v.Cip + c] = c < g.Ci ? static_cast<CT>(s[c * sC + (j - lo) * sW]) : CT(0.f);
+    copy_pixels(base + iy * sH + (lo - g.pw) * sW, sC, sW, hi - lo, g.Ci, v.Cip, d + lo * v.Cip);
   }
 }
 
@@ -1848,23 +1853,8 @@ PYA_VECTOR void flat_inputs(const Backward& k, int64_t n, int64_t i, const Weigh
   std::fill(xs, xs + f.Ip * v.Cip, CT(0.f));
   const T* base = k.x.const_data_ptr<T>() + n * k.x.stride(0);
   const int64_t sC = k.x.stride(1), sH = k.x.stride(2), sW = k.x.stride(3);
-  for (int64_t y = 0; y < g.H; ++y) {
-    CT* d = xs + ((y + g.ph) * f.Rp + g.pw) * v.Cip;
-    const T* s = base + y * sH;
-    if constexpr (std::is_same_v<T, CT>) {
-      if (sC == 1 && sW == g.Ci && v.Cip == g.Ci) {  // channels last: one copy a row
-        std::memcpy(d, s, g.W * g.Ci * sizeof(CT));
-        continue;
-      }
-    }
-    if (sC == 1) {
-      for (int64_t x = 0; x < g.W; ++x)
-        for (int64_t c = 0; c < g.Ci; ++c) d[x * v.Cip + c] = static_cast<CT>(s[x * sW + c]);
-    } else {
-      for (int64_t c = 0; c < g.Ci; ++c)
-        for (int64_t x = 0; x < g.W; ++x) d[x * v.Cip + c] = static_cast<CT>(s[c * sC + x * sW]);
-    }
-  }
+  for (int64_t y = 0; y < g.H; ++y)
+    copy_pixels(base + y * sH, sC, sW, g.W, g.Ci, v.Cip, xs + ((y + g.ph) * f.Rp + g.pw) * v.Cip);
   CT* dYt = wi.dYt + i * f.Ip;
   for (int64_t co = 0; co < g.Co; ++co) {
     CT* row = dYt + co * wi.ld;
