@@ -32,7 +32,11 @@ def test_synthetic_is_balanced_seeded_and_uint8():
     assert x.shape == (500, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
     assert torch.bincount(y, minlength=10).tolist() == [50] * 10
     x2, y2 = synthetic.generate(500, seed=3)
-    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert torch.equal(y, y2)
+    differ = (x != x2).nonzero()
+    assert differ.numel() == 0, (  # failed once in CI and never here: say where, to find the cause
+        f"{len(differ)} of {x.numel()} values differ between two runs with the same seed; first (n, c, y, x): "
+        f"{differ[:8].tolist()}, values {x[tuple(differ[:8].T)].tolist()} vs {x2[tuple(differ[:8].T)].tolist()}")
     assert not torch.equal(x, synthetic.generate(500, seed=4)[0])
 
 
