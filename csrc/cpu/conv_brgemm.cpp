@@ -682,7 +682,9 @@ inline int64_t input_slack(const RowConv& c) { return kTileRows * c.sw * c.C; }
 // between computed and left in the gaps). A group's kernel rows are those any of its rows reads
 // data with; its other rows read the band's zero padding there. (Groups of rows that read the same
 // kernel rows cost 2-3 more products an image, of M = Wo: 7 calls of M = 7-48 against 3 of 64 at
-// 7x7.)
+// 7x7.) The products all add to zeroed sums: the micro-kernel reconfigures AMX's tiles whenever the
+// kernel changes, and a first product that stores (add_C false) alternating with ones that add cost
+// up to 13% at K = 384-576 (bench/results/2026-12-06b-intel-amx-merged-rows.md).
 template <typename CT, typename Done>
 PYA_VECTOR void conv_band_merged(const RowConv& c, const CT* xp, const CT* w, int64_t R, int64_t G, bool vnni,
                                  float* acc, const Done& done) {
@@ -694,14 +696,10 @@ PYA_VECTOR void conv_band_merged(const RowConv& c, const CT* xp, const CT* w, in
       const int64_t n = std::min(G, R - r0);
       const int64_t first = c.first_tap(r0 + n - 1), end = c.end_tap(r0);  // both fall as rows go down
       float* out = acc + r0 * step * nb;
-      const int64_t M = (n - 1) * step + c.Wo;
-      if (first >= end) {  // conv rows over padding alone
-        std::fill(out, out + M * nb, 0.f);
-        continue;
-      }
+      const int64_t M = whole_tiles(c, (n - 1) * step + c.Wo);
+      std::fill(out, out + M * nb, 0.f);  // (then every product adds: see above)
       for (int64_t ky = first; ky < end; ++ky)
-        cb::brgemm(whole_tiles(c, M), nb, Kt, c.C, nb, nb, ky > first, xp + (r0 * c.sh + ky) * c.row, bj + ky * nb * Kt,
-                   out, vnni);
+        cb::brgemm(M, nb, Kt, c.C, nb, nb, true, xp + (r0 * c.sh + ky) * c.row, bj + ky * nb * Kt, out, vnni);
     }
     done(j, acc, step);
   }
