@@ -678,13 +678,13 @@ inline int64_t band_acc_size(const RowConv& c, int64_t R) { return band_rows_siz
 inline int64_t input_slack(const RowConv& c) { return kTileRows * c.sw * c.C; }
 
 // conv_band where merged_rows(c) = G > 1: per block, groups of G consecutive conv rows (the last
-// one fewer), each group one product per kernel row over rows `step` positions apart (the columns
-// between computed and left in the gaps). A group's kernel rows are those any of its rows reads
-// data with; its other rows read the band's zero padding there. (Groups of rows that read the same
-// kernel rows cost 2-3 more products an image, of M = Wo: 7 calls of M = 7-48 against 3 of 64 at
-// 7x7.) The products all add to zeroed sums: the micro-kernel reconfigures AMX's tiles whenever the
-// kernel changes, and a first product that stores (add_C false) alternating with ones that add cost
-// up to 13% at K = 384-576 (bench/results/2026-12-06b-intel-amx-merged-rows.md).
+// group may hold fewer), each group one product per kernel row over rows `step` positions apart
+// (the columns between computed and left in the gaps). A group's kernel rows are those any of its
+// rows reads data with; its other rows read the band's zero padding there. (Groups of rows that
+// read the same kernel rows cost 2-3 more products an image, of M = Wo: 7 calls of M = 7-48 against
+// 3 of 64 at 7x7.) The products all add to zeroed sums: the micro-kernel reconfigures AMX's tiles
+// whenever the kernel changes, and a first product that stores (add_C false) alternating with ones
+// that add cost 13-14% at K = 384-576 (bench/results/2026-12-06b-intel-amx-merged-rows.md).
 template <typename CT, typename Done>
 PYA_VECTOR void conv_band_merged(const RowConv& c, const CT* xp, const CT* w, int64_t R, int64_t G, bool vnni,
                                  float* acc, const Done& done) {
